@@ -1,0 +1,18 @@
+"""Aggregation rules as pure functions over fp32 state dicts (as Flower's aggregate.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def fedavg(updates: Sequence[tuple[dict[str, torch.Tensor], int]]) -> dict[str, torch.Tensor]:
+    """FedAvg: the average of the updates weighted by their clients' sample counts."""
+    if not updates:
+        raise ValueError("fedavg needs at least one update")
+    total = sum(n for _, n in updates)
+    if total <= 0:
+        raise ValueError("fedavg needs a positive total sample count")
+    keys = updates[0][0].keys()
+    return {key: sum(state[key] * (n / total) for state, n in updates) for key in keys}

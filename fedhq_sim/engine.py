@@ -1,0 +1,260 @@
+"""The simulation: synchronous FL rounds on a SimPy clock (design.md, "Semantics").
+
+Per round the server selects clients, the policy assigns strategies, and one process per
+selected client downloads the global model over its route, does its local work for real
+(charged on its device profile), and uploads its update. The round's collection ends when
+every client has reported or at the deadline, whichever comes first; late clients are
+interrupted, leave the network, and are recorded as dropped. The server then aggregates and
+evaluates for real, charged on its own profile. Host time never enters simulated results.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+
+import numpy as np
+import simpy
+import torch
+
+from fedhq_sim.charge import charge_seconds
+from fedhq_sim.data import FederatedData, PartitionError, federate, load_digits
+from fedhq_sim.errors import InputError
+from fedhq_sim.models import build_model
+from fedhq_sim.network import FlowNetwork
+from fedhq_sim.policies import ClientInfo, ClientReport, Policy, RoundContext
+from fedhq_sim.quant.payload import encode_fp32
+from fedhq_sim.quant.strategy import Strategy
+from fedhq_sim.records import PhaseRecord, RoundRecord
+from fedhq_sim.scenario import ClientSpec, LoadedScenario
+from fedhq_sim.server_work import evaluate_global, server_round
+from fedhq_sim.topology import Topology, build_topology
+from fedhq_sim.training import LocalConfig, LocalResult, local_work
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Everything a run produced, as flat records."""
+
+    rounds: list[RoundRecord]
+    phases: list[PhaseRecord]
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    client_id: int
+    strategy: Strategy
+    result: LocalResult | None
+
+
+RoundCallback = Callable[[RoundRecord, float], None]
+
+
+def _streams(seed: int) -> dict[str, np.random.Generator]:
+    names = ("partition", "selection", "policy", "network")
+    children = np.random.SeedSequence(seed).spawn(len(names))
+    return {name: np.random.default_rng(child) for name, child in zip(names, children, strict=True)}
+
+
+def client_seed(seed: int, round_index: int, client_id: int) -> int:
+    """A client's training seed for a round, independent of the order clients run in."""
+    return int(np.random.SeedSequence([seed, round_index, client_id]).generate_state(1)[0])
+
+
+class Simulation:
+    """One run of a loaded scenario."""
+
+    def __init__(self, scenario: LoadedScenario) -> None:
+        spec = scenario.spec
+        self.scenario = scenario
+        self.env = simpy.Environment()
+        self.rng = _streams(spec.seed)
+        self.data = self._federate(scenario)
+        self.topology: Topology = build_topology(scenario)
+        self.network = FlowNetwork(self.env, self.topology.links, self.rng["network"])
+        infos = [
+            ClientInfo(c.client_id, c.site, c.device.name, c.link.name, len(self.data.clients[c.client_id]))
+            for c in scenario.clients
+        ]
+        self.policy: Policy = scenario.policy_class(scenario.policy_options, infos, self.rng["policy"])
+        t = spec.training
+        self.local = LocalConfig(
+            spec.model, self.data.num_classes, t.local_epochs, t.batch_size, t.learning_rate, t.calibration_samples
+        )
+        self.global_state = build_model(spec.model, self.data.num_classes, seed=spec.seed).state_dict()
+        self.rounds: list[RoundRecord] = []
+        self.phases: list[PhaseRecord] = []
+
+    @staticmethod
+    def _federate(scenario: LoadedScenario) -> FederatedData:
+        d = scenario.spec.data
+        try:
+            return federate(
+                load_digits(),
+                n_clients=len(scenario.clients),
+                alpha=d.dirichlet_alpha,
+                test_fraction=d.test_fraction,
+                server_calibration=d.server_calibration_samples,
+                min_client_samples=d.min_client_samples,
+                rng=_streams(scenario.spec.seed)["partition"],
+            )
+        except PartitionError as error:
+            raise InputError(scenario.path, "data", str(error)) from None
+
+    def _record(
+        self, r: int, client: ClientSpec, phase: str, strategy: Strategy, nbytes: int, start: float, status: str
+    ) -> None:
+        self.phases.append(
+            PhaseRecord(
+                r,
+                client.client_id,
+                client.name,
+                client.site,
+                client.device.name,
+                client.link.name,
+                phase,
+                strategy.label,
+                strategy.bits,
+                nbytes,
+                start,
+                self.env.now,
+                status,
+            )
+        )
+
+    def _client_round(self, r: int, client: ClientSpec, strategy: Strategy, model_nbytes: int) -> Generator:
+        cid = client.client_id
+        phase, start, nbytes = "download", self.env.now, model_nbytes
+        try:
+            yield from self.network.transfer(self.topology.downlink_routes[cid], model_nbytes)
+            self._record(r, client, phase, strategy, nbytes, start, "completed")
+
+            phase, start, nbytes = "compute", self.env.now, 0
+            seed = client_seed(self.scenario.spec.seed, r, cid)
+            result = local_work(self.global_state, self.data.clients[cid], strategy, self.local, seed)
+            yield self.env.timeout(charge_seconds(result.work, client.device))
+            self._record(r, client, phase, strategy, nbytes, start, "completed")
+
+            phase, start, nbytes = "upload", self.env.now, len(result.payload)
+            yield from self.network.transfer(self.topology.uplink_routes[cid], nbytes)
+            self._record(r, client, phase, strategy, nbytes, start, "completed")
+            return _Outcome(cid, strategy, result)
+        except simpy.Interrupt:
+            self._record(r, client, phase, strategy, nbytes, start, "dropped")
+            return _Outcome(cid, strategy, None)
+
+    def _round(self, r: int) -> Generator:
+        spec = self.scenario.spec
+        start = self.env.now
+        n_clients = len(self.scenario.clients)
+        selected = tuple(
+            sorted(
+                int(i) for i in self.rng["selection"].choice(n_clients, spec.training.clients_per_round, replace=False)
+            )
+        )
+        assignment = self.policy.assign(RoundContext(r, selected))
+        model_payload = encode_fp32_state(self.global_state, spec.model, self.data.num_classes)
+        procs = [
+            self.env.process(self._client_round(r, self.scenario.clients[cid], assignment[cid], len(model_payload)))
+            for cid in selected
+        ]
+        yield self.env.all_of(procs) | self.env.timeout(spec.training.round_deadline)
+        collect_end = self.env.now
+        for proc in procs:
+            if proc.is_alive:
+                proc.interrupt("round deadline")
+        yield self.env.all_of(procs)  # the interrupted processes record their drop at this instant
+
+        outcomes: list[_Outcome] = [p.value for p in procs]
+        reported = [o for o in outcomes if o.result is not None]
+        server_s = 0.0
+        if reported:
+            result = server_round(
+                [(o.result.payload, o.result.num_samples) for o in reported],
+                spec.model,
+                self.data.num_classes,
+                self.data.server_calibration,
+                self.data.test,
+            )
+            self.global_state = result.state
+            server_s = charge_seconds(result.work, self.scenario.server_device)
+            yield self.env.timeout(server_s)
+            fp32_acc, deployed_acc = result.fp32_accuracy, result.deployed_accuracy
+        else:
+            previous = self.rounds[-1]
+            fp32_acc, deployed_acc = previous.fp32_accuracy, previous.deployed_accuracy
+
+        kinds = [o.strategy.kind for o in outcomes]
+        losses = [o.result.train_loss for o in reported]
+        this_round = [p for p in self.phases if p.round == r]
+        self.rounds.append(
+            RoundRecord(
+                round=r,
+                start_s=start,
+                collect_end_s=collect_end,
+                end_s=self.env.now,
+                latency_s=self.env.now - start,
+                server_s=server_s,
+                selected=len(selected),
+                reported=len(reported),
+                dropped=len(selected) - len(reported),
+                n_fp32=kinds.count("fp32"),
+                n_ptq=kinds.count("ptq"),
+                n_qat=kinds.count("qat"),
+                bytes_down=sum(p.nbytes for p in this_round if p.phase == "download" and p.status == "completed"),
+                bytes_up=sum(p.nbytes for p in this_round if p.phase == "upload" and p.status == "completed"),
+                train_loss=float(np.mean(losses)) if losses else float("nan"),
+                fp32_accuracy=fp32_acc,
+                deployed_accuracy=deployed_acc,
+            )
+        )
+        self.policy.observe(
+            [
+                ClientReport(
+                    o.client_id,
+                    r,
+                    o.strategy,
+                    o.result is not None,
+                    len(self.data.clients[o.client_id]),
+                    o.result.train_loss if o.result else None,
+                )
+                for o in outcomes
+            ]
+        )
+
+    def _initial_round(self) -> RoundRecord:
+        spec = self.scenario.spec
+        fp32_acc, int8_acc, _ = evaluate_global(
+            self.global_state, spec.model, self.data.num_classes, self.data.server_calibration, self.data.test
+        )
+        return RoundRecord(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0, 0, 0, 0, 0, float("nan"), fp32_acc, int8_acc)
+
+    def run(self, on_round: RoundCallback | None = None) -> RunResult:
+        """Simulate every round; ``on_round(record, host_seconds)`` is called after each."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # one thread: float reductions then do not depend on the host's core count
+        try:
+            self.rounds.append(self._initial_round())
+            for r in range(1, self.scenario.spec.training.rounds + 1):
+                host_start = time.perf_counter()
+                # Run until this round's process ends; stale timers (a deadline that was not
+                # needed) stay queued and fire later without effect.
+                self.env.run(until=self.env.process(self._round(r)))
+                if on_round is not None:
+                    on_round(self.rounds[-1], time.perf_counter() - host_start)
+        finally:
+            torch.set_num_threads(threads)
+        return RunResult(list(self.rounds), list(self.phases))
+
+
+def encode_fp32_state(state: dict[str, torch.Tensor], model_name: str, num_classes: int) -> bytes:
+    """The serialized global model that clients download."""
+    model = build_model(model_name, num_classes, seed=0)
+    model.load_state_dict(state)
+    return encode_fp32(model)
+
+
+def simulate(scenario: LoadedScenario, on_round: RoundCallback | None = None) -> RunResult:
+    """Run ``scenario`` from start to end."""
+    return Simulation(scenario).run(on_round)

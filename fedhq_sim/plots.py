@@ -1,0 +1,54 @@
+"""Figures (seaborn, one theme): drawn from tables, returned as Axes, saved by the caller."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display is ever needed
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+
+from fedhq_sim.tables import LATENCY_PARTS
+
+PART_COLOURS = dict(zip(LATENCY_PARTS, sns.color_palette("colorblind", len(LATENCY_PARTS)), strict=True))
+
+
+def _axes(ax: Axes | None) -> Axes:
+    if ax is None:
+        sns.set_theme(style="whitegrid", context="notebook")
+        _, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
+    return ax
+
+
+def plot_accuracy_vs_time(rounds: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
+    """Deployed (int8) and fp32 test accuracy against simulated time."""
+    ax = _axes(ax)
+    long = rounds.melt(
+        id_vars=["end_s"], value_vars=["deployed_accuracy", "fp32_accuracy"], var_name="model", value_name="accuracy"
+    )
+    long["model"] = long["model"].map({"deployed_accuracy": "deployed (int8)", "fp32_accuracy": "fp32"})
+    sns.lineplot(data=long, x="end_s", y="accuracy", hue="model", style="model", markers=True, ax=ax)
+    ax.set(xlabel="simulated time [s]", ylabel="test accuracy [fraction]", title="Accuracy against simulated time")
+    return ax
+
+
+def plot_latency_breakdown(breakdown: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
+    """Stacked bars: each round's latency split into download, compute, upload, waiting, server."""
+    ax = _axes(ax)
+    wide = breakdown.pivot(index="round", columns="part", values="seconds").reindex(columns=list(LATENCY_PARTS))
+    bottom = pd.Series(0.0, index=wide.index)
+    for part in LATENCY_PARTS:
+        ax.bar(wide.index.astype(str), wide[part], bottom=bottom, label=part, color=PART_COLOURS[part])
+        bottom += wide[part]
+    ax.set(xlabel="round", ylabel="round latency [s] (mean client)", title="Round latency breakdown")
+    ax.legend(title="phase", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return ax
+
+
+def save(ax: Axes, path) -> None:
+    """Write the figure of ``ax`` as PNG and release it."""
+    ax.figure.savefig(path, dpi=120)
+    plt.close(ax.figure)

@@ -1,0 +1,104 @@
+"""The policy contract: who runs which strategy this round.
+
+A policy only answers; the engine owns the round loop (as Flower's ``Strategy`` does). It
+is built once per run from its options in the scenario, sees every client's static facts,
+and may learn from what the server observes through :meth:`Policy.observe`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal, TypeVar
+
+import numpy as np
+
+from fedhq_sim.quant.strategy import Strategy
+from fedhq_sim.schema import StrictModel
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """What the server knows about a client before any round."""
+
+    client_id: int
+    site: str
+    device: str
+    link: str
+    num_samples: int
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """The question asked of a policy at the start of a round."""
+
+    round: int
+    selected: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ClientReport:
+    """What the server observed of one client in a round (reported or dropped)."""
+
+    client_id: int
+    round: int
+    strategy: Strategy
+    reported: bool
+    num_samples: int
+    train_loss: float | None
+
+
+class PolicyOptions(StrictModel):
+    """Options every quantizing policy has; subclasses add their own.
+
+    Only 8 bits for now: the eager torch.ao backend has int8 kernels and nothing lower.
+    """
+
+    bits: Literal[8] = 8
+
+
+class Policy(ABC):
+    """Assigns a :class:`Strategy` to each selected client of a round.
+
+    Parameters
+    ----------
+    options
+        The policy's validated options from the scenario's ``policy`` section.
+    clients
+        Every client of the fleet, in client-id order.
+    rng
+        The policy's own random stream (seeded from the scenario seed).
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[PolicyOptions]] = PolicyOptions
+
+    def __init__(self, options: PolicyOptions, clients: Sequence[ClientInfo], rng: np.random.Generator) -> None:
+        self.options = options
+        self.clients: Mapping[int, ClientInfo] = {c.client_id: c for c in clients}
+        self.rng = rng
+
+    @abstractmethod
+    def assign(self, ctx: RoundContext) -> dict[int, Strategy]:
+        """Return a strategy for every client in ``ctx.selected``."""
+
+    def observe(self, reports: Sequence[ClientReport]) -> None:  # noqa: B027 - optional hook
+        """Learn from a finished round; fixed policies ignore it."""
+
+
+P = TypeVar("P", bound=type[Policy])
+POLICIES: dict[str, type[Policy]] = {}
+
+
+def register_policy(name: str) -> Callable[[P], P]:
+    """Class decorator: make a policy available to scenarios as ``policy.name: <name>``."""
+
+    def add(cls: P) -> P:
+        if name in POLICIES:
+            raise ValueError(f"a policy named {name!r} is already registered")
+        cls.name = name
+        POLICIES[name] = cls
+        return cls
+
+    return add

@@ -1,0 +1,1 @@
+"""Quantization: strategy values, the eager torch.ao backend and the wire format of updates."""

@@ -1,0 +1,107 @@
+"""The quantization backend: PyTorch's eager-mode ``torch.ao.quantization``.
+
+Eager mode is deprecated in favour of torchao, but in torch 2.13 it is the only flow with
+real int8 CPU kernels that needs no ``torch.compile`` and takes any batch size (see
+shared/reference/quantization-devices-data.md, section 1). Everything that touches
+``torch.ao.quantization`` lives here, so a torchao backend can replace this one module.
+
+The deprecation warnings it triggers are silenced by their exact messages, nowhere else.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.ao import quantization as tq
+
+# The three warnings torch 2.13 prints for eager quantization; each is known and harmless here.
+_KNOWN_WARNINGS = (
+    (DeprecationWarning, r"torch\.ao\.quantization is deprecated"),
+    (UserWarning, r"Please use quant_min and quant_max to specify the range for observers"),
+    (UserWarning, r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized tensor creation"),
+)
+
+
+def quant_engine() -> str:
+    """The int8 kernel library: ``x86`` on Intel/AMD hosts, ``qnnpack`` on ARM."""
+    return "x86" if "x86" in torch.backends.quantized.supported_engines else "qnnpack"
+
+
+@contextmanager
+def eager_quantization() -> Iterator[None]:
+    """Select the int8 engine and silence exactly the known deprecation warnings."""
+    with warnings.catch_warnings():
+        for category, message in _KNOWN_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        previous = torch.backends.quantized.engine
+        torch.backends.quantized.engine = quant_engine()
+        try:
+            yield
+        finally:
+            torch.backends.quantized.engine = previous
+
+
+def _fused_copy(model: nn.Module, *, for_training: bool) -> nn.Module:
+    prepared = copy.deepcopy(model)
+    groups = [list(g) for g in getattr(model, "fuse_groups", ())]
+    if for_training:
+        prepared.train()
+        return tq.fuse_modules_qat(prepared, groups) if groups else prepared
+    prepared.eval()
+    return tq.fuse_modules(prepared, groups) if groups else prepared
+
+
+def ptq_qconfig() -> tq.QConfig:
+    """Min/max observers: per-tensor activations, per-channel symmetric weights.
+
+    The engine's default uses a histogram observer whose range search runs tens of thousands
+    of small operations (about 50,000 for a small CNN): on a gateway that costs more than the
+    local training itself. Min/max calibration is what edge toolchains do, and it is the same
+    range estimate that QAT's fake quantization uses, so PTQ and QAT differ only in training.
+    """
+    reduce_range = quant_engine() == "x86"  # the x86 kernels need 7-bit activations to avoid overflow
+    return tq.QConfig(
+        activation=tq.MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=reduce_range),
+        weight=tq.default_per_channel_weight_observer,
+    )
+
+
+def prepare_ptq(model: nn.Module) -> nn.Module:
+    """A fused copy of a trained fp32 model with observers, ready for calibration."""
+    with eager_quantization():
+        prepared = _fused_copy(model, for_training=False)
+        prepared.qconfig = ptq_qconfig()
+        return tq.prepare(prepared)
+
+
+def calibrate(prepared: nn.Module, batches: Iterator[torch.Tensor] | list[torch.Tensor]) -> None:
+    """Run observer-instrumented forward passes so activation ranges are known."""
+    with eager_quantization(), torch.no_grad():
+        for x in batches:
+            prepared(x)
+
+
+def prepare_qat(model: nn.Module) -> nn.Module:
+    """A fused copy of an fp32 model with fake quantization, ready for training."""
+    with eager_quantization():
+        prepared = _fused_copy(model, for_training=True)
+        prepared.qconfig = tq.get_default_qat_qconfig(quant_engine())
+        return tq.prepare_qat(prepared)
+
+
+def convert(prepared: nn.Module) -> nn.Module:
+    """The int8 model of a calibrated (PTQ) or trained (QAT) prepared model."""
+    with eager_quantization():
+        prepared.eval()
+        return tq.convert(prepared)
+
+
+def run_int8(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Inference with a converted model (the int8 kernels of the selected engine)."""
+    with eager_quantization(), torch.no_grad():
+        return model(x)

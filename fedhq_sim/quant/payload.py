@@ -1,0 +1,83 @@
+"""The wire format of model updates, and the server's dequantization.
+
+An fp32 update is the model's ``state_dict``. A quantized update carries, per quantized
+layer, its int8 weight values as plain ``torch.int8`` tensors with per-channel scales and
+zero points, its fp32 bias, and the output activation scale; it avoids the deprecated
+quantized dtypes on the wire. Both are serialized with ``torch.save`` and read back with
+``torch.load(weights_only=True)``, and the payload's length is what the network carries.
+"""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from torch import nn
+
+
+def _serialize(obj: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _deserialize(payload: bytes) -> dict:
+    return torch.load(io.BytesIO(payload), weights_only=True)
+
+
+def encode_fp32(model: nn.Module) -> bytes:
+    """Serialize an fp32 model's parameters and buffers."""
+    return _serialize({"format": "fp32", "state": {k: v.detach().clone() for k, v in model.state_dict().items()}})
+
+
+def _quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if callable(getattr(m, "weight", None))}
+
+
+def encode_quantized(model: nn.Module, bits: int) -> bytes:
+    """Serialize a converted (int8) model as integer weights plus their quantization parameters."""
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    for name, layer in _quantized_layers(model).items():
+        weight = layer.weight()
+        if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+            scales = weight.q_per_channel_scales().to(torch.float32)
+            zero_points = weight.q_per_channel_zero_points().to(torch.int32)
+            axis = torch.tensor(weight.q_per_channel_axis())
+        else:
+            scales = torch.tensor([weight.q_scale()], dtype=torch.float32)
+            zero_points = torch.tensor([weight.q_zero_point()], dtype=torch.int32)
+            axis = torch.tensor(-1)
+        bias = layer.bias()
+        layers[name] = {
+            "weight_int": weight.int_repr().clone(),
+            "scales": scales,
+            "zero_points": zero_points,
+            "axis": axis,
+            "bias": bias.detach().clone() if bias is not None else torch.empty(0),
+            "out_scale": torch.tensor(float(layer.scale)),
+            "out_zero_point": torch.tensor(int(layer.zero_point)),
+        }
+    return _serialize({"format": "quantized", "bits": bits, "layers": layers})
+
+
+def _dequantize(layer: dict[str, torch.Tensor]) -> torch.Tensor:
+    values = layer["weight_int"].to(torch.float32)
+    axis = int(layer["axis"])
+    if axis < 0:
+        return (values - layer["zero_points"].float()) * layer["scales"]
+    shape = [1] * values.dim()
+    shape[axis] = -1
+    return (values - layer["zero_points"].float().view(shape)) * layer["scales"].view(shape)
+
+
+def decode_to_fp32(payload: bytes) -> dict[str, torch.Tensor]:
+    """The fp32 ``state_dict`` an update stands for (dequantized when it is quantized)."""
+    message = _deserialize(payload)
+    if message["format"] == "fp32":
+        return message["state"]
+    state: dict[str, torch.Tensor] = {}
+    for name, layer in message["layers"].items():
+        state[f"{name}.weight"] = _dequantize(layer)
+        if layer["bias"].numel():
+            state[f"{name}.bias"] = layer["bias"]
+    return state

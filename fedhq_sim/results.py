@@ -1,0 +1,104 @@
+"""The results folder: written atomically, so a crash or kill never leaves a half file.
+
+Every file is written to a temporary name in the same folder and renamed into place.
+Metrics and events are rewritten after every round, so a run stopped at any moment keeps
+every completed round readable. Host-dependent facts (timings, versions, date) go only in
+``run.json``; ``rounds.csv`` and ``events.csv`` depend on the scenario and seed alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from fedhq_sim.errors import InputError
+from fedhq_sim.quant.eager import quant_engine
+from fedhq_sim.records import PhaseRecord, RoundRecord
+from fedhq_sim.scenario import LoadedScenario
+from fedhq_sim.tables import phases_frame, rounds_frame
+
+PACKAGES = (
+    "fedhq-sim",
+    "torch",
+    "simpy",
+    "numpy",
+    "networkx",
+    "pandas",
+    "seaborn",
+    "scikit-learn",
+    "pydantic",
+    "pyyaml",
+)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` in one rename; readers see the old or the new file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def prepare_output_dir(out: Path, *, overwrite: bool) -> Path:
+    """Create ``out``; an existing non-empty folder is refused unless ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "", "the output path exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InputError(out, "", "the output folder exists and is not empty; choose another --out or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+class ResultsWriter:
+    """Writes one run's results folder."""
+
+    def __init__(self, out: Path, scenario: LoadedScenario) -> None:
+        self.out = out
+        self.scenario = scenario
+
+    def write_inputs(self) -> None:
+        atomic_write_bytes(self.out / "scenario.yaml", self.scenario.path.read_bytes())
+        atomic_write_text(self.out / "resolved.json", json.dumps(self.scenario.resolved(), indent=2) + "\n")
+
+    def write_progress(self, rounds: Sequence[RoundRecord], phases: Sequence[PhaseRecord]) -> None:
+        atomic_write_text(self.out / "rounds.csv", rounds_frame(rounds).to_csv(index=False))
+        atomic_write_text(self.out / "events.csv", phases_frame(phases).to_csv(index=False))
+
+    def write_run_info(self, extra: dict[str, Any]) -> None:
+        info = {
+            "scenario": self.scenario.spec.name,
+            "seed": self.scenario.spec.seed,
+            "command": " ".join(sys.argv),
+            "versions": package_versions(),
+            "platform": platform.platform(),
+            "quantization_engine": quant_engine(),
+            **extra,
+        }
+        atomic_write_text(self.out / "run.json", json.dumps(info, indent=2) + "\n")

@@ -1,0 +1,185 @@
+"""Scenarios: the one YAML file a run depends on, validated strictly and resolved.
+
+This is the only module that knows the scenario format (as Ciw's ``import_params``). It
+validates the file, resolves every profile name against the profile library, checks what
+only makes sense across sections (enough clients for a round, a known policy), and returns
+a :class:`LoadedScenario` of plain values. Defaults live only in the model fields here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from fedhq_sim.errors import InputError
+from fedhq_sim.policies import POLICIES, Policy, PolicyOptions
+from fedhq_sim.profiles import DeviceProfile, LinkProfile, ProfileLibrary
+from fedhq_sim.schema import Seconds, StrictModel, validate
+from fedhq_sim.yamlio import load_yaml_mapping
+
+SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class DeviceGroup(StrictModel):
+    """``count`` devices of one class on one access-link class."""
+
+    device: str
+    link: str
+    count: int = Field(ge=1, le=100_000)
+
+
+class SiteSpec(StrictModel):
+    """A plant site: its devices behind one gateway, and the gateway's backhaul to the server."""
+
+    name: str = Field(pattern=SAFE_NAME)
+    backhaul: str
+    devices: list[DeviceGroup] = Field(min_length=1)
+
+
+class ServerSpec(StrictModel):
+    """The aggregation server: its device class and its own network link."""
+
+    device: str
+    link: str
+
+
+class DataSpec(StrictModel):
+    """Which offline dataset, how it is split, and how skewed the clients' shares are."""
+
+    dataset: Literal["digits"]
+    dirichlet_alpha: float = Field(gt=0.0)
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    server_calibration_samples: int = Field(default=64, ge=1)
+    min_client_samples: int = Field(default=8, ge=1)
+
+
+class TrainingSpec(StrictModel):
+    """The federated-learning settings of a synchronous run."""
+
+    rounds: int = Field(ge=1, le=100_000)
+    clients_per_round: int = Field(ge=1)
+    local_epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0.0)
+    calibration_samples: int = Field(default=32, ge=1)
+    round_deadline: Seconds
+
+
+class PolicySpec(StrictModel):
+    """The assignment policy by registered name; its own options are checked by the policy."""
+
+    model_config = StrictModel.model_config | {"extra": "allow"}
+    name: str
+
+
+class ScenarioSpec(StrictModel):
+    """The whole scenario file."""
+
+    name: str = Field(pattern=SAFE_NAME)
+    description: str = ""
+    seed: int = Field(ge=0)
+    profiles_dir: str = "../device_profiles"
+    server: ServerSpec
+    sites: list[SiteSpec] = Field(min_length=1)
+    data: DataSpec
+    model: Literal["small_cnn", "mlp"]
+    training: TrainingSpec
+    policy: PolicySpec
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """One client of the fleet with its profiles resolved."""
+
+    client_id: int
+    name: str
+    site: str
+    device: DeviceProfile
+    link: LinkProfile
+
+
+@dataclass(frozen=True)
+class LoadedScenario:
+    """A validated scenario with every name resolved to a profile."""
+
+    path: Path
+    spec: ScenarioSpec
+    clients: tuple[ClientSpec, ...]
+    server_device: DeviceProfile
+    server_link: LinkProfile
+    backhauls: dict[str, LinkProfile]
+    policy_class: type[Policy]
+    policy_options: PolicyOptions
+
+    def resolved(self) -> dict[str, Any]:
+        """Everything the run used, in SI units, for the results folder."""
+        devices = {c.device.name: c.device for c in self.clients} | {self.server_device.name: self.server_device}
+        links = {c.link.name: c.link for c in self.clients} | {self.server_link.name: self.server_link}
+        links |= {p.name: p for p in self.backhauls.values()}
+        return {
+            "units": "SI base units: seconds, bit/s (links), byte/s (memory bandwidth), bytes, operations/s",
+            "scenario": self.spec.model_dump(mode="json"),
+            "policy_options": self.policy_options.model_dump(mode="json"),
+            "clients": [
+                {"client_id": c.client_id, "name": c.name, "site": c.site, "device": c.device.name, "link": c.link.name}
+                for c in self.clients
+            ],
+            "device_profiles": {n: p.model_dump(mode="json") for n, p in sorted(devices.items())},
+            "link_profiles": {n: p.model_dump(mode="json") for n, p in sorted(links.items())},
+        }
+
+
+def _resolve_policy(spec: ScenarioSpec, path: Path) -> tuple[type[Policy], PolicyOptions]:
+    policy_class = POLICIES.get(spec.policy.name)
+    if policy_class is None:
+        names = ", ".join(sorted(POLICIES))
+        raise InputError(path, "policy.name", f"unknown policy '{spec.policy.name}' (available: {names})")
+    options = validate(policy_class.Options, spec.policy.model_extra or {}, path, prefix=("policy",))
+    return policy_class, options
+
+
+def load_scenario(path: Path | str) -> LoadedScenario:
+    """Read, validate and resolve a scenario file; any problem is an :class:`InputError`."""
+    path = Path(path)
+    spec = validate(ScenarioSpec, load_yaml_mapping(path), path)
+    library = ProfileLibrary((path.parent / spec.profiles_dir).resolve())
+    if not library.root.is_dir():
+        raise InputError(path, "profiles_dir", f"profile directory '{spec.profiles_dir}' does not exist")
+
+    site_names = [s.name for s in spec.sites]
+    for index, name in enumerate(site_names):
+        if site_names.index(name) != index:
+            raise InputError(path, f"sites[{index}].name", f"site name '{name}' is used twice")
+
+    clients: list[ClientSpec] = []
+    backhauls: dict[str, LinkProfile] = {}
+    for s_index, site in enumerate(spec.sites):
+        backhauls[site.name] = library.link(site.backhaul, referenced_from=path, key=f"sites[{s_index}].backhaul")
+        for g_index, group in enumerate(site.devices):
+            key = f"sites[{s_index}].devices[{g_index}]"
+            device = library.device(group.device, referenced_from=path, key=f"{key}.device")
+            link = library.link(group.link, referenced_from=path, key=f"{key}.link")
+            for k in range(group.count):
+                cid = len(clients)
+                clients.append(ClientSpec(cid, f"{site.name}/{device.name}-{k}", site.name, device, link))
+
+    if spec.training.clients_per_round > len(clients):
+        raise InputError(
+            path,
+            "training.clients_per_round",
+            f"asks for {spec.training.clients_per_round} clients per round but the fleet has {len(clients)}",
+        )
+    policy_class, options = _resolve_policy(spec, path)
+    return LoadedScenario(
+        path=path,
+        spec=spec,
+        clients=tuple(clients),
+        server_device=library.device(spec.server.device, referenced_from=path, key="server.device"),
+        server_link=library.link(spec.server.link, referenced_from=path, key="server.link"),
+        backhauls=backhauls,
+        policy_class=policy_class,
+        policy_options=options,
+    )

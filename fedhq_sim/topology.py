@@ -1,0 +1,83 @@
+"""The plant network as a networkx graph, and the routes transfers follow.
+
+Nodes are the server, a core router in front of it, one gateway per site and one node per
+client. Edges carry a link profile: client--gateway is the client's access link,
+gateway--core the site's backhaul, core--server the server's own link (so all sites share
+the server's link). Routes are shortest paths by latency; each physical link becomes two
+:class:`~fedhq_sim.network.DirectedLink` objects, uplink (toward the server) and downlink.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import pairwise
+
+import networkx as nx
+
+from fedhq_sim.network import DirectedLink
+from fedhq_sim.profiles import LinkProfile
+from fedhq_sim.scenario import LoadedScenario
+
+SERVER = "server"
+CORE = "core"
+
+
+def site_node(site: str) -> str:
+    return f"site:{site}"
+
+
+def client_node(client_id: int) -> str:
+    return f"client:{client_id}"
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The graph, its directed links, and each client's routes (lists of directed link ids)."""
+
+    graph: nx.Graph
+    links: dict[tuple[str, str], DirectedLink]
+    uplink_routes: dict[int, tuple[tuple[str, str], ...]]
+    downlink_routes: dict[int, tuple[tuple[str, str], ...]]
+
+
+def build_graph(scenario: LoadedScenario) -> nx.Graph:
+    """Nodes and profiled edges of the plant; ``upper`` names the endpoint nearer the server."""
+    graph = nx.Graph()
+    graph.add_node(SERVER, kind="server", device=scenario.server_device.name)
+    graph.add_node(CORE, kind="router")
+    graph.add_edge(CORE, SERVER, profile=scenario.server_link, upper=SERVER)
+    for site, backhaul in scenario.backhauls.items():
+        graph.add_node(site_node(site), kind="gateway", site=site)
+        graph.add_edge(site_node(site), CORE, profile=backhaul, upper=CORE)
+    for client in scenario.clients:
+        node = client_node(client.client_id)
+        graph.add_node(node, kind="client", device=client.device.name, site=client.site)
+        graph.add_edge(node, site_node(client.site), profile=client.link, upper=site_node(client.site))
+    return graph
+
+
+def _directed(profile: LinkProfile, *, toward_server: bool) -> DirectedLink:
+    capacity = profile.uplink if toward_server else profile.downlink
+    return DirectedLink(capacity, profile.latency, profile.jitter, profile.loss)
+
+
+def build_topology(scenario: LoadedScenario) -> Topology:
+    """The graph of ``scenario`` with both directions of every link and every client's routes."""
+    graph = build_graph(scenario)
+    links: dict[tuple[str, str], DirectedLink] = {}
+    for a, b, attrs in graph.edges(data=True):
+        lower = a if attrs["upper"] == b else b
+        upper = attrs["upper"]
+        links[(lower, upper)] = _directed(attrs["profile"], toward_server=True)
+        links[(upper, lower)] = _directed(attrs["profile"], toward_server=False)
+
+    def latency(a: str, b: str, attrs: dict) -> float:
+        return attrs["profile"].latency
+
+    up: dict[int, tuple[tuple[str, str], ...]] = {}
+    down: dict[int, tuple[tuple[str, str], ...]] = {}
+    for client in scenario.clients:
+        path = nx.shortest_path(graph, client_node(client.client_id), SERVER, weight=latency)
+        up[client.client_id] = tuple(pairwise(path))
+        down[client.client_id] = tuple((b, a) for a, b in reversed(up[client.client_id]))
+    return Topology(graph, links, up, down)

@@ -1,0 +1,60 @@
+"""Safe, strict YAML reading for scenarios and profiles.
+
+Only ``yaml.SafeLoader`` is used, so no value in a file is ever executed. A key repeated
+in one mapping is an error (PyYAML would silently keep the last one, which hides typos).
+Every failure becomes an :class:`~fedhq_sim.errors.InputError` naming the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedhq_sim.errors import InputError
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in mapping:
+            line = key_node.start_mark.line + 1
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (line {line})", key_node.start_mark
+            )
+        mapping[key] = loader.construct_object(value_node, deep=deep)
+    return mapping
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml_mapping(path: Path) -> dict[str, Any]:
+    """Read ``path`` as a YAML mapping, or raise :class:`InputError` saying why not."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(path, "", "file not found") from None
+    except OSError as error:
+        raise InputError(path, "", f"cannot read file ({error.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(path, "", f"not valid UTF-8 text (byte {error.start})") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise InputError(path, "", f"invalid YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "", f"expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data

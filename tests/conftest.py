@@ -1,0 +1,58 @@
+"""Shared fixtures: the repository's profile library and a tiny scenario writer."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILES = REPO / "device_profiles"
+
+TINY: dict[str, Any] = {
+    "name": "tiny",
+    "seed": 3,
+    "server": {"device": "x86_server", "link": "ethernet_10g"},
+    "sites": [
+        {"name": "hall", "backhaul": "fibre_1g", "devices": [{"device": "rpi4", "link": "wifi6", "count": 2}]},
+        {"name": "yard", "backhaul": "lte", "devices": [{"device": "rpi5", "link": "ethernet_1g", "count": 2}]},
+    ],
+    "data": {"dataset": "digits", "dirichlet_alpha": 1.0, "min_client_samples": 16},
+    "model": "small_cnn",
+    "training": {
+        "rounds": 2,
+        "clients_per_round": 3,
+        "local_epochs": 1,
+        "batch_size": 32,
+        "learning_rate": 0.05,
+        "round_deadline": "10 min",
+    },
+    "policy": {"name": "hybrid", "qat_fraction": 0.5},
+}
+
+
+def tiny_scenario_dict() -> dict[str, Any]:
+    """A fresh deep copy of the tiny scenario (2 sites, 4 clients, 2 rounds)."""
+    return copy.deepcopy(TINY)
+
+
+@pytest.fixture
+def write_scenario(tmp_path: Path) -> Callable[[dict[str, Any]], Path]:
+    """Write a scenario mapping to a YAML file in ``tmp_path`` that uses the repo's profiles."""
+
+    def write(data: dict[str, Any], name: str = "scenario.yaml") -> Path:
+        data = {**data, "profiles_dir": str(PROFILES)}
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def tiny_scenario(write_scenario) -> Path:
+    return write_scenario(tiny_scenario_dict())
