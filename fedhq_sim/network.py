@@ -21,6 +21,9 @@ import simpy
 LinkId = Hashable
 MSS_BYTES = 1460  # TCP maximum segment size on Ethernet-sized frames
 MATHIS_C = math.sqrt(3.0 / 2.0)  # constant of the Mathis et al. (1997) periodic-loss model
+# A flow within a nanosecond of its end is finished: float rounding of the clock must not
+# leave a residue that schedules wake-ups too small to move simulated time forward.
+TIME_EPSILON_S = 1e-9
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,7 @@ class FlowNetwork:
         self._last_update = self.env.now
 
     def _reallocate(self) -> None:
-        finished = [f for f in self._flows if f.remaining_bits <= 1e-9 * f.size_bits]
+        finished = [f for f in self._flows if f.remaining_bits <= max(1e-9 * f.size_bits, f.rate_bps * TIME_EPSILON_S)]
         for flow in finished:
             self._flows.remove(flow)
             flow.done.succeed()

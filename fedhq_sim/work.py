@@ -27,6 +27,8 @@ from torch.utils.flop_counter import flop_registry
 Precision = Literal["fp32", "fake_quant", "int8"]
 FAKE_QUANT_OPS_PER_ELEMENT = 5
 _SKIPPED_NAMESPACES = {"profiler"}
+# aten.fake_quantize_per_* and the fused observer + fake-quant kernel of eager QAT.
+_FAKE_QUANT_MARKERS = ("fake_quant", "_obs_fq_")
 
 T = TypeVar("T")
 
@@ -100,7 +102,8 @@ def op_cost(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) 
     flat_in = _tensors(tree_flatten((args, kwargs))[0])
     flat_out = _tensors(tree_flatten(out)[0])
     quantized = name.startswith("quantized.") or any(t.is_quantized for t in flat_in + flat_out)
-    precision: Precision = "int8" if quantized else ("fake_quant" if "fake_quant" in name else "fp32")
+    fake_quant = any(marker in name for marker in _FAKE_QUANT_MARKERS)
+    precision: Precision = "int8" if quantized else ("fake_quant" if fake_quant else "fp32")
     if isinstance(func, torch._ops.OpOverload) and _is_view(func):
         return OpCost(name, precision, 0.0, 0.0)
     nbytes = float(sum(t.numel() * t.element_size() for t in flat_in + flat_out))

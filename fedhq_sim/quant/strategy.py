@@ -14,7 +14,7 @@ class Strategy:
     """A value (and a cache key): ``Strategy("qat", 8)`` is 8-bit quantization-aware training."""
 
     kind: StrategyKind
-    bits: int = 32
+    bits: int
 
     def __post_init__(self) -> None:
         if self.kind == "fp32" and self.bits != 32:

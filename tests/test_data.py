@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedhq_sim.data import PartitionError, dirichlet_partition, federate, load_digits
+
+LABELS = np.repeat(np.arange(10), 50)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_clients=st.integers(1, 20), alpha=st.floats(0.05, 100.0), seed=st.integers(0, 2**32 - 1))
+def test_partition_hands_out_every_sample_exactly_once(n_clients, alpha, seed):
+    try:
+        parts = dirichlet_partition(LABELS, n_clients, alpha, 1, np.random.default_rng(seed))
+    except PartitionError:
+        return  # very small alpha with many clients may not reach the minimum; that is reported
+    together = np.sort(np.concatenate(parts))
+    assert np.array_equal(together, np.arange(len(LABELS)))
+    assert all(len(p) >= 1 for p in parts)
+
+
+def test_small_alpha_gives_more_skewed_clients():
+    def mean_top_class_share(alpha):
+        parts = dirichlet_partition(LABELS, 10, alpha, 5, np.random.default_rng(1))
+        return np.mean([np.bincount(LABELS[p]).max() / len(p) for p in parts])
+
+    assert mean_top_class_share(0.1) > mean_top_class_share(100.0) + 0.3
+
+
+def test_an_impossible_minimum_is_an_error_not_an_empty_client():
+    with pytest.raises(PartitionError, match="need"):
+        dirichlet_partition(LABELS, 100, 1.0, 10, np.random.default_rng(0))
+
+
+def test_federate_keeps_test_and_calibration_apart_from_training():
+    data = federate(
+        load_digits(),
+        n_clients=5,
+        alpha=0.5,
+        test_fraction=0.2,
+        server_calibration=64,
+        min_client_samples=8,
+        rng=np.random.default_rng(0),
+    )
+    assert len(data.test) == round(0.2 * 1797)
+    assert len(data.server_calibration) == 64
+    assert sum(len(c) for c in data.clients) == 1797 - len(data.test) - 64
+    assert data.input_shape == (1, 8, 8)

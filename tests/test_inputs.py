@@ -1,0 +1,139 @@
+"""Bad input: one clear line naming the file, the key path and what was expected; exit 2."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedhq_sim.cli import main
+from fedhq_sim.errors import InputError
+from fedhq_sim.profiles import ProfileLibrary
+from fedhq_sim.scenario import load_scenario
+from tests.conftest import PROFILES, REPO, tiny_scenario_dict
+
+
+def mutated(change):
+    data = tiny_scenario_dict()
+    change(data)
+    return data
+
+
+CASES = [
+    ("unknown key", lambda d: d["training"].update(epochs=3), "training.epochs", "unknown key"),
+    ("missing key", lambda d: d["training"].pop("rounds"), "training.rounds", "missing required key"),
+    ("wrong type", lambda d: d["training"].update(rounds="five"), "training.rounds", "valid integer"),
+    ("bool as int", lambda d: d["training"].update(rounds=True), "training.rounds", "valid integer"),
+    ("zero deadline", lambda d: d["training"].update(round_deadline="0 s"), "training.round_deadline", "greater"),
+    ("negative deadline", lambda d: d["training"].update(round_deadline="-5 s"), "training.round_deadline", "like"),
+    ("unitless deadline", lambda d: d["training"].update(round_deadline=30), "training.round_deadline", "unit"),
+    ("zero count", lambda d: d["sites"][0]["devices"][0].update(count=0), "sites[0].devices[0].count", "greater"),
+    (
+        "unknown device",
+        lambda d: d["sites"][1]["devices"][0].update(device="pi9"),
+        "sites[1].devices[0].device",
+        "unknown device profile 'pi9'",
+    ),
+    ("unknown link", lambda d: d["sites"][0].update(backhaul="carrier_pigeon"), "sites[0].backhaul", "unknown link"),
+    ("unknown policy", lambda d: d["policy"].update(name="fedmagic"), "policy.name", "unknown policy"),
+    ("policy option", lambda d: d["policy"].update(qat_fraction=1.5), "policy.qat_fraction", "less than or equal"),
+    ("policy bits", lambda d: d["policy"].update(bits=4), "policy.bits", "8"),
+    ("too many per round", lambda d: d["training"].update(clients_per_round=9), "training.clients_per_round", "fleet"),
+    ("escaping name", lambda d: d.update(name="../../etc"), "name", "pattern"),
+    ("unknown model", lambda d: d.update(model="gpt"), "model", "small_cnn"),
+    ("negative alpha", lambda d: d["data"].update(dirichlet_alpha=-1.0), "data.dirichlet_alpha", "greater"),
+    ("duplicate site", lambda d: d["sites"][1].update(name="hall"), "sites[1].name", "used twice"),
+]
+
+
+@pytest.mark.parametrize(("label", "change", "key", "fragment"), CASES, ids=[c[0] for c in CASES])
+def test_bad_scenarios_name_file_key_and_problem(write_scenario, label, change, key, fragment):
+    path = write_scenario(mutated(change))
+    with pytest.raises(InputError) as raised:
+        load_scenario(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: {key}: "), message
+    assert fragment in message
+    assert "\n" not in message
+
+
+def write_text(tmp_path: Path, text: bytes | str) -> Path:
+    path = tmp_path / "broken.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("name: a\nname: b\n", "duplicate key 'name'"),
+        ("- just\n- a list\n", "expected a mapping"),
+        (b"name: \xff\xfe\n", "not valid UTF-8"),
+        ("name: [unclosed\n", "invalid YAML at line"),
+        ("!!python/object/apply:os.system ['echo hacked']\n", "invalid YAML"),
+    ],
+)
+def test_broken_yaml_is_reported_without_running_anything(tmp_path, content, fragment):
+    with pytest.raises(InputError, match=fragment):
+        load_scenario(write_text(tmp_path, content))
+
+
+def test_a_missing_file_is_reported(tmp_path):
+    with pytest.raises(InputError, match="file not found"):
+        load_scenario(tmp_path / "nope.yaml")
+
+
+def test_a_zero_rate_in_a_profile_names_the_profile_file(tmp_path):
+    (tmp_path / "links").mkdir()
+    source = yaml.safe_load((PROFILES / "links" / "lte.yaml").read_text())
+    source["uplink"] = "0 Mbit/s"
+    (tmp_path / "links" / "lte.yaml").write_text(yaml.safe_dump(source))
+    with pytest.raises(InputError) as raised:
+        ProfileLibrary(tmp_path).link("lte", referenced_from=Path("s.yaml"), key="k")
+    assert str(raised.value).startswith(f"{tmp_path / 'links' / 'lte.yaml'}: uplink: must be greater than zero")
+
+
+def test_a_profile_number_without_a_source_is_rejected(tmp_path):
+    (tmp_path / "devices").mkdir()
+    source = yaml.safe_load((PROFILES / "devices" / "rpi4.yaml").read_text())
+    del source["sources"]["memory"]
+    (tmp_path / "devices" / "rpi4.yaml").write_text(yaml.safe_dump(source))
+    with pytest.raises(InputError, match="missing a source for 'memory'"):
+        ProfileLibrary(tmp_path).device("rpi4", referenced_from=Path("s.yaml"), key="k")
+
+
+def test_every_shipped_profile_is_valid_and_sourced():
+    library = ProfileLibrary(PROFILES)
+    devices = library.available("devices")
+    links = library.available("links")
+    assert len(devices) >= 6 and len(links) >= 5
+    for name in devices:
+        profile = library.device(name, referenced_from=Path("test"), key="k")
+        assert set(profile.sources) == set(profile.numeric_keys)
+    for name in links:
+        profile = library.link(name, referenced_from=Path("test"), key="k")
+        assert set(profile.sources) == set(profile.numeric_keys)
+
+
+@pytest.mark.parametrize("scenario", sorted((REPO / "scenarios").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_scenario_validates(scenario, capsys):
+    assert main(["validate", str(scenario)]) == 0
+    assert "valid" in capsys.readouterr().out
+
+
+def test_cli_exits_2_with_one_line_and_no_traceback(write_scenario):
+    path = write_scenario(mutated(lambda d: d["training"].update(epochs=3)))
+    done = subprocess.run(
+        [sys.executable, "-m", "fedhq_sim", "run", str(path), "--out", str(path.parent / "out")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr
+        == f"error: {path}: training.epochs: unknown key (check the spelling; see docs for the allowed keys)\n"
+    )
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not (path.parent / "out").exists()

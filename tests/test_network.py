@@ -1,0 +1,167 @@
+"""The flow network against closed-form results, and max-min fairness as a law."""
+
+import math
+
+import numpy as np
+import pytest
+import simpy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedhq_sim.network import DirectedLink, FlowNetwork, mathis_rate_bps, max_min_rates
+
+MBIT = 1e6
+
+
+def run_transfers(links, starts):
+    """Run transfers ``(name, start_s, route, nbytes)``; return ``{name: finish_s}``."""
+    env = simpy.Environment()
+    network = FlowNetwork(env, links, np.random.default_rng(0))
+    finished = {}
+
+    def sender(name, start, route, nbytes):
+        yield env.timeout(start)
+        yield from network.transfer(route, nbytes)
+        finished[name] = env.now
+
+    for name, start, route, nbytes in starts:
+        env.process(sender(name, start, route, nbytes))
+    env.run()
+    return finished
+
+
+def lossless(capacity_bps, latency_s=0.0):
+    return DirectedLink(capacity_bps, latency_s, 0.0, 0.0)
+
+
+def test_one_transfer_takes_latency_plus_size_over_bandwidth():
+    done = run_transfers({"l": lossless(8 * MBIT, 0.010)}, [("a", 0.0, ["l"], 1_000_000)])
+    assert done["a"] == pytest.approx(0.010 + 1.0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_n_equal_flows_on_one_link_finish_at_n_times_s_over_b(n):
+    starts = [(i, 0.0, ["l"], 1_000_000) for i in range(n)]
+    done = run_transfers({"l": lossless(8 * MBIT)}, starts)
+    assert all(t == pytest.approx(n * 1.0) for t in done.values())
+
+
+def test_two_uploads_sharing_a_link_take_longer_than_one_alone():
+    links = {"access_a": lossless(100 * MBIT), "access_b": lossless(100 * MBIT), "backhaul": lossless(10 * MBIT)}
+    alone = run_transfers(links, [("a", 0.0, ["access_a", "backhaul"], 500_000)])
+    shared = run_transfers(
+        links, [("a", 0.0, ["access_a", "backhaul"], 500_000), ("b", 0.0, ["access_b", "backhaul"], 500_000)]
+    )
+    assert alone["a"] == pytest.approx(0.4)
+    assert shared["a"] == pytest.approx(0.8)
+    assert shared["a"] > alone["a"]
+
+
+def test_staggered_start_gives_piecewise_finish_times():
+    # a alone for 0.5 s (half of its 1 s of work), then both share: a needs 0.5 s more at half rate.
+    done = run_transfers({"l": lossless(8 * MBIT)}, [("a", 0.0, ["l"], 1_000_000), ("b", 0.5, ["l"], 1_000_000)])
+    assert done["a"] == pytest.approx(1.5)
+    assert done["b"] == pytest.approx(2.0)
+
+
+def test_latency_adds_per_hop():
+    links = {"x": lossless(1e12, 0.003), "y": lossless(1e12, 0.020), "z": lossless(1e12, 0.001)}
+    done = run_transfers(links, [("a", 0.0, ["x", "y", "z"], 1)])
+    assert done["a"] == pytest.approx(0.024, rel=1e-6)
+
+
+def test_classic_two_bottleneck_example():
+    # Links A (cap 1) and B (cap 2); f1 uses A, f2 uses A and B, f3 and f4 use B.
+    routes = {"f1": ["A"], "f2": ["A", "B"], "f3": ["B"], "f4": ["B"]}
+    rates = max_min_rates(routes, {"A": 1.0, "B": 2.0})
+    assert rates["f1"] == pytest.approx(0.5)
+    assert rates["f2"] == pytest.approx(0.5)
+    assert rates["f3"] == pytest.approx(0.75)
+    assert rates["f4"] == pytest.approx(0.75)
+
+
+def test_a_ceiling_frees_capacity_for_the_others():
+    rates = max_min_rates({"slow": ["l"], "fast": ["l"]}, {"l": 10.0}, {"slow": 2.0})
+    assert rates == {"slow": pytest.approx(2.0), "fast": pytest.approx(8.0)}
+
+
+def test_lossy_route_goodput_follows_the_mathis_formula():
+    links = {"lossy": DirectedLink(1e9, 0.025, 0.0, 0.01)}
+    expected_rate = 1460 * 8 / (0.05 * math.sqrt(0.01)) * math.sqrt(1.5)
+    assert mathis_rate_bps(0.05, 0.01) == pytest.approx(expected_rate)
+    done = run_transfers(links, [("a", 0.0, ["lossy"], 1_000_000)])
+    assert done["a"] == pytest.approx(0.025 + 8e6 / expected_rate)
+
+
+def test_an_interrupted_transfer_frees_its_share_at_once():
+    env = simpy.Environment()
+    network = FlowNetwork(env, {"l": lossless(8 * MBIT)}, np.random.default_rng(0))
+    finished = {}
+
+    def sender(name):
+        try:
+            yield from network.transfer(["l"], 1_000_000)
+            finished[name] = env.now
+        except simpy.Interrupt:
+            finished[name] = None
+
+    a, _ = env.process(sender("a")), env.process(sender("b"))
+
+    def cut():
+        yield env.timeout(0.5)
+        a.interrupt()
+
+    env.process(cut())
+    env.run()
+    # b got half the link for 0.5 s (0.25 of its work), then all of it: 0.75 s more.
+    assert finished == {"a": None, "b": pytest.approx(1.25)}
+    assert network.active_flows == 0
+
+
+@st.composite
+def flow_sets(draw):
+    n_links = draw(st.integers(1, 6))
+    capacity = {f"l{i}": draw(st.floats(0.1, 1000.0)) for i in range(n_links)}
+    n_flows = draw(st.integers(1, 12))
+    routes = {
+        f"f{j}": draw(st.lists(st.sampled_from(sorted(capacity)), min_size=1, max_size=n_links, unique=True))
+        for j in range(n_flows)
+    }
+    ceilings = {f: draw(st.floats(0.05, 2000.0)) for f in routes if draw(st.booleans())}
+    return routes, capacity, ceilings
+
+
+@settings(max_examples=200, deadline=None)
+@given(flow_sets())
+def test_max_min_rates_respect_capacity_and_are_fair(case):
+    routes, capacity, ceilings = case
+    rates = max_min_rates(routes, capacity, ceilings)
+    load = {link: sum(rates[f] for f, r in routes.items() if link in r) for link in capacity}
+    for link, used in load.items():
+        assert used <= capacity[link] * (1 + 1e-9)
+    for flow, rate in rates.items():
+        assert rate > 0
+        if rate >= ceilings.get(flow, math.inf) * (1 - 1e-9):
+            continue
+        # Not at its ceiling: some link on its route is full and no flow there gets more.
+        bottlenecks = [
+            link
+            for link in routes[flow]
+            if load[link] >= capacity[link] * (1 - 1e-9)
+            and all(rates[g] <= rate * (1 + 1e-9) for g, r in routes.items() if link in r)
+        ]
+        assert bottlenecks, f"{flow} could grow without taking from a smaller flow"
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 5_000_000), min_size=1, max_size=6),
+    starts=st.lists(st.floats(0.0, 2.0), min_size=6, max_size=6),
+    grow=st.integers(1, 1_000_000),
+)
+def test_finish_times_never_decrease_when_a_flow_grows(sizes, starts, grow):
+    links = {"l": lossless(10 * MBIT)}
+    base = [(i, starts[i], ["l"], s) for i, s in enumerate(sizes)]
+    bigger = [(0, starts[0], ["l"], sizes[0] + grow), *base[1:]]
+    before, after = run_transfers(links, base), run_transfers(links, bigger)
+    assert all(after[i] >= before[i] - 1e-9 for i in before)

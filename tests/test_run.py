@@ -1,0 +1,104 @@
+"""End-to-end runs: output files, determinism, deadlines and learning."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from fedhq_sim.cli import main
+from fedhq_sim.engine import Simulation
+from fedhq_sim.scenario import load_scenario
+from fedhq_sim.tables import latency_breakdown, phases_frame, rounds_frame
+from tests.conftest import REPO, tiny_scenario_dict
+
+EXPECTED_FILES = {
+    "scenario.yaml",
+    "resolved.json",
+    "run.json",
+    "rounds.csv",
+    "events.csv",
+    "accuracy_vs_time.png",
+    "round_latency.png",
+}
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """The tiny scenario run twice with one seed and once with another, through the CLI."""
+    import yaml
+
+    from tests.conftest import PROFILES
+
+    folder = tmp_path_factory.mktemp("runs")
+    outs = {}
+    for label, seed in (("a", 3), ("b", 3), ("other", 4)):
+        data = tiny_scenario_dict() | {"seed": seed, "profiles_dir": str(PROFILES)}
+        path = folder / f"{label}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        outs[label] = folder / f"out-{label}"
+        assert main(["run", str(path), "--out", str(outs[label]), "--quiet"]) == 0
+    return outs
+
+
+def test_a_run_writes_every_result_file(two_runs):
+    out = two_runs["a"]
+    assert {p.name for p in out.iterdir()} >= EXPECTED_FILES
+    info = json.loads((out / "run.json").read_text())
+    assert info["seed"] == 3 and info["versions"]["torch"].startswith("2.")
+    rounds = pd.read_csv(out / "rounds.csv")
+    assert list(rounds["round"]) == [0, 1, 2]
+    events = pd.read_csv(out / "events.csv")
+    assert set(events["phase"]) == {"download", "compute", "upload"}
+    assert (events["end_s"] >= events["start_s"]).all()
+    assert set(events["strategy"]) <= {"ptq8", "qat8"}
+    assert (events.loc[events["phase"] == "upload", "nbytes"] > 0).all()
+
+
+def test_same_seed_gives_identical_files_and_another_seed_does_not(two_runs):
+    for name in ("rounds.csv", "events.csv"):
+        assert (two_runs["a"] / name).read_bytes() == (two_runs["b"] / name).read_bytes()
+    assert (two_runs["a"] / "events.csv").read_bytes() != (two_runs["other"] / "events.csv").read_bytes()
+
+
+def test_an_existing_results_folder_is_not_overwritten_silently(two_runs, capsys):
+    scenario = two_runs["a"].parent / "a.yaml"
+    assert main(["run", str(scenario), "--out", str(two_runs["a"]), "--quiet"]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_the_deadline_drops_late_clients_and_logs_them(write_scenario):
+    data = tiny_scenario_dict()
+    data["training"]["round_deadline"] = "40 ms"
+    data["training"]["rounds"] = 1
+    sim = Simulation(load_scenario(write_scenario(data)))
+    result = sim.run()
+    phases = phases_frame(result.phases)
+    record = result.rounds[-1]
+    dropped = phases[phases["status"] == "dropped"]
+    assert record.dropped == len(dropped) > 0
+    assert record.reported + record.dropped == record.selected
+    assert record.collect_end_s == pytest.approx(0.040)
+    assert dropped["end_s"].tolist() == pytest.approx([0.040] * len(dropped))
+    assert sim.network.active_flows == 0
+
+
+def test_latency_breakdown_adds_up_to_each_round(two_runs):
+    rounds = pd.read_csv(two_runs["a"] / "rounds.csv")
+    parts = latency_breakdown(rounds, pd.read_csv(two_runs["a"] / "events.csv"))
+    totals = parts.groupby("round")["seconds"].sum()
+    latency = rounds.set_index("round")["latency_s"].loc[totals.index]
+    assert (parts["seconds"] >= -1e-12).all()
+    assert totals.to_numpy() == pytest.approx(latency.to_numpy())
+
+
+@pytest.mark.slow
+def test_quickstart_learns_and_runs_in_minutes():
+    scenario = load_scenario(REPO / "scenarios" / "quickstart.yaml")
+    spec = scenario.spec
+    assert len(scenario.clients) >= 12 and spec.training.rounds >= 5 and len(spec.sites) >= 2
+    assert len({c.device.name for c in scenario.clients}) >= 3
+    rounds = rounds_frame(Simulation(scenario).run().rounds)
+    accuracy = rounds["deployed_accuracy"].to_numpy()
+    assert accuracy[-1] > accuracy[0] + 0.4
+    assert accuracy[-1] > 0.8
+    assert (rounds["end_s"].diff().dropna() > 0).all()
