@@ -8,7 +8,7 @@ pydantic's error into one :class:`InputError` line with the file and the dotted 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
@@ -64,12 +64,30 @@ def key_path(location: tuple[Any, ...]) -> str:
     return text
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _model_at(model: type[BaseModel], location: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The nested model that holds the key at ``location`` (for listing its allowed keys)."""
+    current: type[BaseModel] | None = model
+    for part in location[:-1]:
+        if isinstance(part, int) or current is None:
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        candidates = [field.annotation, *get_args(field.annotation)]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return current
+
+
+def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
     kind = error["type"]
     if kind == "missing":
         return "missing required key"
     if kind == "extra_forbidden":
-        return "unknown key (check the spelling; see docs for the allowed keys)"
+        holder = _model_at(model, tuple(error["loc"]))
+        allowed = f"; allowed: {', '.join(holder.model_fields)}" if holder else ""
+        return f"unknown key{allowed}"
+    if kind == "string_pattern_mismatch":
+        return f"{error['input']!r} is not a plain name: use 1-64 letters, digits, '_', '.' or '-', no path separators"
     message = error["msg"]
     if kind == "value_error":
         message = message.removeprefix("Value error, ")
@@ -88,4 +106,4 @@ def validate(model: type[M], data: Any, file: Path | str, *, prefix: tuple[Any, 
         return model.model_validate(data)
     except ValidationError as error:
         first = error.errors(include_url=False)[0]
-        raise InputError(file, key_path(prefix + tuple(first["loc"])), _describe(first)) from None
+        raise InputError(file, key_path(prefix + tuple(first["loc"])), _describe(first, model)) from None

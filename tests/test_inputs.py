@@ -21,7 +21,7 @@ def mutated(change):
 
 
 CASES = [
-    ("unknown key", lambda d: d["training"].update(epochs=3), "training.epochs", "unknown key"),
+    ("unknown key", lambda d: d["training"].update(epochs=3), "training.epochs", "unknown key; allowed: rounds"),
     ("missing key", lambda d: d["training"].pop("rounds"), "training.rounds", "missing required key"),
     ("wrong type", lambda d: d["training"].update(rounds="five"), "training.rounds", "valid integer"),
     ("bool as int", lambda d: d["training"].update(rounds=True), "training.rounds", "valid integer"),
@@ -40,7 +40,7 @@ CASES = [
     ("policy option", lambda d: d["policy"].update(qat_fraction=1.5), "policy.qat_fraction", "less than or equal"),
     ("policy bits", lambda d: d["policy"].update(bits=4), "policy.bits", "8"),
     ("too many per round", lambda d: d["training"].update(clients_per_round=9), "training.clients_per_round", "fleet"),
-    ("escaping name", lambda d: d.update(name="../../etc"), "name", "pattern"),
+    ("escaping name", lambda d: d.update(name="../../etc"), "name", "no path separators"),
     ("unknown model", lambda d: d.update(model="gpt"), "model", "small_cnn"),
     ("negative alpha", lambda d: d["data"].update(dirichlet_alpha=-1.0), "data.dirichlet_alpha", "greater"),
     ("duplicate site", lambda d: d["sites"][1].update(name="hall"), "sites[1].name", "used twice"),
@@ -131,9 +131,7 @@ def test_cli_exits_2_with_one_line_and_no_traceback(write_scenario):
         check=False,
     )
     assert done.returncode == 2
-    assert (
-        done.stderr
-        == f"error: {path}: training.epochs: unknown key (check the spelling; see docs for the allowed keys)\n"
-    )
+    allowed = "rounds, clients_per_round, local_epochs, batch_size, learning_rate, calibration_samples, round_deadline"
+    assert done.stderr == f"error: {path}: training.epochs: unknown key; allowed: {allowed}\n"
     assert "Traceback" not in done.stdout + done.stderr
     assert not (path.parent / "out").exists()
