@@ -79,9 +79,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from fedhq_sim.engine import federated_data
     from fedhq_sim.scenario import load_scenario
 
     scenario = load_scenario(args.scenario)
+    federated_data(scenario)  # the data split can fail too (too many clients for the data)
     sites = len(scenario.spec.sites)
     print(
         f"{args.scenario}: valid ({len(scenario.clients)} clients on {sites} sites, policy {scenario.spec.policy.name})"

@@ -100,6 +100,8 @@ def federate(
     n_test = round(test_fraction * len(samples))
     test_idx, calib_idx = order[:n_test], order[n_test : n_test + server_calibration]
     train_idx = order[n_test + server_calibration :]
+    if n_test == 0:
+        raise PartitionError(f"test_fraction {test_fraction} of {len(samples)} samples leaves no test samples")
     if len(train_idx) == 0:
         raise PartitionError("no training samples are left after the test and calibration sets")
     train = samples.subset(train_idx)

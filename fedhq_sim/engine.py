@@ -62,6 +62,23 @@ def client_seed(seed: int, round_index: int, client_id: int) -> int:
     return int(np.random.SeedSequence([seed, round_index, client_id]).generate_state(1)[0])
 
 
+def federated_data(scenario: LoadedScenario, rng: np.random.Generator | None = None) -> FederatedData:
+    """The scenario's data split; a split that cannot satisfy the scenario is an input error."""
+    d = scenario.spec.data
+    try:
+        return federate(
+            load_digits(),
+            n_clients=len(scenario.clients),
+            alpha=d.dirichlet_alpha,
+            test_fraction=d.test_fraction,
+            server_calibration=d.server_calibration_samples,
+            min_client_samples=d.min_client_samples,
+            rng=rng if rng is not None else _streams(scenario.spec.seed)["partition"],
+        )
+    except PartitionError as error:
+        raise InputError(scenario.path, "data", str(error)) from None
+
+
 class Simulation:
     """One run of a loaded scenario."""
 
@@ -70,7 +87,7 @@ class Simulation:
         self.scenario = scenario
         self.env = simpy.Environment()
         self.rng = _streams(spec.seed)
-        self.data = self._federate(scenario)
+        self.data = federated_data(scenario, self.rng["partition"])
         self.topology: Topology = build_topology(scenario)
         self.network = FlowNetwork(self.env, self.topology.links, self.rng["network"])
         infos = [
@@ -85,22 +102,6 @@ class Simulation:
         self.global_state = build_model(spec.model, self.data.num_classes, seed=spec.seed).state_dict()
         self.rounds: list[RoundRecord] = []
         self.phases: list[PhaseRecord] = []
-
-    @staticmethod
-    def _federate(scenario: LoadedScenario) -> FederatedData:
-        d = scenario.spec.data
-        try:
-            return federate(
-                load_digits(),
-                n_clients=len(scenario.clients),
-                alpha=d.dirichlet_alpha,
-                test_fraction=d.test_fraction,
-                server_calibration=d.server_calibration_samples,
-                min_client_samples=d.min_client_samples,
-                rng=_streams(scenario.spec.seed)["partition"],
-            )
-        except PartitionError as error:
-            raise InputError(scenario.path, "data", str(error)) from None
 
     def _record(
         self, r: int, client: ClientSpec, phase: str, strategy: Strategy, nbytes: int, start: float, status: str
@@ -147,6 +148,7 @@ class Simulation:
     def _round(self, r: int) -> Generator:
         spec = self.scenario.spec
         start = self.env.now
+        first_phase = len(self.phases)
         n_clients = len(self.scenario.clients)
         selected = tuple(
             sorted(
@@ -161,6 +163,10 @@ class Simulation:
         ]
         yield self.env.all_of(procs) | self.env.timeout(spec.training.round_deadline)
         collect_end = self.env.now
+        # The deadline is inclusive: work that ends at this very instant (an upload whose last
+        # byte arrives now) is processed before the late clients are interrupted.
+        while any(p.is_alive for p in procs) and self.env.peek() == self.env.now:
+            yield self.env.timeout(0)
         for proc in procs:
             if proc.is_alive:
                 proc.interrupt("round deadline")
@@ -187,7 +193,7 @@ class Simulation:
 
         kinds = [o.strategy.kind for o in outcomes]
         losses = [o.result.train_loss for o in reported]
-        this_round = [p for p in self.phases if p.round == r]
+        this_round = self.phases[first_phase:]
         self.rounds.append(
             RoundRecord(
                 round=r,

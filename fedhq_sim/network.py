@@ -143,7 +143,10 @@ class FlowNetwork:
         self._last_update = self.env.now
 
     def _reallocate(self) -> None:
-        finished = [f for f in self._flows if f.remaining_bits <= max(1e-9 * f.size_bits, f.rate_bps * TIME_EPSILON_S)]
+        # The tolerance grows with the clock: at large simulated times a float step of the
+        # clock exceeds a nanosecond, and a smaller residue could never be waited out.
+        epsilon_s = max(TIME_EPSILON_S, 4 * math.ulp(self.env.now))
+        finished = [f for f in self._flows if f.remaining_bits <= max(1e-9 * f.size_bits, f.rate_bps * epsilon_s)]
         for flow in finished:
             self._flows.remove(flow)
             flow.done.succeed()

@@ -72,7 +72,10 @@ def prepare_output_dir(out: Path, *, overwrite: bool) -> Path:
         raise InputError(out, "", "the output path exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise InputError(out, "", "the output folder exists and is not empty; choose another --out or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(out, "", f"cannot create the output folder ({error.strerror})") from None
     return out
 
 

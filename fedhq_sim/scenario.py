@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -21,13 +21,14 @@ from fedhq_sim.schema import Seconds, StrictModel, validate
 from fedhq_sim.yamlio import load_yaml_mapping
 
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+ProfileName = Annotated[str, Field(pattern=SAFE_NAME)]  # a file stem, never a path
 
 
 class DeviceGroup(StrictModel):
     """``count`` devices of one class on one access-link class."""
 
-    device: str
-    link: str
+    device: ProfileName
+    link: ProfileName
     count: int = Field(ge=1, le=100_000)
 
 
@@ -35,22 +36,22 @@ class SiteSpec(StrictModel):
     """A plant site: its devices behind one gateway, and the gateway's backhaul to the server."""
 
     name: str = Field(pattern=SAFE_NAME)
-    backhaul: str
+    backhaul: ProfileName
     devices: list[DeviceGroup] = Field(min_length=1)
 
 
 class ServerSpec(StrictModel):
     """The aggregation server: its device class and its own network link."""
 
-    device: str
-    link: str
+    device: ProfileName
+    link: ProfileName
 
 
 class DataSpec(StrictModel):
     """Which offline dataset, how it is split, and how skewed the clients' shares are."""
 
     dataset: Literal["digits"]
-    dirichlet_alpha: float = Field(gt=0.0)
+    dirichlet_alpha: float = Field(gt=0.0, le=1e6)
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     server_calibration_samples: int = Field(default=64, ge=1)
     min_client_samples: int = Field(default=8, ge=1)
@@ -63,7 +64,7 @@ class TrainingSpec(StrictModel):
     clients_per_round: int = Field(ge=1)
     local_epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
-    learning_rate: float = Field(gt=0.0)
+    learning_rate: float = Field(gt=0.0, le=100.0)
     calibration_samples: int = Field(default=32, ge=1)
     round_deadline: Seconds
 
@@ -80,7 +81,7 @@ class ScenarioSpec(StrictModel):
 
     name: str = Field(pattern=SAFE_NAME)
     description: str = ""
-    seed: int = Field(ge=0)
+    seed: int = Field(ge=0, le=2**63 - 1)  # torch seeds are signed 64-bit
     profiles_dir: str = "../device_profiles"
     server: ServerSpec
     sites: list[SiteSpec] = Field(min_length=1)
@@ -145,8 +146,12 @@ def load_scenario(path: Path | str) -> LoadedScenario:
     """Read, validate and resolve a scenario file; any problem is an :class:`InputError`."""
     path = Path(path)
     spec = validate(ScenarioSpec, load_yaml_mapping(path), path)
-    library = ProfileLibrary((path.parent / spec.profiles_dir).resolve())
-    if not library.root.is_dir():
+    try:
+        library = ProfileLibrary((path.parent / spec.profiles_dir).resolve())
+        is_dir = library.root.is_dir()
+    except (OSError, ValueError) as error:
+        raise InputError(path, "profiles_dir", f"not a usable path ({error})") from None
+    if not is_dir:
         raise InputError(path, "profiles_dir", f"profile directory '{spec.profiles_dir}' does not exist")
 
     site_names = [s.name for s in spec.sites]
@@ -156,15 +161,17 @@ def load_scenario(path: Path | str) -> LoadedScenario:
 
     clients: list[ClientSpec] = []
     backhauls: dict[str, LinkProfile] = {}
+    per_class: dict[tuple[str, str], int] = {}  # numbers devices of a class within a site, across groups
     for s_index, site in enumerate(spec.sites):
         backhauls[site.name] = library.link(site.backhaul, referenced_from=path, key=f"sites[{s_index}].backhaul")
         for g_index, group in enumerate(site.devices):
             key = f"sites[{s_index}].devices[{g_index}]"
             device = library.device(group.device, referenced_from=path, key=f"{key}.device")
             link = library.link(group.link, referenced_from=path, key=f"{key}.link")
-            for k in range(group.count):
-                cid = len(clients)
-                clients.append(ClientSpec(cid, f"{site.name}/{device.name}-{k}", site.name, device, link))
+            for _ in range(group.count):
+                k = per_class.get((site.name, device.name), 0)
+                per_class[(site.name, device.name)] = k + 1
+                clients.append(ClientSpec(len(clients), f"{site.name}/{device.name}-{k}", site.name, device, link))
 
     if spec.training.clients_per_round > len(clients):
         raise InputError(

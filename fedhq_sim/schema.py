@@ -19,7 +19,7 @@ from fedhq_sim.errors import InputError
 class StrictModel(BaseModel):
     """Base for every input model: frozen, no unknown keys, no type coercion."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 def _positive(parse):

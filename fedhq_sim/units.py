@@ -34,7 +34,10 @@ def _scaled(text: object, kind: str, example: str, units: dict[str, float]) -> f
     if unit not in units:
         accepted = ", ".join(sorted(units))
         raise ValueError(f"unknown {kind} unit {unit!r} in {text!r}; use one of: {accepted}")
-    return value * units[unit]
+    scaled = value * units[unit]
+    if not math.isfinite(scaled):
+        raise ValueError(f"expected a finite {kind}, got {text!r}")
+    return scaled
 
 
 def _prefixed(base_units: dict[str, float], prefixes: dict[str, float]) -> dict[str, float]:

@@ -113,9 +113,11 @@ def op_cost(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) 
     elif name.startswith("quantized.") and ("conv" in name or "linear" in name):
         flops, weight_bytes = _int8_kernel_flops(args, out)
         nbytes += weight_bytes
+    elif precision == "fake_quant":
+        # Only the quantized values count; the fused kernel's second output is a boolean mask.
+        flops = float(flat_out[0].numel()) * FAKE_QUANT_OPS_PER_ELEMENT if flat_out else 0.0
     else:
-        elements = float(sum(t.numel() for t in flat_out))
-        flops = elements * (FAKE_QUANT_OPS_PER_ELEMENT if precision == "fake_quant" else 1)
+        flops = float(sum(t.numel() for t in flat_out))
     return OpCost(name, precision, flops, nbytes)
 
 

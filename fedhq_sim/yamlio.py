@@ -7,6 +7,7 @@ Every failure becomes an :class:`~fedhq_sim.errors.InputError` naming the file.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,14 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
+# YAML 1.1 reads 1e-3 (no dot) as a string; accept it as a float, as YAML 1.2 and people do.
+_StrictLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
 
 def load_yaml_mapping(path: Path) -> dict[str, Any]:
     """Read ``path`` as a YAML mapping, or raise :class:`InputError` saying why not."""
@@ -55,6 +64,8 @@ def load_yaml_mapping(path: Path) -> dict[str, Any]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error)
         raise InputError(path, "", f"invalid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise InputError(path, "", "invalid YAML: nested too deeply") from None
     if not isinstance(data, dict):
         raise InputError(path, "", f"expected a mapping of keys at the top level, got {type(data).__name__}")
     return data

@@ -135,3 +135,58 @@ def test_cli_exits_2_with_one_line_and_no_traceback(write_scenario):
     assert done.stderr == f"error: {path}: training.epochs: unknown key; allowed: {allowed}\n"
     assert "Traceback" not in done.stdout + done.stderr
     assert not (path.parent / "out").exists()
+
+
+HOSTILE = [
+    ("huge seed", lambda d: d.update(seed=2**64), "seed", "less than or equal"),
+    ("infinite rate", lambda d: d["training"].update(learning_rate=float("inf")), "training.learning_rate", "finite"),
+    ("nan alpha", lambda d: d["data"].update(dirichlet_alpha=float("nan")), "data.dirichlet_alpha", "finite"),
+    ("overflowing unit", lambda d: d["training"].update(round_deadline="1e400 s"), "training.round_deadline", "finite"),
+    ("long profile name", lambda d: d["server"].update(device="x" * 300), "server.device", "plain name"),
+    ("path as profile", lambda d: d["server"].update(link="../links/lte"), "server.link", "plain name"),
+    ("nul in profiles_dir", lambda d: None, "profiles_dir", "not a usable path"),
+]
+
+
+@pytest.mark.parametrize(("label", "change", "key", "fragment"), HOSTILE, ids=[c[0] for c in HOSTILE])
+def test_hostile_values_are_input_errors(write_scenario, label, change, key, fragment):
+    data = mutated(change)
+    path = write_scenario(data)
+    if label == "nul in profiles_dir":
+        path.write_text(path.read_text().replace(f"profiles_dir: {PROFILES}", 'profiles_dir: "a\\0b"'))
+    with pytest.raises(InputError) as raised:
+        load_scenario(path)
+    assert str(raised.value).startswith(f"{path}: {key}: "), str(raised.value)
+    assert fragment in str(raised.value)
+
+
+def test_deeply_nested_yaml_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="nested too deeply"):
+        load_scenario(write_text(tmp_path, "a: " + "[" * 5000))
+
+
+def test_exponent_floats_without_a_dot_are_numbers(write_scenario):
+    path = write_scenario(tiny_scenario_dict())
+    path.write_text(path.read_text().replace("learning_rate: 0.05", "learning_rate: 5e-2"))
+    assert load_scenario(path).spec.training.learning_rate == 0.05
+
+
+def test_a_split_without_test_samples_fails_at_validate(write_scenario, capsys):
+    path = write_scenario(mutated(lambda d: d["data"].update(test_fraction=0.0001)))
+    assert main(["validate", str(path)]) == 2
+    assert f"{path}: data: test_fraction" in capsys.readouterr().err
+
+
+def test_an_output_folder_under_a_file_is_an_input_error(tiny_scenario, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert main(["run", str(tiny_scenario), "--out", str(blocker / "sub"), "--quiet"]) == 2
+    assert "cannot create the output folder" in capsys.readouterr().err
+
+
+def test_client_names_are_unique_across_groups_of_one_class(write_scenario):
+    data = tiny_scenario_dict()
+    data["sites"][0]["devices"].append({"device": "rpi4", "link": "ethernet_1g", "count": 2})
+    names = [c.name for c in load_scenario(write_scenario(data)).clients]
+    assert len(names) == len(set(names))
+    assert "hall/rpi4-3" in names

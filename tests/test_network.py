@@ -165,3 +165,12 @@ def test_finish_times_never_decrease_when_a_flow_grows(sizes, starts, grow):
     bigger = [(0, starts[0], ["l"], sizes[0] + grow), *base[1:]]
     before, after = run_transfers(links, base), run_transfers(links, bigger)
     assert all(after[i] >= before[i] - 1e-9 for i in before)
+
+
+@pytest.mark.parametrize("clock_start_s", [0.0, 3e7, 1e9])
+def test_flows_finish_at_any_simulated_time(clock_start_s):
+    starts = [(i, clock_start_s + 0.1 * i, ["l"], 123_457 * (i + 1)) for i in range(6)]
+    done = run_transfers({"l": lossless(7.3 * MBIT)}, starts)
+    assert len(done) == 6
+    total_bits = sum(8 * s for *_, s in starts)
+    assert max(done.values()) == pytest.approx(clock_start_s + total_bits / (7.3 * MBIT), rel=1e-9)

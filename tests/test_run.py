@@ -102,3 +102,13 @@ def test_quickstart_learns_and_runs_in_minutes():
     assert accuracy[-1] > accuracy[0] + 0.4
     assert accuracy[-1] > 0.8
     assert (rounds["end_s"].diff().dropna() > 0).all()
+
+
+def test_the_deadline_is_inclusive_for_an_upload_ending_exactly_then(write_scenario):
+    data = tiny_scenario_dict()
+    data["training"]["rounds"] = 1
+    first = Simulation(load_scenario(write_scenario(data, "first.yaml"))).run().rounds[-1]
+    data["training"]["round_deadline"] = f"{first.collect_end_s!r} s"
+    again = Simulation(load_scenario(write_scenario(data, "again.yaml"))).run().rounds[-1]
+    assert again.collect_end_s == first.collect_end_s
+    assert again.reported == again.selected

@@ -123,3 +123,14 @@ def test_local_training_lowers_the_loss(client_data):
         before = float(torch.nn.functional.cross_entropy(model(client_data.x), client_data.y))
     after = local_work(state, client_data, FP32, cfg, seed=5).train_loss
     assert after < before
+
+
+def test_fake_quantization_counts_five_operations_per_value():
+    model = eager.prepare_qat(build_model("mlp", 10, seed=0))
+    x = torch.rand(16, 1, 8, 8)
+    _, work = traced(lambda: model(x))
+    fused = [(op, n) for op, n in work.counts.items() if op.precision == "fake_quant"]
+    assert fused
+    # The first fake-quant in the forward pass quantizes the input: 16 x 64 values.
+    input_fq = [op for op, _ in fused if op.flops == 5 * 16 * 64]
+    assert input_fq
