@@ -1,0 +1,27 @@
+from fedhq_sim.scenario import load_scenario
+from fedhq_sim.topology import CORE, SERVER, build_topology, client_node, site_node
+
+
+def test_routes_run_access_link_then_backhaul_then_the_server_link(tiny_scenario):
+    scenario = load_scenario(tiny_scenario)
+    topology = build_topology(scenario)
+    client = scenario.clients[0]
+    up = topology.uplink_routes[client.client_id]
+    gateway = site_node(client.site)
+    assert up == ((client_node(client.client_id), gateway), (gateway, CORE), (CORE, SERVER))
+    assert topology.downlink_routes[client.client_id] == tuple((b, a) for a, b in reversed(up))
+    # Each direction takes its own capacity from the link profile.
+    assert topology.links[up[0]].capacity_bps == client.link.uplink
+    assert topology.links[(gateway, client_node(client.client_id))].capacity_bps == client.link.downlink
+    assert topology.links[up[1]].capacity_bps == scenario.backhauls[client.site].uplink
+
+
+def test_clients_of_one_site_share_its_backhaul_and_all_share_the_server_link(tiny_scenario):
+    scenario = load_scenario(tiny_scenario)
+    topology = build_topology(scenario)
+    by_site: dict[str, set] = {}
+    for c in scenario.clients:
+        by_site.setdefault(c.site, set()).add(topology.uplink_routes[c.client_id][1])
+    assert all(len(backhauls) == 1 for backhauls in by_site.values())
+    assert len({topology.uplink_routes[c.client_id][-1] for c in scenario.clients}) == 1
+    assert topology.graph.number_of_nodes() == 2 + len(scenario.backhauls) + len(scenario.clients)
