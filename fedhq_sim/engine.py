@@ -156,7 +156,7 @@ class Simulation:
             )
         )
         assignment = self.policy.assign(RoundContext(r, selected))
-        model_payload = encode_fp32_state(self.global_state, spec.model, self.data.num_classes)
+        model_payload = encode_fp32(self.global_state)
         procs = [
             self.env.process(self._client_round(r, self.scenario.clients[cid], assignment[cid], len(model_payload)))
             for cid in selected
@@ -252,13 +252,6 @@ class Simulation:
         finally:
             torch.set_num_threads(threads)
         return RunResult(list(self.rounds), list(self.phases))
-
-
-def encode_fp32_state(state: dict[str, torch.Tensor], model_name: str, num_classes: int) -> bytes:
-    """The serialized global model that clients download."""
-    model = build_model(model_name, num_classes, seed=0)
-    model.load_state_dict(state)
-    return encode_fp32(model)
 
 
 def simulate(scenario: LoadedScenario, on_round: RoundCallback | None = None) -> RunResult:

@@ -84,7 +84,7 @@ def local_work(
     model.load_state_dict(global_state)
     if strategy.kind == "fp32":
         loss, work = _train(model, data, cfg, strategy, seed)
-        return LocalResult(encode_fp32(model), len(data), loss, work)
+        return LocalResult(encode_fp32(model.state_dict()), len(data), loss, work)
 
     if strategy.kind == "qat":
         model, prepare_work = traced(lambda: eager.prepare_qat(model))

@@ -40,6 +40,24 @@ def tiny_scenario_dict() -> dict[str, Any]:
     return copy.deepcopy(TINY)
 
 
+@pytest.fixture(scope="session")
+def digits_federation():
+    """The digits split over 4 clients (alpha 1.0, 20 % test, 64 server calibration samples)."""
+    import numpy as np
+
+    from fedhq_sim.data import federate, load_digits
+
+    return federate(
+        load_digits(),
+        n_clients=4,
+        alpha=1.0,
+        test_fraction=0.2,
+        server_calibration=64,
+        min_client_samples=16,
+        rng=np.random.default_rng(0),
+    )
+
+
 @pytest.fixture
 def write_scenario(tmp_path: Path) -> Callable[[dict[str, Any]], Path]:
     """Write a scenario mapping to a YAML file in ``tmp_path`` that uses the repo's profiles."""

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedhq_sim.data import PartitionError, dirichlet_partition, federate, load_digits
+from fedhq_sim.data import PartitionError, dirichlet_partition
 
 LABELS = np.repeat(np.arange(10), 50)
 
@@ -33,16 +33,8 @@ def test_an_impossible_minimum_is_an_error_not_an_empty_client():
         dirichlet_partition(LABELS, 100, 1.0, 10, np.random.default_rng(0))
 
 
-def test_federate_keeps_test_and_calibration_apart_from_training():
-    data = federate(
-        load_digits(),
-        n_clients=5,
-        alpha=0.5,
-        test_fraction=0.2,
-        server_calibration=64,
-        min_client_samples=8,
-        rng=np.random.default_rng(0),
-    )
+def test_federate_keeps_test_and_calibration_apart_from_training(digits_federation):
+    data = digits_federation
     assert len(data.test) == round(0.2 * 1797)
     assert len(data.server_calibration) == 64
     assert sum(len(c) for c in data.clients) == 1797 - len(data.test) - 64

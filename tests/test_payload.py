@@ -18,7 +18,7 @@ def quantized_model(name="small_cnn"):
 def test_int8_payloads_are_smaller_than_fp32_ones():
     for name in ("small_cnn", "mlp"):
         model, quantized = quantized_model(name)
-        assert len(encode_quantized(quantized, 8)) < len(encode_fp32(model))
+        assert len(encode_quantized(quantized, 8)) < len(encode_fp32(model.state_dict()))
 
 
 def test_decoding_an_int8_update_gives_the_dequantized_weights():
@@ -34,7 +34,7 @@ def test_decoding_an_int8_update_gives_the_dequantized_weights():
 
 def test_fp32_updates_round_trip_exactly():
     model = build_model("small_cnn", 10, seed=4)
-    state = decode_to_fp32(encode_fp32(model))
+    state = decode_to_fp32(encode_fp32(model.state_dict()))
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
 

@@ -1,14 +1,14 @@
 """Charging simulated time from the real computation's work profile."""
 
 import dataclasses
+from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from fedhq_sim.charge import charge_seconds
-from fedhq_sim.data import federate, load_digits
 from fedhq_sim.models import build_model
+from fedhq_sim.profiles import ProfileLibrary
 from fedhq_sim.quant import eager
 from fedhq_sim.quant.strategy import FP32, Strategy
 from fedhq_sim.training import LocalConfig, local_work
@@ -19,17 +19,8 @@ CFG = LocalConfig("small_cnn", 10, local_epochs=1, batch_size=32, learning_rate=
 
 
 @pytest.fixture(scope="module")
-def client_data():
-    data = federate(
-        load_digits(),
-        n_clients=4,
-        alpha=1.0,
-        test_fraction=0.2,
-        server_calibration=32,
-        min_client_samples=16,
-        rng=np.random.default_rng(0),
-    )
-    return data.clients[0]
+def client_data(digits_federation):
+    return digits_federation.clients[0]
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +33,6 @@ def results(client_data):
 
 @pytest.fixture(scope="module")
 def devices():
-    from pathlib import Path
-
-    from fedhq_sim.profiles import ProfileLibrary
-
     library = ProfileLibrary(PROFILES)
     return {n: library.device(n, referenced_from=Path("test"), key="k") for n in ("rpi4", "rpi5", "x86_server")}
 

@@ -60,9 +60,10 @@ def ptq_qconfig() -> tq.QConfig:
     """Min/max observers: per-tensor activations, per-channel symmetric weights.
 
     The engine's default uses a histogram observer whose range search runs tens of thousands
-    of small operations (about 50,000 for a small CNN): on a gateway that costs more than the
-    local training itself. Min/max calibration is what edge toolchains do, and it is the same
-    range estimate that QAT's fake quantization uses, so PTQ and QAT differ only in training.
+    of small operations (count them with :func:`fedhq_sim.work.traced` around ``convert``):
+    on a gateway that costs more than the local training itself. Min/max calibration is what
+    edge toolchains do, and it is the same range estimate that QAT's fake quantization uses,
+    so PTQ and QAT differ only in training.
     """
     reduce_range = quant_engine() == "x86"  # the x86 kernels need 7-bit activations to avoid overflow
     return tq.QConfig(

@@ -25,9 +25,9 @@ def _deserialize(payload: bytes) -> dict:
     return torch.load(io.BytesIO(payload), weights_only=True)
 
 
-def encode_fp32(model: nn.Module) -> bytes:
-    """Serialize an fp32 model's parameters and buffers."""
-    return _serialize({"format": "fp32", "state": {k: v.detach().clone() for k, v in model.state_dict().items()}})
+def encode_fp32(state: dict[str, torch.Tensor]) -> bytes:
+    """Serialize an fp32 ``state_dict`` (parameters and buffers)."""
+    return _serialize({"format": "fp32", "state": {k: v.detach().clone() for k, v in state.items()}})
 
 
 def _quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
