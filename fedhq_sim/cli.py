@@ -18,6 +18,7 @@ EXAMPLES = """examples:
   fedhq-sim run scenarios/quickstart.yaml
   fedhq-sim run scenarios/quickstart.yaml --out results/qs --overwrite
   fedhq-sim validate scenarios/quickstart.yaml
+  fedhq-sim profile-device --out device_profiles/devices/my_gateway.yaml --power-idle 2.7W --power-active 6.4W
 """
 
 
@@ -36,6 +37,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")
     validate = commands.add_parser("validate", help="check a scenario and its profiles without running it")
     validate.add_argument("scenario", type=Path, help="scenario YAML file")
+    profile = commands.add_parser(
+        "profile-device",
+        help="measure this machine and write a device profile",
+        description="Measure this machine's kernels, memory bandwidth and framework overheads (some seconds) "
+        "and write a device profile in the library's format. Power cannot be measured from software: pass it.",
+    )
+    profile.add_argument("--out", type=Path, help="profile YAML to write (default: print it); its stem is the name")
+    profile.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    profile.add_argument("--threads", type=int, help="threads to measure with (default: PyTorch's default here)")
+    profile.add_argument("--repeats", type=int, default=7, help="timed loops per measurement (median; default 7)")
+    profile.add_argument("--power-idle", help="idle power of the device, e.g. '2.7 W' (meter or datasheet)")
+    profile.add_argument("--power-active", help="power while computing, e.g. '6.4 W' (meter or datasheet)")
     return parser
 
 
@@ -62,8 +75,11 @@ def _run(args: argparse.Namespace) -> int:
     writer.write_inputs()
     host_start = time.perf_counter()
     simulation = Simulation(scenario)
+    writer.write_feasibility(simulation.feasibility)
     total = scenario.spec.training.rounds
     say(f"{scenario.spec.name}: {len(scenario.clients)} clients, {total} rounds, policy {scenario.spec.policy.name}")
+    for line in _feasibility_lines(simulation):
+        say(line)
 
     def on_round(record: RoundRecord, host_s: float) -> None:
         writer.write_progress(simulation.rounds, simulation.phases)
@@ -73,9 +89,28 @@ def _run(args: argparse.Namespace) -> int:
     rounds, phases = rounds_frame(result.rounds), phases_frame(result.phases)
     save(plot_accuracy_vs_time(rounds), out / "accuracy_vs_time.png")
     save(plot_latency_breakdown(latency_breakdown(rounds, phases)), out / "round_latency.png")
-    writer.write_run_info({"host_seconds": round(time.perf_counter() - host_start, 3)})
+    writer.write_run_info(
+        {
+            "host_seconds": round(time.perf_counter() - host_start, 3),
+            "simulated_seconds": float(rounds["end_s"].iloc[-1]),
+            "energy_j": {part: float(rounds[f"energy_{part}_j"].sum()) for part in ("compute", "radio", "idle")}
+            | {"total": float(rounds["energy_j"].sum())},
+        }
+    )
     say(f"results written to {out}")
     return 0
+
+
+def _feasibility_lines(simulation) -> list[str]:
+    """One warning per client that cannot run some strategy, with the reason."""
+    lines = []
+    for row in simulation.feasibility:
+        if not row.able:
+            lines.append(f"warning: {row.client} cannot run {row.strategy}: {row.reason}")
+    excluded = len(simulation.scenario.clients) - len(simulation.eligible)
+    if excluded:
+        lines.append(f"warning: {excluded} client(s) can run no strategy and are never selected (feasibility.csv)")
+    return lines
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -91,10 +126,57 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile_device(args: argparse.Namespace) -> int:
+    import re
+
+    import torch
+    import yaml
+
+    from fedhq_sim.probe import ProbeSettings, parse_measured, probe_device
+    from fedhq_sim.results import atomic_write_text
+    from fedhq_sim.scenario import SAFE_NAME
+    from fedhq_sim.units import parse_power_w
+
+    name = args.out.stem if args.out else "this_host"
+    if not re.match(SAFE_NAME, name):
+        raise InputError(args.out, "--out", f"the file stem '{name}' is the profile name: use letters, digits, _ . -")
+    if args.out and not args.out.parent.is_dir():
+        raise InputError(args.out, "--out", f"the folder {args.out.parent} does not exist")
+    if args.out and args.out.exists() and not args.overwrite:
+        raise InputError(args.out, "--out", "exists; pass --overwrite to replace it")
+    if (args.threads is not None and args.threads < 1) or args.repeats < 1:
+        raise InputError("command line", "--threads/--repeats", "must be at least 1")
+    power = {}
+    for key in ("power_idle", "power_active"):
+        text = getattr(args, key)
+        try:
+            power[key] = None if text is None else parse_power_w(text)
+        except ValueError as error:
+            raise InputError("command line", f"--{key.replace('_', '-')}", str(error)) from None
+    if None in power.values():
+        print(
+            "warning: no --power-idle/--power-active given; the profile's power is a marked placeholder",
+            file=sys.stderr,
+        )
+    settings = ProbeSettings(
+        name, args.threads or torch.get_num_threads(), args.repeats, power["power_idle"], power["power_active"]
+    )
+    print(f"measuring this machine with {settings.threads} thread(s)...", file=sys.stderr)
+    mapping = probe_device(settings)
+    parse_measured(mapping)  # what is written must load like any library profile
+    text = yaml.safe_dump(mapping, sort_keys=False, width=120, allow_unicode=True)
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"device profile written to {args.out}", file=sys.stderr)
+    else:
+        print(text, end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script and of ``python -m fedhq_sim``."""
     args = _parser().parse_args(argv)
-    handlers = {"run": _run, "validate": _validate}
+    handlers = {"run": _run, "validate": _validate, "profile-device": _profile_device}
     try:
         return handlers[args.command](args)
     except InputError as error:

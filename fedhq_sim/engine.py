@@ -18,14 +18,15 @@ import numpy as np
 import simpy
 import torch
 
-from fedhq_sim.charge import charge_seconds
+from fedhq_sim.charge import charge_seconds, compute_joules
 from fedhq_sim.data import FederatedData, PartitionError, federate, load_digits
 from fedhq_sim.errors import InputError
+from fedhq_sim.feasibility import Feasibility, check_client, memory_needed, payload_bytes, transfer_floor_s
 from fedhq_sim.models import build_model
 from fedhq_sim.network import FlowNetwork
 from fedhq_sim.policies import ClientInfo, ClientReport, Policy, RoundContext
 from fedhq_sim.quant.payload import encode_fp32
-from fedhq_sim.quant.strategy import Strategy
+from fedhq_sim.quant.strategy import FP32, Strategy
 from fedhq_sim.records import PhaseRecord, RoundRecord
 from fedhq_sim.scenario import ClientSpec, LoadedScenario
 from fedhq_sim.server_work import evaluate_global, server_round
@@ -90,8 +91,23 @@ class Simulation:
         self.data = federated_data(scenario, self.rng["partition"])
         self.topology: Topology = build_topology(scenario)
         self.network = FlowNetwork(self.env, self.topology.links, self.rng["network"])
+        self.feasibility = self._check_clients()
+        self.able: dict[int, frozenset[str]] = {
+            c.client_id: frozenset(f.strategy for f in self.feasibility if f.client_id == c.client_id and f.able)
+            for c in scenario.clients
+        }
+        self.eligible = tuple(cid for cid, labels in self.able.items() if labels)
+        if not self.eligible:
+            raise InputError(scenario.path, "sites", f"no client can take part: {self.feasibility[0].reason}")
         infos = [
-            ClientInfo(c.client_id, c.site, c.device.name, c.link.name, len(self.data.clients[c.client_id]))
+            ClientInfo(
+                c.client_id,
+                c.site,
+                c.device.name,
+                c.link.name,
+                len(self.data.clients[c.client_id]),
+                self.able[c.client_id],
+            )
             for c in scenario.clients
         ]
         self.policy: Policy = scenario.policy_class(scenario.policy_options, infos, self.rng["policy"])
@@ -103,9 +119,56 @@ class Simulation:
         self.rounds: list[RoundRecord] = []
         self.phases: list[PhaseRecord] = []
 
+    def _candidate_strategies(self) -> tuple[Strategy, ...]:
+        bits = getattr(self.scenario.policy_options, "bits", 8)
+        return (FP32, Strategy("ptq", bits), Strategy("qat", bits))
+
+    def _check_clients(self) -> list[Feasibility]:
+        """Every client against every strategy: memory and link (see :mod:`fedhq_sim.feasibility`)."""
+        spec = self.scenario.spec
+        sample_shape = tuple(self.data.test.x.shape[1:])
+        batch_shape = (spec.training.batch_size, *sample_shape)
+        num_classes = self.data.num_classes
+        model_nbytes = payload_bytes(spec.model, num_classes, FP32, sample_shape)
+        rows = []
+        for client in self.scenario.clients:
+            cid = client.client_id
+            download_s = transfer_floor_s(self.topology.downlink_routes[cid], self.topology.links, model_nbytes)
+            for strategy in self._candidate_strategies():
+                upload_nbytes = payload_bytes(spec.model, num_classes, strategy, sample_shape)
+                rows.append(
+                    check_client(
+                        client,
+                        strategy,
+                        memory_bytes=memory_needed(spec.model, num_classes, strategy, batch_shape),
+                        download_s=download_s,
+                        upload_s=transfer_floor_s(self.topology.uplink_routes[cid], self.topology.links, upload_nbytes),
+                        upload_nbytes=upload_nbytes,
+                        deadline_s=spec.training.round_deadline,
+                    )
+                )
+        return rows
+
+    def _reason(self, client_id: int, strategy: Strategy) -> str:
+        return next(f.reason for f in self.feasibility if f.client_id == client_id and f.strategy == strategy.label)
+
     def _record(
-        self, r: int, client: ClientSpec, phase: str, strategy: Strategy, nbytes: int, start: float, status: str
+        self,
+        r: int,
+        client: ClientSpec,
+        phase: str,
+        strategy: Strategy,
+        nbytes: int,
+        start: float,
+        status: str,
+        reason: str = "",
     ) -> None:
+        seconds = self.env.now - start
+        if phase == "compute":
+            energy = compute_joules(seconds, client.device) if status != "unable" else 0.0
+        else:
+            power = client.link.radio_power
+            energy = (power.receive if phase == "download" else power.transmit) * seconds
         self.phases.append(
             PhaseRecord(
                 r,
@@ -121,19 +184,24 @@ class Simulation:
                 start,
                 self.env.now,
                 status,
+                energy,
+                reason,
             )
         )
 
-    def _client_round(self, r: int, client: ClientSpec, strategy: Strategy, model_nbytes: int) -> Generator:
+    def _client_round(self, r: int, client: ClientSpec, strategy: Strategy, model_payload: bytes) -> Generator:
         cid = client.client_id
-        phase, start, nbytes = "download", self.env.now, model_nbytes
+        if strategy.label not in self.able[cid]:
+            self._record(r, client, "compute", strategy, 0, self.env.now, "unable", self._reason(cid, strategy))
+            return _Outcome(cid, strategy, None)
+        phase, start, nbytes = "download", self.env.now, len(model_payload)
         try:
-            yield from self.network.transfer(self.topology.downlink_routes[cid], model_nbytes)
+            yield from self.network.transfer(self.topology.downlink_routes[cid], nbytes)
             self._record(r, client, phase, strategy, nbytes, start, "completed")
 
             phase, start, nbytes = "compute", self.env.now, 0
             seed = client_seed(self.scenario.spec.seed, r, cid)
-            result = local_work(self.global_state, self.data.clients[cid], strategy, self.local, seed)
+            result = local_work(model_payload, self.data.clients[cid], strategy, self.local, seed)
             yield self.env.timeout(charge_seconds(result.work, client.device))
             self._record(r, client, phase, strategy, nbytes, start, "completed")
 
@@ -149,16 +217,12 @@ class Simulation:
         spec = self.scenario.spec
         start = self.env.now
         first_phase = len(self.phases)
-        n_clients = len(self.scenario.clients)
-        selected = tuple(
-            sorted(
-                int(i) for i in self.rng["selection"].choice(n_clients, spec.training.clients_per_round, replace=False)
-            )
-        )
+        n_select = min(spec.training.clients_per_round, len(self.eligible))
+        selected = tuple(sorted(int(i) for i in self.rng["selection"].choice(self.eligible, n_select, replace=False)))
         assignment = self.policy.assign(RoundContext(r, selected))
         model_payload = encode_fp32(self.global_state)
         procs = [
-            self.env.process(self._client_round(r, self.scenario.clients[cid], assignment[cid], len(model_payload)))
+            self.env.process(self._client_round(r, self.scenario.clients[cid], assignment[cid], model_payload))
             for cid in selected
         ]
         yield self.env.all_of(procs) | self.env.timeout(spec.training.round_deadline)
@@ -194,13 +258,20 @@ class Simulation:
         kinds = [o.strategy.kind for o in outcomes]
         losses = [o.result.train_loss for o in reported]
         this_round = self.phases[first_phase:]
+        latency = self.env.now - start
+        compute_j = sum(p.energy_j for p in this_round if p.phase == "compute")
+        radio_j = sum(p.energy_j for p in this_round if p.phase != "compute")
+        idle_j = 0.0
+        for cid in selected:
+            computing = sum(p.end_s - p.start_s for p in this_round if p.client_id == cid and p.phase == "compute")
+            idle_j += self.scenario.clients[cid].device.power.idle * (latency - computing)
         self.rounds.append(
             RoundRecord(
                 round=r,
                 start_s=start,
                 collect_end_s=collect_end,
                 end_s=self.env.now,
-                latency_s=self.env.now - start,
+                latency_s=latency,
                 server_s=server_s,
                 selected=len(selected),
                 reported=len(reported),
@@ -210,6 +281,10 @@ class Simulation:
                 n_qat=kinds.count("qat"),
                 bytes_down=sum(p.nbytes for p in this_round if p.phase == "download" and p.status == "completed"),
                 bytes_up=sum(p.nbytes for p in this_round if p.phase == "upload" and p.status == "completed"),
+                energy_compute_j=compute_j,
+                energy_radio_j=radio_j,
+                energy_idle_j=idle_j,
+                energy_j=compute_j + radio_j + idle_j,
                 train_loss=float(np.mean(losses)) if losses else float("nan"),
                 fp32_accuracy=fp32_acc,
                 deployed_accuracy=deployed_acc,
@@ -234,7 +309,27 @@ class Simulation:
         fp32_acc, int8_acc, _ = evaluate_global(
             self.global_state, spec.model, self.data.num_classes, self.data.server_calibration, self.data.test
         )
-        return RoundRecord(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0, 0, 0, 0, 0, float("nan"), fp32_acc, int8_acc)
+        zero = dict.fromkeys(("energy_compute_j", "energy_radio_j", "energy_idle_j", "energy_j"), 0.0)
+        return RoundRecord(
+            0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            **zero,
+            train_loss=float("nan"),
+            fp32_accuracy=fp32_acc,
+            deployed_accuracy=int8_acc,
+        )
 
     def run(self, on_round: RoundCallback | None = None) -> RunResult:
         """Simulate every round; ``on_round(record, host_seconds)`` is called after each."""

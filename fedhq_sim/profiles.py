@@ -11,20 +11,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Literal
 
-from pydantic import model_validator
+from pydantic import BaseModel, model_validator
 
 from fedhq_sim.errors import InputError
 from fedhq_sim.schema import (
     BitRate,
     ByteRate,
     ByteSize,
+    DutyCycle,
     Fraction,
+    NonNegativeByteSize,
     NonNegativeSeconds,
     OpsRate,
     Seconds,
     StrictModel,
+    Watts,
     validate,
 )
 from fedhq_sim.yamlio import load_yaml_mapping
@@ -32,15 +35,28 @@ from fedhq_sim.yamlio import load_yaml_mapping
 SOURCE_TAGS = ("[R]", "[M]", "[I]")
 
 
-class _Sourced(StrictModel):
-    """A profile whose numeric keys each need a source string."""
+def numeric_keys(model: BaseModel, prefix: str = "") -> list[str]:
+    """Dotted paths of the numbers a profile states (keys left at their default are not stated)."""
+    keys: list[str] = []
+    for name in type(model).model_fields:
+        if name not in model.model_fields_set:
+            continue
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            keys += numeric_keys(value, f"{prefix}{name}.")
+        elif isinstance(value, float):
+            keys.append(f"{prefix}{name}")
+    return keys
 
-    numeric_keys: ClassVar[tuple[str, ...]] = ()
+
+class _Sourced(StrictModel):
+    """A profile whose every stated number needs a source string."""
+
     sources: dict[str, str]
 
     @model_validator(mode="after")
     def _every_number_has_a_source(self) -> _Sourced:
-        needed = self.numeric_keys
+        needed = numeric_keys(self)
         for key in needed:
             if key not in self.sources:
                 raise ValueError(f"sources: missing a source for '{key}' (start it with [R], [M] or [I])")
@@ -52,39 +68,117 @@ class _Sourced(StrictModel):
         return self
 
 
-class ComputeThroughput(StrictModel):
-    """Sustained effective throughput per precision (operations per second)."""
+class Kernel(StrictModel):
+    """One kernel class: a fixed cost per call and the sustained throughput beyond it."""
 
-    fp32: OpsRate
-    int8: OpsRate
+    overhead: Seconds
+    throughput: OpsRate
+
+
+class Kernels(StrictModel):
+    """Kernel classes per precision (see :data:`fedhq_sim.work.OpKind`).
+
+    fp32: ``matmul``, ``conv``, ``conv_backward``, ``norm`` (batch/layer/group normalization,
+    forward and backward) and ``elementwise`` (which also prices reductions, copies and the
+    int8 quantize/dequantize steps); fake quantization runs on the
+    fp32 units as ``fake_quant``; int8: ``int8_matmul`` and ``int8_conv``. ``fp16_matmul`` and
+    ``fp16_conv`` are stated only where the hardware has fp16 units; without them fp16 work is
+    priced at the fp32 rate.
+    """
+
+    matmul: Kernel
+    conv: Kernel
+    conv_backward: Kernel
+    norm: Kernel
+    elementwise: Kernel
+    fake_quant: Kernel
+    int8_matmul: Kernel
+    int8_conv: Kernel
+    fp16_matmul: Kernel | None = None
+    fp16_conv: Kernel | None = None
+
+
+class Overheads(StrictModel):
+    """Costs that are not one tensor operation's: dispatch, step bookkeeping, module rewriting.
+
+    ``dispatch`` is what a view (an op that moves no data) costs. ``train_step`` is the
+    framework's bookkeeping per training step beyond its operations (loss, backward launch,
+    optimizer loop) and ``train_op`` its extra per operation recorded for autograd.
+    ``build_module`` is per module constructed, ``load_tensor`` per tensor loaded into a
+    model, ``serialize`` and ``deserialize`` per tensor written to or read from a payload, and
+    ``serialize_payload``/``deserialize_payload`` once per payload (archive set-up).
+    ``prepare_ptq``, ``prepare_qat`` and ``convert`` are per module of the model, for copying,
+    fusing and swapping modules.
+    """
+
+    dispatch: Seconds
+    train_step: Seconds
+    train_op: Seconds
+    build_module: Seconds
+    load_tensor: Seconds
+    serialize: Seconds
+    serialize_payload: Seconds
+    deserialize: Seconds
+    deserialize_payload: Seconds
+    prepare_ptq: Seconds
+    prepare_qat: Seconds
+    convert: Seconds
+
+
+class DevicePower(StrictModel):
+    """Electrical power of the whole device when idle and when computing."""
+
+    idle: Watts
+    active: Watts
+
+    @model_validator(mode="after")
+    def _active_at_least_idle(self) -> DevicePower:
+        if self.active < self.idle:
+            raise ValueError(f"power.active ({self.active} W) must not be below power.idle ({self.idle} W)")
+        return self
 
 
 class DeviceProfile(_Sourced):
-    """A device class: how fast it computes per precision and moves memory."""
+    """A device class: its kernels' costs, memory, framework overheads and power."""
 
-    numeric_keys: ClassVar[tuple[str, ...]] = (
-        "compute.fp32",
-        "compute.int8",
-        "memory_bandwidth",
-        "memory",
-        "op_overhead",
-    )
     kind: Literal["device"]
     name: str
     description: str
-    compute: ComputeThroughput
+    kernels: Kernels
     memory_bandwidth: ByteRate
     memory: ByteSize
-    op_overhead: Seconds
+    memory_reserved: NonNegativeByteSize
+    overheads: Overheads
+    power: DevicePower
+
+    @model_validator(mode="after")
+    def _reserve_below_memory(self) -> DeviceProfile:
+        if self.memory_reserved >= self.memory:
+            raise ValueError("memory_reserved must be less than memory (it is the OS and runtime's share)")
+        return self
+
+    @property
+    def memory_available(self) -> float:
+        """Bytes the federated-learning work may use."""
+        return self.memory - self.memory_reserved
+
+
+class RadioPower(StrictModel):
+    """Power the network interface draws while sending and while receiving."""
+
+    transmit: Watts
+    receive: Watts
 
 
 class LinkProfile(_Sourced):
-    """A link class: capacity per direction, one-way latency, jitter and residual loss.
+    """A link class: capacity per direction, one-way latency, jitter, residual loss, duty cycle.
 
     ``uplink`` is the direction toward the server, ``downlink`` the direction away from it.
+    ``duty_cycle`` is the share of time a sender may occupy the channel (regulated on
+    LoRaWAN's sub-GHz bands); it scales both capacities. ``radio_power`` is what the
+    client's interface draws while its transfer is on the link (the PHY, on wired links).
     """
 
-    numeric_keys: ClassVar[tuple[str, ...]] = ("downlink", "uplink", "latency", "jitter", "loss")
     kind: Literal["link"]
     name: str
     description: str
@@ -93,6 +187,16 @@ class LinkProfile(_Sourced):
     latency: NonNegativeSeconds
     jitter: NonNegativeSeconds
     loss: Fraction
+    duty_cycle: DutyCycle = 1.0
+    radio_power: RadioPower
+
+    @property
+    def effective_downlink(self) -> float:
+        return self.downlink * self.duty_cycle
+
+    @property
+    def effective_uplink(self) -> float:
+        return self.uplink * self.duty_cycle
 
 
 _KINDS: dict[str, type[DeviceProfile] | type[LinkProfile]] = {

@@ -1,7 +1,11 @@
 """Flat result rows (as Ciw's ``DataRecord``): one per client phase and one per round.
 
 Rows are appended to plain lists during a run and become DataFrames only at the edges.
-Field names carry their units (``_s`` seconds, ``nbytes`` bytes).
+Field names carry their units (``_s`` seconds, ``nbytes`` bytes, ``_j`` joules).
+
+Energy: a phase's ``energy_j`` is the device's active power times the compute time, or the
+client interface's transmit/receive power times a transfer's time. A round adds, for each
+selected client, its idle power over the rest of the round (``energy_idle_j``).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from dataclasses import dataclass, fields
 from typing import Literal
 
 Phase = Literal["download", "compute", "upload"]
-Status = Literal["completed", "dropped"]
+Status = Literal["completed", "dropped", "unable"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,8 @@ class PhaseRecord:
     start_s: float
     end_s: float
     status: Status
+    energy_j: float
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,10 @@ class RoundRecord:
     n_qat: int
     bytes_down: int
     bytes_up: int
+    energy_compute_j: float
+    energy_radio_j: float
+    energy_idle_j: float
+    energy_j: float
     train_loss: float
     fp32_accuracy: float
     deployed_accuracy: float

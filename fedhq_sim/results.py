@@ -14,11 +14,15 @@ import platform
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import asdict, fields
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from fedhq_sim.errors import InputError
+from fedhq_sim.feasibility import Feasibility
 from fedhq_sim.quant.eager import quant_engine
 from fedhq_sim.records import PhaseRecord, RoundRecord
 from fedhq_sim.scenario import LoadedScenario
@@ -89,6 +93,11 @@ class ResultsWriter:
     def write_inputs(self) -> None:
         atomic_write_bytes(self.out / "scenario.yaml", self.scenario.path.read_bytes())
         atomic_write_text(self.out / "resolved.json", json.dumps(self.scenario.resolved(), indent=2) + "\n")
+
+    def write_feasibility(self, rows: Sequence[Feasibility]) -> None:
+        """Which client can run which strategy, and why not (one row per client and strategy)."""
+        frame = pd.DataFrame([asdict(row) for row in rows], columns=[f.name for f in fields(Feasibility)])
+        atomic_write_text(self.out / "feasibility.csv", frame.to_csv(index=False))
 
     def write_progress(self, rounds: Sequence[RoundRecord], phases: Sequence[PhaseRecord]) -> None:
         atomic_write_text(self.out / "rounds.csv", rounds_frame(rounds).to_csv(index=False))

@@ -86,7 +86,7 @@ class ScenarioSpec(StrictModel):
     server: ServerSpec
     sites: list[SiteSpec] = Field(min_length=1)
     data: DataSpec
-    model: Literal["small_cnn", "mlp"]
+    model: Literal["small_cnn", "resnet8", "mlp"]
     training: TrainingSpec
     policy: PolicySpec
 

@@ -47,8 +47,22 @@ NonNegativeSeconds = Annotated[float, BeforeValidator(_non_negative(units.parse_
 BitRate = Annotated[float, BeforeValidator(_positive(units.parse_bit_rate_bps))]
 ByteRate = Annotated[float, BeforeValidator(_positive(units.parse_byte_rate_Bps))]
 ByteSize = Annotated[float, BeforeValidator(_positive(units.parse_size_bytes))]
+NonNegativeByteSize = Annotated[float, BeforeValidator(_non_negative(units.parse_size_bytes))]
+Watts = Annotated[float, BeforeValidator(_positive(units.parse_power_w))]
 OpsRate = Annotated[float, BeforeValidator(_positive(units.parse_throughput_ops))]
 Fraction = Annotated[float, BeforeValidator(units.parse_fraction)]
+
+
+def _duty_cycle(value: object) -> float:
+    if not isinstance(value, bool) and value in (1, "100 %"):
+        return 1.0
+    parsed = units.parse_fraction(value)
+    if parsed <= 0:
+        raise ValueError(f"a duty cycle must be greater than zero, got {value!r}")
+    return parsed
+
+
+DutyCycle = Annotated[float, BeforeValidator(_duty_cycle)]
 
 M = TypeVar("M", bound=BaseModel)
 

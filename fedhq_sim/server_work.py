@@ -16,9 +16,9 @@ from torch import nn
 
 from fedhq_sim.aggregate import fedavg
 from fedhq_sim.data import Samples
-from fedhq_sim.models import build_model
+from fedhq_sim.models import traced_build, traced_load
 from fedhq_sim.quant import eager
-from fedhq_sim.quant.payload import decode_to_fp32
+from fedhq_sim.quant.payload import traced_decode
 from fedhq_sim.work import WorkProfile, traced
 
 EVAL_BATCH = 256
@@ -45,23 +45,24 @@ def accuracy(model: nn.Module, samples: Samples, *, int8: bool) -> float:
     return correct / len(samples)
 
 
-def deploy_int8(model: nn.Module, calibration: Samples) -> nn.Module:
-    """The int8 model the devices run: PTQ of ``model`` on the server's calibration samples."""
-    prepared = eager.prepare_ptq(model)
-    eager.calibrate(prepared, list(torch.split(calibration.x, EVAL_BATCH)))
-    return eager.convert(prepared)
+def deploy_int8(model: nn.Module, calibration: Samples) -> tuple[nn.Module, WorkProfile]:
+    """The int8 model the devices run (PTQ of ``model`` on the server's calibration samples)."""
+    prepared, prepare_work = eager.traced_prepare_ptq(model)
+    _, calibrate_work = traced(lambda: eager.calibrate(prepared, list(torch.split(calibration.x, EVAL_BATCH))))
+    deployed, convert_work = eager.traced_convert(prepared)
+    return deployed, prepare_work + calibrate_work + convert_work
 
 
 def evaluate_global(
     state: dict[str, torch.Tensor], model_name: str, num_classes: int, calibration: Samples, test: Samples
 ) -> tuple[float, float, WorkProfile]:
     """fp32 and deployed (int8) test accuracy of a global state, with the work it took."""
-    model = build_model(model_name, num_classes, seed=0)
-    model.load_state_dict(state)
+    model, build_work = traced_build(model_name, num_classes, seed=0)
+    load_work = traced_load(model, state)
     fp32_acc, fp32_work = traced(lambda: accuracy(model, test, int8=False))
-    deployed, deploy_work = traced(lambda: deploy_int8(model, calibration))
+    deployed, deploy_work = deploy_int8(model, calibration)
     int8_acc, int8_work = traced(lambda: accuracy(deployed, test, int8=True))
-    return fp32_acc, int8_acc, fp32_work + deploy_work + int8_work
+    return fp32_acc, int8_acc, build_work + load_work + fp32_work + deploy_work + int8_work
 
 
 def server_round(
@@ -72,7 +73,9 @@ def server_round(
     test: Samples,
 ) -> ServerResult:
     """Aggregate the reported updates and evaluate the result."""
-    updates, decode_work = traced(lambda: [(decode_to_fp32(p), n) for p, n in payloads])
+    decoded = [(traced_decode(p), n) for p, n in payloads]
+    updates = [(state, n) for (state, _), n in decoded]
+    decode_work = sum((work for (_, work), _ in decoded), WorkProfile())
     state, aggregate_work = traced(lambda: fedavg(updates))
     fp32_acc, int8_acc, eval_work = evaluate_global(state, model_name, num_classes, calibration, test)
     return ServerResult(state, fp32_acc, int8_acc, decode_work + aggregate_work + eval_work)

@@ -57,7 +57,7 @@ def build_graph(scenario: LoadedScenario) -> nx.Graph:
 
 
 def _directed(profile: LinkProfile, *, toward_server: bool) -> DirectedLink:
-    capacity = profile.uplink if toward_server else profile.downlink
+    capacity = profile.effective_uplink if toward_server else profile.effective_downlink
     return DirectedLink(capacity, profile.latency, profile.jitter, profile.loss)
 
 

@@ -15,11 +15,11 @@ from torch import nn
 from torch.nn.functional import cross_entropy
 
 from fedhq_sim.data import Samples
-from fedhq_sim.models import build_model
+from fedhq_sim.models import traced_build, traced_load
 from fedhq_sim.quant import eager
-from fedhq_sim.quant.payload import encode_fp32, encode_quantized
+from fedhq_sim.quant.payload import fp32_message, quantized_message, traced_decode, traced_serialize
 from fedhq_sim.quant.strategy import Strategy
-from fedhq_sim.work import StepCache, WorkProfile, traced
+from fedhq_sim.work import StepCache, WorkProfile, step_markers, traced
 
 STEP_CACHE = StepCache()
 
@@ -56,7 +56,8 @@ def _train(
     work = WorkProfile()
     last_losses: list[float] = []
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> float:
+    def step(index: torch.Tensor) -> float:
+        x, y = data.x[index], data.y[index]
         optimizer.zero_grad(set_to_none=True)
         loss = cross_entropy(model(x), y)
         loss.backward()
@@ -64,38 +65,44 @@ def _train(
         return float(loss.detach())
 
     for _ in range(cfg.local_epochs):
-        order = torch.randperm(len(data), generator=generator)
+        order, shuffle_work = traced(lambda: torch.randperm(len(data), generator=generator))
+        work = work + shuffle_work
         last_losses = []
         for start in range(0, len(data), cfg.batch_size):
             index = order[start : start + cfg.batch_size]
-            x, y = data.x[index], data.y[index]
-            key = (cfg.model_name, cfg.num_classes, strategy, "train-step", tuple(x.shape))
-            loss, step_work = STEP_CACHE.run(key, lambda x=x, y=y: step(x, y))
-            work = work + step_work
+            key = (cfg.model_name, cfg.num_classes, strategy, "train-step", (len(index), *data.x.shape[1:]))
+            loss, step_work = STEP_CACHE.run(key, lambda index=index: step(index))
+            work = work + step_work + step_markers(step_work)
             last_losses.append(loss)
     return sum(last_losses) / len(last_losses), work
 
 
-def local_work(
-    global_state: dict[str, torch.Tensor], data: Samples, strategy: Strategy, cfg: LocalConfig, seed: int
-) -> LocalResult:
-    """Run one client's round of work for ``strategy``, starting from ``global_state``."""
-    model = build_model(cfg.model_name, cfg.num_classes, seed=0)
-    model.load_state_dict(global_state)
+def local_work(global_payload: bytes, data: Samples, strategy: Strategy, cfg: LocalConfig, seed: int) -> LocalResult:
+    """Run one client's round of work for ``strategy``, starting from the downloaded model.
+
+    Everything a device would do is executed and traced: reading the global model, training,
+    quantizing, and writing the update it will upload.
+    """
+    global_state, read_work = traced_decode(global_payload)
+    model, build_work = traced_build(cfg.model_name, cfg.num_classes, seed=0)
+    load_work = traced_load(model, global_state)
+    work = read_work + build_work + load_work
     if strategy.kind == "fp32":
-        loss, work = _train(model, data, cfg, strategy, seed)
-        return LocalResult(encode_fp32(model.state_dict()), len(data), loss, work)
+        loss, train_work = _train(model, data, cfg, strategy, seed)
+        payload, write_work = traced_serialize(lambda: fp32_message(model.state_dict()))
+        return LocalResult(payload, len(data), loss, work + train_work + write_work)
 
     if strategy.kind == "qat":
-        model, prepare_work = traced(lambda: eager.prepare_qat(model))
+        model, prepare_work = eager.traced_prepare_qat(model)
         loss, train_work = _train(model, data, cfg, strategy, seed)
-        work = prepare_work + train_work
+        work = work + prepare_work + train_work
     else:
-        loss, work = _train(model, data, cfg, strategy, seed)
-        model, prepare_work = traced(lambda: eager.prepare_ptq(model))
+        loss, train_work = _train(model, data, cfg, strategy, seed)
+        model, prepare_work = eager.traced_prepare_ptq(model)
         calibration = data.x[: cfg.calibration_samples]
         batches = list(torch.split(calibration, cfg.batch_size))
         _, calibrate_work = traced(lambda: eager.calibrate(model, batches))
-        work = work + prepare_work + calibrate_work
-    quantized, convert_work = traced(lambda: eager.convert(model))
-    return LocalResult(encode_quantized(quantized, strategy.bits), len(data), loss, work + convert_work)
+        work = work + train_work + prepare_work + calibrate_work
+    quantized, convert_work = eager.traced_convert(model)
+    payload, write_work = traced_serialize(lambda: quantized_message(quantized, strategy.bits))
+    return LocalResult(payload, len(data), loss, work + convert_work + write_work)

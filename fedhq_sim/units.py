@@ -49,6 +49,7 @@ _RATE_UNITS = _prefixed({"bit/s": 1.0, "B/s": 8.0}, _DECIMAL)
 _BYTE_RATE_UNITS = _prefixed({"B/s": 1.0}, _DECIMAL)
 _SIZE_UNITS = {**_prefixed({"B": 1.0}, _DECIMAL), **_prefixed({"B": 1.0}, _BINARY)}
 _FLOPS_UNITS = _prefixed({"FLOP/s": 1.0, "OP/s": 1.0}, _DECIMAL)
+_POWER_UNITS = {"mW": 1e-3, "W": 1.0, "kW": 1e3}
 
 
 def parse_duration_s(text: object) -> float:
@@ -74,6 +75,11 @@ def parse_size_bytes(text: object) -> float:
 def parse_throughput_ops(text: object) -> float:
     """``"48 GFLOP/s"`` -> 4.8e10 operations per second (``OP/s`` for integer work)."""
     return _scaled(text, "throughput", "48 GFLOP/s", _FLOPS_UNITS)
+
+
+def parse_power_w(text: object) -> float:
+    """``"6.4 W"`` -> 6.4 (watts); ``"120 mW"`` -> 0.12."""
+    return _scaled(text, "power", "6.4 W", _POWER_UNITS)
 
 
 def parse_fraction(text: object) -> float:

@@ -2,20 +2,30 @@
 
 :class:`WorkTracer` is a ``TorchDispatchMode``: while it is active, every aten (and
 ``quantized::``) operation that PyTorch really executes is recorded with its FLOPs, the bytes
-it reads and writes, and its precision class (``fp32``, ``fake_quant`` or ``int8``). The
-result, a :class:`WorkProfile`, depends on the model, the input shapes and the strategy but
-never on the host, which is what lets :mod:`fedhq_sim.charge` price it on any device.
+it reads and writes, its precision (``fp32``, ``fp16``, ``fake_quant`` or ``int8``) and its
+kernel class (:data:`OpKind`: dense matmul, convolution, its backward, int8 kernels, fake
+quantization, elementwise, view). The tracer also follows the bytes of every tensor the
+work allocates, so a profile knows its peak working memory. The result, a
+:class:`WorkProfile`, depends on the model, the input shapes and the strategy but never on
+the host, which is what lets :mod:`fedhq_sim.charge` price it on any device.
 
 FLOPs of matmul and convolution come from ``torch.utils.flop_counter``'s registry; the
 int8 kernels are counted from their packed weights; other ops count one operation per
 output element (fake quantization: five, for scale, round, clamp, shift and rescale).
 View-like ops move no data and count only as dispatches.
+
+Work that is not a tensor operation but costs time on a device all the same, a training
+step's framework bookkeeping and the module rewriting of quantization's prepare and convert,
+enters a profile as a *marker* (:func:`marker`), priced per occurrence by the device.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -24,7 +34,49 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
-Precision = Literal["fp32", "fake_quant", "int8"]
+Precision = Literal["fp32", "fp16", "fake_quant", "int8"]
+OpKind = Literal[
+    "matmul",
+    "conv",
+    "conv_backward",
+    "norm",
+    "int8_matmul",
+    "int8_conv",
+    "fake_quant",
+    "elementwise",
+    "view",
+    "marker",
+]
+MarkerKind = Literal[
+    "train_step",
+    "train_op",
+    "build_module",
+    "load_tensor",
+    "serialize",
+    "serialize_payload",
+    "deserialize",
+    "deserialize_payload",
+    "prepare_ptq",
+    "prepare_qat",
+    "convert",
+]
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+_MATMUL_OPS = {"mm", "addmm", "bmm", "baddbmm", "matmul"}
+_CONV_OPS = {"convolution", "_convolution", "mkldnn_convolution", "conv2d", "conv1d"}
+# Normalization makes several passes over its input (statistics, then normalize), so it is
+# priced as a class of its own rather than as one elementwise pass.
+_NORM_OPS = {
+    "native_batch_norm",
+    "native_batch_norm_backward",
+    "_native_batch_norm_legit",
+    "_native_batch_norm_legit_no_training",
+    "_batch_norm_with_update",
+    "batch_norm_backward",
+    "native_layer_norm",
+    "native_layer_norm_backward",
+    "native_group_norm",
+    "native_group_norm_backward",
+}
 FAKE_QUANT_OPS_PER_ELEMENT = 5
 _SKIPPED_NAMESPACES = {"profiler"}
 # aten.fake_quantize_per_* and the fused observer + fake-quant kernel of eager QAT.
@@ -35,9 +87,10 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, order=True)
 class OpCost:
-    """One executed operation: its name, precision class, FLOPs and bytes moved."""
+    """One executed operation: its name, kernel class, precision, FLOPs and bytes moved."""
 
     op: str
+    kind: OpKind
     precision: Precision
     flops: float
     nbytes: float
@@ -45,16 +98,27 @@ class OpCost:
 
 @dataclass(frozen=True)
 class WorkProfile:
-    """A multiset of :class:`OpCost`; adding and scaling profiles compose computations."""
+    """A multiset of :class:`OpCost` and the peak bytes the work held at once.
+
+    Adding profiles runs them one after the other, so counts add and the peak is the larger
+    of the two; :meth:`times` repeats a computation, which leaves its peak unchanged.
+    """
 
     counts: Counter[OpCost] = field(default_factory=Counter)
+    peak_bytes: int = 0
 
     def __add__(self, other: WorkProfile) -> WorkProfile:
-        return WorkProfile(self.counts + other.counts)
+        return WorkProfile(self.counts + other.counts, max(self.peak_bytes, other.peak_bytes))
 
     def times(self, n: int) -> WorkProfile:
         """The work of running this ``n`` times."""
-        return WorkProfile(Counter({op: count * n for op, count in self.counts.items()}) if n else Counter())
+        if not n:
+            return WorkProfile()
+        return WorkProfile(Counter({op: count * n for op, count in self.counts.items()}), self.peak_bytes)
+
+    def count(self, kind: OpKind) -> int:
+        """How many operations of one kernel class the work executed."""
+        return sum(c for op, c in self.counts.items() if op.kind == kind)
 
     @property
     def num_ops(self) -> int:
@@ -66,6 +130,16 @@ class WorkProfile:
     @property
     def nbytes(self) -> float:
         return sum(c * op.nbytes for op, c in self.counts.items())
+
+
+def marker(kind: MarkerKind, count: int = 1) -> WorkProfile:
+    """Work that is no tensor operation: ``count`` training steps or rewritten modules."""
+    return WorkProfile(Counter({OpCost(f"sim.{kind}", "marker", "fp32", 0.0, 0.0): count}))
+
+
+def step_markers(step_work: WorkProfile) -> WorkProfile:
+    """The bookkeeping of one training step: once per step, and once per recorded operation."""
+    return marker("train_step") + marker("train_op", step_work.num_ops - step_work.count("view"))
 
 
 def _tensors(values: Iterable[Any]) -> list[torch.Tensor]:
@@ -96,29 +170,91 @@ def _is_view(func: torch._ops.OpOverload) -> bool:
     return bool(returns) and all(r.alias_info is not None and not r.alias_info.is_write for r in returns)
 
 
+def _precision(name: str, tensors: list[torch.Tensor]) -> Precision:
+    if name.startswith("quantized.") or any(t.is_quantized for t in tensors):
+        return "int8"
+    if any(marker in name for marker in _FAKE_QUANT_MARKERS):
+        return "fake_quant"
+    if any(t.dtype in _HALF_DTYPES for t in tensors):
+        return "fp16"
+    return "fp32"
+
+
+def _dense_kind(name: str, precision: Precision) -> OpKind | None:
+    """The dense kernel class of an op name such as ``aten.addmm.default``, if it is one."""
+    base = name.split(".")[1] if "." in name else name
+    if name.startswith("quantized."):
+        if "linear" in base and "prepack" not in base:
+            return "int8_matmul"
+        if "conv" in base and "prepack" not in base:
+            return "int8_conv"
+        return None
+    if base == "convolution_backward":
+        return "conv_backward"
+    if base in _CONV_OPS:
+        return "conv"
+    if base in _MATMUL_OPS:
+        return "matmul"
+    if base in _NORM_OPS:
+        return "norm"
+    return "fake_quant" if precision == "fake_quant" else None
+
+
 def op_cost(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCost:
     """The cost of one executed operation (see the module docstring for the counting rules)."""
     name = str(func)
     flat_in = _tensors(tree_flatten((args, kwargs))[0])
     flat_out = _tensors(tree_flatten(out)[0])
-    quantized = name.startswith("quantized.") or any(t.is_quantized for t in flat_in + flat_out)
-    fake_quant = any(marker in name for marker in _FAKE_QUANT_MARKERS)
-    precision: Precision = "int8" if quantized else ("fake_quant" if fake_quant else "fp32")
+    precision = _precision(name, flat_in + flat_out)
     if isinstance(func, torch._ops.OpOverload) and _is_view(func):
-        return OpCost(name, precision, 0.0, 0.0)
+        return OpCost(name, "view", precision, 0.0, 0.0)
+    kind: OpKind = _dense_kind(name, precision) or "elementwise"
     nbytes = float(sum(t.numel() * t.element_size() for t in flat_in + flat_out))
     packet = getattr(func, "_overloadpacket", None)
     if packet in flop_registry:
         flops = float(flop_registry[packet](*args, **kwargs, out_val=out))
-    elif name.startswith("quantized.") and ("conv" in name or "linear" in name):
+    elif kind in ("int8_matmul", "int8_conv"):
         flops, weight_bytes = _int8_kernel_flops(args, out)
         nbytes += weight_bytes
-    elif precision == "fake_quant":
+    elif kind == "fake_quant":
         # Only the quantized values count; the fused kernel's second output is a boolean mask.
         flops = float(flat_out[0].numel()) * FAKE_QUANT_OPS_PER_ELEMENT if flat_out else 0.0
     else:
         flops = float(sum(t.numel() for t in flat_out))
-    return OpCost(name, precision, flops, nbytes)
+    return OpCost(name, kind, precision, flops, nbytes)
+
+
+class _LiveBytes:
+    """Bytes of the tensor storages the traced work allocated and still holds, and their peak.
+
+    Each new storage is counted once, when an operation first returns it, and uncounted when
+    PyTorch frees it (a ``weakref.finalize`` on the storage); storages that existed before
+    the trace (the model's weights) are not the work's and are accounted for by the caller.
+    """
+
+    def __init__(self) -> None:
+        self.live = 0
+        self.peak = 0
+        self._seen: set[int] = set()
+
+    def _release(self, key: int, nbytes: int) -> None:
+        self._seen.discard(key)
+        self.live -= nbytes
+
+    def add(self, tensors: list[torch.Tensor]) -> None:
+        for tensor in tensors:
+            if tensor.is_quantized:
+                nbytes, storage = tensor.numel() * tensor.element_size(), None
+            else:
+                storage = tensor.untyped_storage()
+                nbytes = storage.nbytes()
+            key = id(storage) if storage is not None else id(tensor)
+            if key in self._seen:
+                continue
+            self._seen.add(key)
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage if storage is not None else tensor, self._release, key, nbytes)
 
 
 class WorkTracer(TorchDispatchMode):
@@ -127,21 +263,42 @@ class WorkTracer(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.counts: Counter[OpCost] = Counter()
+        self._memory = _LiveBytes()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if func.namespace not in _SKIPPED_NAMESPACES:
             self.counts[op_cost(func, args, kwargs, out)] += 1
+            self._memory.add(_tensors(tree_flatten(out)[0]))
         return out
 
     @property
     def profile(self) -> WorkProfile:
-        return WorkProfile(Counter(self.counts))
+        return WorkProfile(Counter(self.counts), self._memory.peak)
+
+
+_TRACING = ContextVar("fedhq_sim_tracing", default=True)
+
+
+@contextmanager
+def untraced() -> Iterator[None]:
+    """Run real work without tracing it (profiles come back empty): for timing it on a host.
+
+    The fidelity check measures how long client work really takes here; the tracer's own
+    Python cost per operation must not be part of that measurement.
+    """
+    token = _TRACING.set(False)
+    try:
+        yield
+    finally:
+        _TRACING.reset(token)
 
 
 def traced(fn: Callable[[], T]) -> tuple[T, WorkProfile]:
     """Run ``fn`` for real and return its result with the work it executed."""
+    if not _TRACING.get():
+        return fn(), WorkProfile()
     with WorkTracer() as tracer:
         result = fn()
     return result, tracer.profile
@@ -160,8 +317,8 @@ class StepCache:
 
     def run(self, key: tuple[Any, ...], fn: Callable[[], T]) -> tuple[T, WorkProfile]:
         cached = self._profiles.get(key)
-        if cached is not None:
-            return fn(), cached
+        if cached is not None or not _TRACING.get():
+            return fn(), cached or WorkProfile()
         result, profile = traced(fn)
         self._profiles[key] = profile
         return result, profile

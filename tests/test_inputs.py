@@ -9,7 +9,7 @@ import yaml
 
 from fedhq_sim.cli import main
 from fedhq_sim.errors import InputError
-from fedhq_sim.profiles import ProfileLibrary
+from fedhq_sim.profiles import ProfileLibrary, numeric_keys
 from fedhq_sim.scenario import load_scenario
 from tests.conftest import PROFILES, REPO, tiny_scenario_dict
 
@@ -107,13 +107,33 @@ def test_every_shipped_profile_is_valid_and_sourced():
     library = ProfileLibrary(PROFILES)
     devices = library.available("devices")
     links = library.available("links")
-    assert len(devices) >= 6 and len(links) >= 5
+    assert len(devices) >= 11 and len(links) >= 9
+    assert {"ltem", "nbiot", "lorawan_eu868"} <= set(links)
     for name in devices:
         profile = library.device(name, referenced_from=Path("test"), key="k")
-        assert set(profile.sources) == set(profile.numeric_keys)
+        assert set(profile.sources) == set(numeric_keys(profile))
     for name in links:
         profile = library.link(name, referenced_from=Path("test"), key="k")
-        assert set(profile.sources) == set(profile.numeric_keys)
+        assert set(profile.sources) == set(numeric_keys(profile))
+
+
+def test_a_device_active_power_below_idle_is_rejected(tmp_path):
+    (tmp_path / "devices").mkdir()
+    source = yaml.safe_load((PROFILES / "devices" / "rpi4.yaml").read_text())
+    source["power"] = {"idle": "5 W", "active": "3 W"}
+    (tmp_path / "devices" / "rpi4.yaml").write_text(yaml.safe_dump(source))
+    with pytest.raises(InputError, match=r"power\.active .* must not be below power\.idle"):
+        ProfileLibrary(tmp_path).device("rpi4", referenced_from=Path("s.yaml"), key="k")
+
+
+def test_a_nested_kernel_number_needs_its_unit_and_names_its_key_path(tmp_path):
+    (tmp_path / "devices").mkdir()
+    source = yaml.safe_load((PROFILES / "devices" / "rpi4.yaml").read_text())
+    source["kernels"]["conv"]["throughput"] = 12.5
+    (tmp_path / "devices" / "rpi4.yaml").write_text(yaml.safe_dump(source))
+    with pytest.raises(InputError) as raised:
+        ProfileLibrary(tmp_path).device("rpi4", referenced_from=Path("s.yaml"), key="k")
+    assert "kernels.conv.throughput: expected a throughput with a unit" in str(raised.value)
 
 
 @pytest.mark.parametrize("scenario", sorted((REPO / "scenarios").glob("*.yaml")), ids=lambda p: p.name)

@@ -27,6 +27,8 @@ class ClientInfo:
     device: str
     link: str
     num_samples: int
+    able: frozenset[str] = frozenset({"fp32", "ptq8", "qat8"})
+    """Strategy labels the client's memory and link allow (see :mod:`fedhq_sim.feasibility`)."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.ao import quantization as tq
 
+from fedhq_sim.work import WorkProfile, marker, traced
+
 # The three warnings torch 2.13 prints for eager quantization; each is known and harmless here.
 _KNOWN_WARNINGS = (
     (DeprecationWarning, r"torch\.ao\.quantization is deprecated"),
@@ -106,3 +108,25 @@ def run_int8(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Inference with a converted model (the int8 kernels of the selected engine)."""
     with eager_quantization(), torch.no_grad():
         return model(x)
+
+
+def _module_count(model: nn.Module) -> int:
+    return sum(1 for _ in model.modules())
+
+
+def traced_prepare_ptq(model: nn.Module) -> tuple[nn.Module, WorkProfile]:
+    """:func:`prepare_ptq` with its work: the traced ops plus one marker per module rewritten."""
+    prepared, work = traced(lambda: prepare_ptq(model))
+    return prepared, work + marker("prepare_ptq", _module_count(model))
+
+
+def traced_prepare_qat(model: nn.Module) -> tuple[nn.Module, WorkProfile]:
+    """:func:`prepare_qat` with its work: the traced ops plus one marker per module rewritten."""
+    prepared, work = traced(lambda: prepare_qat(model))
+    return prepared, work + marker("prepare_qat", _module_count(model))
+
+
+def traced_convert(prepared: nn.Module) -> tuple[nn.Module, WorkProfile]:
+    """:func:`convert` with its work: the traced ops plus one marker per module rewritten."""
+    converted, work = traced(lambda: convert(prepared))
+    return converted, work + marker("convert", _module_count(prepared))

@@ -10,9 +10,13 @@ quantized dtypes on the wire. Both are serialized with ``torch.save`` and read b
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten
+
+from fedhq_sim.work import WorkProfile, marker, traced
 
 
 def _serialize(obj: dict) -> bytes:
@@ -25,17 +29,22 @@ def _deserialize(payload: bytes) -> dict:
     return torch.load(io.BytesIO(payload), weights_only=True)
 
 
+def fp32_message(state: dict[str, torch.Tensor]) -> dict:
+    """The message of an fp32 update: the ``state_dict`` (parameters and buffers), copied."""
+    return {"format": "fp32", "state": {k: v.detach().clone() for k, v in state.items()}}
+
+
 def encode_fp32(state: dict[str, torch.Tensor]) -> bytes:
     """Serialize an fp32 ``state_dict`` (parameters and buffers)."""
-    return _serialize({"format": "fp32", "state": {k: v.detach().clone() for k, v in state.items()}})
+    return _serialize(fp32_message(state))
 
 
 def _quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if callable(getattr(m, "weight", None))}
 
 
-def encode_quantized(model: nn.Module, bits: int) -> bytes:
-    """Serialize a converted (int8) model as integer weights plus their quantization parameters."""
+def quantized_message(model: nn.Module, bits: int) -> dict:
+    """The message of a quantized update: integer weights plus their quantization parameters."""
     layers: dict[str, dict[str, torch.Tensor]] = {}
     for name, layer in _quantized_layers(model).items():
         weight = layer.weight()
@@ -57,7 +66,12 @@ def encode_quantized(model: nn.Module, bits: int) -> bytes:
             "out_scale": torch.tensor(float(layer.scale)),
             "out_zero_point": torch.tensor(int(layer.zero_point)),
         }
-    return _serialize({"format": "quantized", "bits": bits, "layers": layers})
+    return {"format": "quantized", "bits": bits, "layers": layers}
+
+
+def encode_quantized(model: nn.Module, bits: int) -> bytes:
+    """Serialize a converted (int8) model as integer weights plus their quantization parameters."""
+    return _serialize(quantized_message(model, bits))
 
 
 def _dequantize(layer: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -72,7 +86,10 @@ def _dequantize(layer: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def decode_to_fp32(payload: bytes) -> dict[str, torch.Tensor]:
     """The fp32 ``state_dict`` an update stands for (dequantized when it is quantized)."""
-    message = _deserialize(payload)
+    return _message_state(_deserialize(payload))
+
+
+def _message_state(message: dict) -> dict[str, torch.Tensor]:
     if message["format"] == "fp32":
         return message["state"]
     state: dict[str, torch.Tensor] = {}
@@ -81,3 +98,24 @@ def decode_to_fp32(payload: bytes) -> dict[str, torch.Tensor]:
         if layer["bias"].numel():
             state[f"{name}.bias"] = layer["bias"]
     return state
+
+
+def _tensor_count(message: dict) -> int:
+    return sum(isinstance(leaf, torch.Tensor) for leaf in tree_flatten(message)[0])
+
+
+def traced_serialize(build_message: Callable[[], dict]) -> tuple[bytes, WorkProfile]:
+    """Build a message (``fp32_message``/``quantized_message``) and serialize it, with the work:
+    traced ops plus one marker per payload and one per tensor written."""
+    message, build_work = traced(build_message)
+    payload, write_work = traced(lambda: _serialize(message))
+    written = marker("serialize_payload") + marker("serialize", _tensor_count(message))
+    return payload, build_work + write_work + written
+
+
+def traced_decode(payload: bytes) -> tuple[dict[str, torch.Tensor], WorkProfile]:
+    """:func:`decode_to_fp32` with its work: traced ops plus a marker per tensor read."""
+    message, read_work = traced(lambda: _deserialize(payload))
+    state, dequantize_work = traced(lambda: _message_state(message))
+    read = marker("deserialize_payload") + marker("deserialize", _tensor_count(message))
+    return state, read_work + dequantize_work + read

@@ -1,0 +1,136 @@
+"""Can a client take part at all? Memory and link checks, before any round runs.
+
+A gateway whose memory cannot hold a training step, or whose link cannot carry the model
+and its update within the round deadline even with the link to itself, would only ever be
+dropped; a planner needs to see that, with the reason, instead of a silent drop every
+round. The checks are per strategy, since QAT needs more memory than fp32 training and a
+quantized update is smaller than an fp32 one.
+
+Memory need = the model's weights and buffers + the peak bytes a training step allocates
+(gradients, activations, optimizer temporaries), traced for real at the scenario's batch
+shape. Link need = route latency + bytes over the narrowest link, for the fp32 download and
+the strategy's upload, with no other traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+from torch.nn.functional import cross_entropy
+
+from fedhq_sim.models import build_model
+from fedhq_sim.network import DirectedLink
+from fedhq_sim.quant import eager
+from fedhq_sim.quant.payload import encode_fp32, encode_quantized
+from fedhq_sim.quant.strategy import Strategy
+from fedhq_sim.scenario import ClientSpec
+from fedhq_sim.work import traced
+
+
+@dataclass(frozen=True)
+class Feasibility:
+    """Whether one client can run one strategy, and why not when it cannot."""
+
+    client_id: int
+    client: str
+    device: str
+    link: str
+    strategy: str
+    able: bool
+    reason: str
+    memory_needed_bytes: int
+    memory_available_bytes: int
+    transfer_s: float
+
+
+def _state_bytes(model: torch.nn.Module) -> int:
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@cache
+def memory_needed(model_name: str, num_classes: int, strategy: Strategy, batch_shape: tuple[int, ...]) -> int:
+    """Bytes one training step of ``strategy`` holds at its peak (weights included)."""
+    model = build_model(model_name, num_classes, seed=0)
+    if strategy.kind == "qat":
+        model = eager.prepare_qat(model)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    x = torch.zeros(batch_shape)
+    y = torch.zeros(batch_shape[0], dtype=torch.long)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    _, work = traced(step)
+    return _state_bytes(model) + work.peak_bytes
+
+
+@cache
+def payload_bytes(model_name: str, num_classes: int, strategy: Strategy, input_shape: tuple[int, ...]) -> int:
+    """Serialized size of a model (fp32) or of its quantized update, from a real encoding."""
+    model = build_model(model_name, num_classes, seed=0)
+    if strategy.kind == "fp32":
+        return len(encode_fp32(model.state_dict()))
+    prepared = eager.prepare_ptq(model)
+    eager.calibrate(prepared, [torch.rand((4, *input_shape))])
+    return len(encode_quantized(eager.convert(prepared), strategy.bits))
+
+
+def transfer_floor_s(
+    route: Sequence[tuple[str, str]], links: dict[tuple[str, str], DirectedLink], nbytes: int
+) -> float:
+    """Fastest possible transfer: the route's latency plus the bytes over its narrowest link."""
+    hops = [links[hop] for hop in route]
+    return sum(h.latency_s for h in hops) + 8.0 * nbytes / min(h.capacity_bps for h in hops)
+
+
+def _mib(nbytes: float) -> str:
+    return f"{nbytes / 2**20:.1f} MiB"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3g} s" if seconds < 120 else f"{seconds / 3600:.3g} h"
+
+
+def check_client(
+    client: ClientSpec,
+    strategy: Strategy,
+    *,
+    memory_bytes: int,
+    download_s: float,
+    upload_s: float,
+    upload_nbytes: int,
+    deadline_s: float,
+) -> Feasibility:
+    """One client and strategy against its device's memory and its route's capacity."""
+    available = client.device.memory_available
+    reasons = []
+    if memory_bytes > available:
+        reasons.append(
+            f"memory: {strategy.label} training needs {_mib(memory_bytes)}, device {client.device.name} has "
+            f"{_mib(available)} available"
+        )
+    transfer_s = download_s + upload_s
+    if transfer_s > deadline_s:
+        reasons.append(
+            f"link: the model download and the {upload_nbytes} B {strategy.label} update need at least "
+            f"{_duration(transfer_s)} over {client.link.name} (round deadline {_duration(deadline_s)})"
+        )
+    return Feasibility(
+        client.client_id,
+        client.name,
+        client.device.name,
+        client.link.name,
+        strategy.label,
+        not reasons,
+        "; ".join(reasons),
+        memory_bytes,
+        int(available),
+        transfer_s,
+    )

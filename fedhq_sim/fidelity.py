@@ -1,0 +1,108 @@
+"""Fidelity: does the charge predicted for a host match the time the work really takes there?
+
+For every model, strategy and batch size, one client's real local work is run once traced,
+to get its work profile and the charge predicted on a device profile, and several times
+untraced, to measure its wall time (median). ``bench/fidelity.py`` runs this against a
+fresh ``profile-device`` measurement of the host and writes ``docs/fidelity.md``'s table.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedhq_sim.charge import charge_seconds
+from fedhq_sim.data import Samples, federate, load_digits
+from fedhq_sim.models import build_model
+from fedhq_sim.profiles import DeviceProfile
+from fedhq_sim.quant.payload import encode_fp32
+from fedhq_sim.quant.strategy import Strategy
+from fedhq_sim.training import LocalConfig, local_work
+from fedhq_sim.work import untraced
+
+
+@dataclass(frozen=True)
+class FidelityRow:
+    """Predicted and measured seconds of one client workload on this host."""
+
+    model: str
+    strategy: str
+    batch_size: int
+    predicted_s: float
+    measured_s: float
+
+    @property
+    def error(self) -> float:
+        """Signed relative error of the prediction (+0.1: predicted 10 % too slow)."""
+        return self.predicted_s / self.measured_s - 1.0
+
+
+def client_samples(n_samples: int) -> Samples:
+    """An IID share of the digits (fixed seed): the data one client would train on."""
+    data = federate(
+        load_digits(),
+        n_clients=1,
+        alpha=1e3,
+        test_fraction=0.2,
+        server_calibration=64,
+        min_client_samples=8,
+        rng=np.random.default_rng(0),
+    )
+    client = data.clients[0]
+    return Samples(client.x[:n_samples], client.y[:n_samples])
+
+
+def compare(
+    device: DeviceProfile,
+    *,
+    models: Sequence[str],
+    strategies: Sequence[Strategy],
+    batch_sizes: Sequence[int],
+    epochs: int,
+    n_samples: int,
+    repeats: int,
+    on_row: Callable[[FidelityRow], None] = lambda row: None,
+) -> list[FidelityRow]:
+    """Predict and measure every (model, strategy, batch size) combination."""
+    data = client_samples(n_samples)
+    rows = []
+    for model_name in models:
+        payload = encode_fp32(build_model(model_name, 10, seed=0).state_dict())
+        for strategy in strategies:
+            for batch in batch_sizes:
+                cfg = LocalConfig(model_name, 10, epochs, batch, 0.05, 32)
+                predicted = charge_seconds(local_work(payload, data, strategy, cfg, seed=1).work, device)
+                times = []
+                with untraced():
+                    for _ in range(repeats):
+                        start = time.perf_counter()
+                        local_work(payload, data, strategy, cfg, seed=1)
+                        times.append(time.perf_counter() - start)
+                row = FidelityRow(model_name, strategy.label, batch, predicted, statistics.median(times))
+                on_row(row)
+                rows.append(row)
+    return rows
+
+
+def summary(rows: Sequence[FidelityRow]) -> tuple[float, float]:
+    """Median and worst absolute relative error."""
+    errors = [abs(row.error) for row in rows]
+    return statistics.median(errors), max(errors)
+
+
+def markdown_table(rows: Sequence[FidelityRow]) -> str:
+    lines = [
+        "| model | strategy | batch | predicted s | measured s | error |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {r.model} | {r.strategy} | {r.batch_size} | {r.predicted_s:.4f} | {r.measured_s:.4f} | {r.error:+.1%} |"
+            for r in rows
+        ),
+    ]
+    median, worst = summary(rows)
+    lines += ["", f"Median absolute error {median:.1%}, worst {worst:.1%} ({len(rows)} rows)."]
+    return "\n".join(lines)

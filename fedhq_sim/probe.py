@@ -1,0 +1,531 @@
+"""Measure the machine this runs on and express it as a device profile.
+
+Every kernel class of :class:`~fedhq_sim.profiles.Kernels` is timed on synthetic tensors over
+a sweep of sizes, and a line ``time = overhead + FLOPs / throughput`` is fitted to the
+medians (weighted by relative error, so small and large calls count alike). The overheads
+that are no single operation's (a training step's bookkeeping, module rewriting at prepare
+and convert) are measured as residuals: the wall time of a synthetic workload minus what
+its traced operations are charged, so nothing is counted twice. None of the workloads is
+one of the simulator's models; the fidelity check (``bench/fidelity.py``) tests the fitted
+profile on those.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.ao.nn import quantized as nnq
+from torch.ao.quantization import FusedMovingAvgObsFakeQuantize
+from torch.nn import functional as F  # noqa: N812 - the conventional alias
+
+from fedhq_sim.charge import charge_seconds
+from fedhq_sim.profiles import DeviceProfile, Kernel, Kernels, Overheads
+from fedhq_sim.quant import eager
+from fedhq_sim.quant.payload import decode_to_fp32, encode_fp32, fp32_message, traced_serialize
+from fedhq_sim.work import WorkProfile, marker, traced, untraced
+
+TARGET_LOOP_S = 0.004
+"""Each timed sample repeats its call until it lasts about this long (timer resolution)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measured call: the work it executed (traced) and its median seconds per call."""
+
+    work: WorkProfile
+    seconds: float
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of one call of ``fn`` over ``repeats`` timed loops (after a warm-up)."""
+    fn()
+    start = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - start, 1e-7)
+    loop = max(1, min(1000, round(TARGET_LOOP_S / once)))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(loop):
+            fn()
+        times.append((time.perf_counter() - start) / loop)
+    return statistics.median(times)
+
+
+def measure(fn: Callable[[], Any], repeats: int) -> Sample:
+    """Trace ``fn`` once and time it untraced."""
+    _, work = traced(fn)
+    return Sample(work, median_seconds(fn, repeats))
+
+
+def fit_line(flops: Sequence[float], seconds: Sequence[float]) -> tuple[float, float]:
+    """``(overhead, throughput)`` of ``seconds ~ overhead + flops / throughput``.
+
+    Least squares on relative error (each residual divided by its measurement). A negative
+    intercept or slope is not physical, so each is clamped by refitting the other alone.
+    """
+    weights = [1.0 / t for t in seconds]
+    s_ww = sum(w * w for w in weights)
+    s_wwf = sum(w * w * f for w, f in zip(weights, flops, strict=True))
+    s_wwff = sum(w * w * f * f for w, f in zip(weights, flops, strict=True))
+    s_wwt = sum(w * w * t for w, t in zip(weights, seconds, strict=True))
+    s_wwft = sum(w * w * f * t for w, f, t in zip(weights, flops, seconds, strict=True))
+    det = s_ww * s_wwff - s_wwf * s_wwf
+    overhead = (s_wwff * s_wwt - s_wwf * s_wwft) / det if det else 0.0
+    per_flop = (s_ww * s_wwft - s_wwf * s_wwt) / det if det else 0.0
+    if per_flop <= 0:
+        return s_wwt / s_ww, float("inf")
+    if overhead <= 0:
+        per_flop = s_wwft / s_wwff
+        overhead = min(seconds) * 1e-3
+    return overhead, 1.0 / per_flop
+
+
+def _target_flops(sample: Sample, kind: str) -> float:
+    return sum(count * op.flops for op, count in sample.work.counts.items() if op.kind == kind)
+
+
+def fit_kernel(samples: Sequence[Sample], kind: str) -> Kernel:
+    overhead, throughput = fit_line([_target_flops(s, kind) for s in samples], [s.seconds for s in samples])
+    if throughput == float("inf"):
+        largest = max(samples, key=lambda s: _target_flops(s, kind))
+        throughput = _target_flops(largest, kind) / largest.seconds
+    return Kernel.model_construct(overhead=overhead, throughput=throughput)
+
+
+# Sizes: (batch, in_channels, height/width, out_channels, stride, kernel) for convolutions
+# and (rows, in_features, out_features) for matmuls: the range of small edge models, from
+# single-channel inputs and 1x1 shortcuts (overhead-bound) to compute-bound layers.
+CONV_SIZES = (
+    (8, 1, 8, 16, 1, 3),
+    (32, 1, 16, 16, 1, 3),
+    (16, 16, 8, 16, 1, 3),
+    (32, 16, 8, 32, 2, 3),
+    (32, 32, 4, 64, 2, 1),
+    (64, 32, 8, 32, 1, 3),
+    (64, 64, 4, 64, 1, 3),
+    (16, 64, 16, 64, 1, 3),
+)
+NORM_SIZES = ((8, 16, 8), (32, 16, 8), (32, 64, 4), (64, 32, 16), (128, 64, 16))
+MATMUL_SIZES = ((4, 16, 16), (16, 64, 64), (64, 128, 128), (64, 256, 256), (256, 256, 512))
+ELEMENTWISE_SIZES = (16, 1024, 16_384, 262_144, 1_048_576)
+
+
+def _matmul_samples(repeats: int, dtype: torch.dtype = torch.float32) -> list[Sample]:
+    samples = []
+    for rows, k, m in MATMUL_SIZES:
+        x, w, b = torch.randn(rows, k, dtype=dtype), torch.randn(m, k, dtype=dtype), torch.randn(m, dtype=dtype)
+        samples.append(measure(lambda x=x, w=w, b=b: F.linear(x, w, b), repeats))
+    return samples
+
+
+def _conv_inputs(size: tuple[int, ...], dtype: torch.dtype = torch.float32):
+    batch, cin, hw, cout, stride, k = size
+    x, w = torch.randn(batch, cin, hw, hw, dtype=dtype), torch.randn(cout, cin, k, k, dtype=dtype)
+    return x, w, stride, k // 2
+
+
+def _conv_samples(repeats: int, dtype: torch.dtype = torch.float32) -> list[Sample]:
+    samples = []
+    for size in CONV_SIZES:
+        x, w, stride, pad = _conv_inputs(size, dtype)
+        samples.append(measure(lambda x=x, w=w, s=stride, p=pad: F.conv2d(x, w, stride=s, padding=p), repeats))
+    return samples
+
+
+def _conv_backward_samples(repeats: int) -> list[Sample]:
+    samples = []
+    for size in CONV_SIZES:
+        x, w, stride, pad = _conv_inputs(size)
+        grad = torch.randn_like(F.conv2d(x, w, stride=stride, padding=pad))
+
+        # A network's first convolution needs no input gradient; the others do.
+        mask = [x.shape[1] > 1, True, True]
+
+        def backward(x=x, w=w, grad=grad, s=stride, p=pad, mask=mask):
+            return torch.ops.aten.convolution_backward(
+                grad, x, w, [w.shape[0]], [s, s], [p, p], [1, 1], False, [0, 0], 1, mask
+            )
+
+        samples.append(measure(backward, repeats))
+    return samples
+
+
+def _norm_samples(repeats: int) -> list[Sample]:
+    samples = []
+    for batch, channels, hw in NORM_SIZES:
+        x = torch.randn(batch, channels, hw, hw)
+        weight, bias = torch.ones(channels), torch.zeros(channels)
+        mean, var = torch.zeros(channels), torch.ones(channels)
+        out, save_mean, save_invstd = torch.ops.aten.native_batch_norm(x, weight, bias, mean, var, True, 0.1, 1e-5)
+        samples.append(measure(lambda x=x, w=weight, b=bias, m=mean, v=var: F.batch_norm(x, m, v, w, b, True), repeats))
+
+        grad = torch.randn_like(out)
+
+        def backward(x=x, g=grad, w=weight, m=mean, v=var, sm=save_mean, si=save_invstd):
+            return torch.ops.aten.native_batch_norm_backward(g, x, w, m, v, sm, si, True, 1e-5, [True, True, True])
+
+        samples.append(measure(backward, repeats))
+    return samples
+
+
+def _elementwise_samples(repeats: int) -> list[Sample]:
+    samples = []
+    for n in ELEMENTWISE_SIZES:
+        x, y = torch.randn(n), torch.randn(n)
+        samples.append(measure(lambda x=x, y=y: torch.add(x, y), repeats))
+        samples.append(measure(lambda x=x: torch.relu(x), repeats))
+    return samples
+
+
+def _fake_quant_samples(repeats: int) -> list[Sample]:
+    samples = []
+    with eager.eager_quantization():
+        for n in ELEMENTWISE_SIZES:
+            fake_quant = FusedMovingAvgObsFakeQuantize()
+            x = torch.randn(n)
+            samples.append(measure(lambda fq=fake_quant, x=x: fq(x), repeats))
+    return samples
+
+
+def _int8_samples(repeats: int) -> tuple[list[Sample], list[Sample]]:
+    linear, conv = [], []
+    with eager.eager_quantization(), torch.no_grad():
+        for rows, k, m in MATMUL_SIZES:
+            layer = nnq.Linear(k, m)
+            x = torch.quantize_per_tensor(torch.rand(rows, k), 0.02, 0, torch.quint8)
+            linear.append(measure(lambda layer=layer, x=x: layer(x), repeats))
+        for batch, cin, hw, cout, stride, k in CONV_SIZES:
+            layer = nnq.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
+            x = torch.quantize_per_tensor(torch.rand(batch, cin, hw, hw), 0.02, 0, torch.quint8)
+            conv.append(measure(lambda layer=layer, x=x: layer(x), repeats))
+    return linear, conv
+
+
+def measure_kernels(repeats: int) -> Kernels:
+    """Fit every kernel class on this host (fp16 only where fp16 matmul beats fp32)."""
+    int8_linear, int8_conv = _int8_samples(repeats)
+    kernels: dict[str, Kernel] = {
+        "matmul": fit_kernel(_matmul_samples(repeats), "matmul"),
+        "conv": fit_kernel(_conv_samples(repeats), "conv"),
+        "conv_backward": fit_kernel(_conv_backward_samples(repeats), "conv_backward"),
+        "norm": fit_kernel(_norm_samples(repeats), "norm"),
+        "elementwise": fit_kernel(_elementwise_samples(repeats), "elementwise"),
+        "fake_quant": fit_kernel(_fake_quant_samples(repeats), "fake_quant"),
+        "int8_matmul": fit_kernel(int8_linear, "int8_matmul"),
+        "int8_conv": fit_kernel(int8_conv, "int8_conv"),
+    }
+    fp16_matmul = fit_kernel(_matmul_samples(repeats, torch.float16), "matmul")
+    if fp16_matmul.throughput > kernels["matmul"].throughput:
+        kernels["fp16_matmul"] = fp16_matmul
+        kernels["fp16_conv"] = fit_kernel(_conv_samples(repeats, torch.float16), "conv")
+    return Kernels.model_construct(**kernels)
+
+
+def memory_bandwidth(repeats: int, nbytes: int = 64 * 2**20) -> float:
+    """Bytes per second of a large copy into a preallocated tensor (read plus write)."""
+    source = torch.ones(nbytes // 4)
+    target = torch.empty_like(source)
+    return 2 * nbytes / median_seconds(lambda: target.copy_(source), repeats)
+
+
+def dispatch_overhead(repeats: int) -> float:
+    """Seconds per call of a view, an operation that moves no data."""
+    x = torch.ones(4, 4)
+    return median_seconds(lambda: x.view(16), repeats)
+
+
+class _ChainNet(nn.Module):
+    """A stack of small Linear+ReLU layers: training steps that are all bookkeeping."""
+
+    def __init__(self, depth: int, width: int = 8) -> None:
+        super().__init__()
+        self.quant = torch.ao.quantization.QuantStub()
+        self.body = nn.Sequential(*[nn.Sequential(nn.Linear(width, width), nn.ReLU()) for _ in range(depth)])
+        self.dequant = torch.ao.quantization.DeQuantStub()
+        self.fuse_groups = tuple((f"body.{i}.0", f"body.{i}.1") for i in range(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dequant(self.body(self.quant(x)))
+
+
+class _ConvNet(nn.Module):
+    """Conv+BN+ReLU blocks, a pool and a linear head: the layer types of small edge CNNs."""
+
+    def __init__(self, depth: int, channels: int = 8) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(1, channels, 3, padding=1)]
+        for _ in range(depth):
+            layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU()]
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(channels, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def _residual(measured: float, work: WorkProfile, partial: DeviceProfile) -> float:
+    return max(measured - charge_seconds(work, partial), 0.0)
+
+
+def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    return step
+
+
+def measure_overheads(repeats: int, partial: DeviceProfile) -> Overheads:
+    """Residual overheads of steps and module rewriting, given the kernels in ``partial``."""
+    x = torch.randn(8, 8)
+    images = torch.randn(16, 1, 8, 8)
+    op_counts, step_residuals = [], []
+    workloads = [(_ChainNet(depth), x) for depth in (1, 4, 16)] + [(_ConvNet(depth), images) for depth in (1, 2, 4)]
+    for model, inputs in workloads:
+        labels = torch.randint(0, 8, (len(inputs),))
+        sample = measure(_step_fn(model.train(), inputs, labels), repeats)
+        op_counts.append(sample.work.num_ops - sample.work.count("view"))
+        step_residuals.append(_residual(sample.seconds, sample.work, partial))
+    per_step, per_op_rate = fit_line(op_counts, step_residuals)
+    model = _ChainNet(8)
+    modules = sum(1 for _ in model.modules())
+    state = model.state_dict()
+    tensors = len(state)
+    build = measure(lambda: _ConvNet(4), repeats)
+    conv_modules = sum(1 for _ in _ConvNet(4).modules())
+    load = measure(lambda: model.load_state_dict(state), repeats)
+    write_sizes, write_residuals, read_residuals = [], [], []
+    for depth in (1, 4, 16):
+        chain_state = _ChainNet(depth).state_dict()
+        write = measure(lambda s=chain_state: encode_fp32(s), repeats)
+        payload = encode_fp32(chain_state)
+        read = measure(lambda p=payload: decode_to_fp32(p), repeats)
+        write_sizes.append(len(chain_state))
+        write_residuals.append(_residual(write.seconds, write.work, partial))
+        read_residuals.append(_residual(read.seconds, read.work, partial))
+    serialize_payload, serialize_rate = fit_line(write_sizes, write_residuals)
+    deserialize_payload, deserialize_rate = fit_line(write_sizes, read_residuals)
+    with eager.eager_quantization():
+        ptq = measure(lambda: eager.prepare_ptq(model), repeats)
+        qat = measure(lambda: eager.prepare_qat(model), repeats)
+        prepared = eager.prepare_ptq(model)
+        eager.calibrate(prepared, [x])
+        conv = measure(lambda: eager.convert(copy.deepcopy(prepared)), repeats)
+        deepcopy = measure(lambda: copy.deepcopy(prepared), repeats)
+    convert_s = max(conv.seconds - deepcopy.seconds, 0.0)
+    floor = 1e-9  # a residual lost in timing noise is still a positive (negligible) cost
+    return Overheads.model_construct(
+        dispatch=partial.overheads.dispatch,
+        train_step=max(per_step, floor),
+        train_op=max(1.0 / per_op_rate, floor),
+        build_module=max(_residual(build.seconds, build.work, partial) / conv_modules, floor),
+        load_tensor=max(_residual(load.seconds, load.work, partial) / tensors, floor),
+        serialize=max(1.0 / serialize_rate, floor),
+        serialize_payload=max(serialize_payload, floor),
+        deserialize=max(1.0 / deserialize_rate, floor),
+        deserialize_payload=max(deserialize_payload, floor),
+        prepare_ptq=max(_residual(ptq.seconds, ptq.work, partial) / modules, floor),
+        prepare_qat=max(_residual(qat.seconds, qat.work, partial) / modules, floor),
+        convert=max(_residual(convert_s, conv.work, partial) / modules, floor),
+    )
+
+
+def _composite(factory: Callable[[], nn.Module], x: torch.Tensor, steps: int) -> WorkProfile:
+    """A client round in miniature on a probe network: build, train, QAT, convert, serialize."""
+    model, work = traced(factory)
+    work = work + marker("build_module", sum(1 for _ in model.modules()))
+    labels = torch.randint(0, 8, (len(x),))
+    for prepared in (model, None):
+        if prepared is None:
+            prepared, prepare_work = eager.traced_prepare_qat(model)
+            work = work + prepare_work
+        step = _step_fn(prepared.train(), x, labels)
+        for _ in range(steps):
+            _, step_work = traced(step)
+            work = (
+                work
+                + step_work
+                + marker("train_step")
+                + marker("train_op", step_work.num_ops - step_work.count("view"))
+            )
+    _, convert_work = eager.traced_convert(prepared)
+    _, write_work = traced_serialize(lambda: fp32_message(model.state_dict()))
+    return work + convert_work + write_work
+
+
+def in_situ_factor(repeats: int, partial: DeviceProfile) -> float:
+    """Measured over predicted time of mixed workloads, to correct tight-loop microbenchmarks.
+
+    Each kernel is timed in a tight loop, where caches, branch predictors and the allocator
+    are as warm as they will ever be; a real round interleaves hundreds of different
+    operations and runs colder. The ratio is measured on probe networks (not on any model
+    the simulator ships) and applied to every time in the profile.
+    """
+    workloads = ((lambda: _ConvNet(2), torch.randn(16, 1, 8, 8)), (lambda: _ChainNet(4), torch.randn(16, 8)))
+    ratios = []
+    for factory, x in workloads:
+        predicted = charge_seconds(_composite(factory, x, 4), partial)
+        with untraced():
+            measured = median_seconds(lambda f=factory, x=x: _composite(f, x, 4), repeats)
+        ratios.append(measured / predicted)
+    return max(statistics.median(ratios), 1.0)
+
+
+def _scaled(kernels: Kernels, overheads: Overheads, factor: float) -> tuple[Kernels, Overheads]:
+    scaled_kernels = {
+        name: Kernel.model_construct(overhead=k.overhead * factor, throughput=k.throughput / factor)
+        for name, k in kernels
+        if k is not None
+    }
+    scaled_overheads = {name: value * factor for name, value in overheads}
+    return Kernels.model_construct(**scaled_kernels), Overheads.model_construct(**scaled_overheads)
+
+
+def host_memory() -> tuple[float, float]:
+    """Installed memory and the share already taken (OS, other processes, this runtime)."""
+    total = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    available = total
+    meminfo = "/proc/meminfo"
+    if os.path.exists(meminfo):
+        with open(meminfo, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = float(line.split()[1]) * 1024
+    return total, total - available
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """What ``profile-device`` was asked for; recorded in the profile's sources."""
+
+    name: str
+    threads: int
+    repeats: int
+    power_idle_w: float | None
+    power_active_w: float | None
+
+
+def probe_device(settings: ProbeSettings) -> dict[str, Any]:
+    """Measure this host and return a device profile as a plain mapping (YAML-ready)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    try:
+        kernels = measure_kernels(settings.repeats)
+        bandwidth = memory_bandwidth(settings.repeats)
+        dispatch = dispatch_overhead(settings.repeats)
+        memory, reserved = host_memory()
+        placeholder = Overheads.model_construct(
+            dispatch=dispatch,
+            train_step=0.0,
+            train_op=0.0,
+            build_module=0.0,
+            load_tensor=0.0,
+            serialize=0.0,
+            serialize_payload=0.0,
+            deserialize=0.0,
+            deserialize_payload=0.0,
+            prepare_ptq=0.0,
+            prepare_qat=0.0,
+            convert=0.0,
+        )
+        partial = DeviceProfile.model_construct(
+            kernels=kernels, memory_bandwidth=bandwidth, overheads=placeholder, memory=memory
+        )
+        overheads = measure_overheads(settings.repeats, partial)
+        microbenchmarked = DeviceProfile.model_construct(
+            kernels=kernels, memory_bandwidth=bandwidth, overheads=overheads, memory=memory
+        )
+        factor = in_situ_factor(settings.repeats, microbenchmarked)
+        kernels, overheads = _scaled(kernels, overheads, factor)
+    finally:
+        torch.set_num_threads(threads)
+    return profile_mapping(settings, kernels, bandwidth, overheads, memory, reserved, factor)
+
+
+def _quantity(value: float, unit: str) -> str:
+    return f"{value:.6g} {unit}"
+
+
+def profile_mapping(
+    settings: ProbeSettings,
+    kernels: Kernels,
+    bandwidth: float,
+    overheads: Overheads,
+    memory: float,
+    reserved: float,
+    factor: float,
+) -> dict[str, Any]:
+    """The measured numbers in the library's YAML format, each with its ``[M]`` source."""
+    how = (
+        f"[M] fedhq-sim profile-device on this host ({platform.machine()}, {settings.threads} thread(s), "
+        f"torch {torch.__version__}, median of {settings.repeats} timed loops, times x{factor:.3f} in-situ factor"
+    )
+    sources: dict[str, str] = {}
+    kernel_map: dict[str, Any] = {}
+    for name, kernel in kernels:
+        if kernel is None:
+            continue
+        unit = "GOP/s" if name.startswith("int8") else "GFLOP/s"
+        kernel_map[name] = {
+            "overhead": _quantity(kernel.overhead * 1e6, "us"),
+            "throughput": _quantity(kernel.throughput / 1e9, unit),
+        }
+        sources[f"kernels.{name}.overhead"] = f"{how}; intercept of a relative-error line fit over a size sweep)"
+        sources[f"kernels.{name}.throughput"] = f"{how}; inverse slope of the same fit)"
+    sources["memory_bandwidth"] = f"{how}; copy of a 64 MiB tensor, read plus write bytes)"
+    sources["memory"] = "[M] installed memory reported by the OS (sysconf)"
+    sources["memory_reserved"] = "[M] memory in use when profiled (MemTotal - MemAvailable): OS, runtime, others"
+    sources["overheads.dispatch"] = f"{how}; a view, which moves no data)"
+    sources["overheads.train_step"] = (
+        f"{how}; intercept of training-step wall time minus charged operations over operations per step)"
+    )
+    sources["overheads.train_op"] = f"{how}; slope of the same fit)"
+    for name, unit in (("build_module", "module"), ("load_tensor", "tensor")):
+        sources[f"overheads.{name}"] = f"{how}; wall time minus charged operations, per {unit})"
+    for name in ("serialize", "deserialize"):
+        sources[f"overheads.{name}"] = f"{how}; slope of wall time minus charged operations over tensors per payload)"
+        sources[f"overheads.{name}_payload"] = f"{how}; intercept of the same fit)"
+    for name in ("prepare_ptq", "prepare_qat", "convert"):
+        sources[f"overheads.{name}"] = f"{how}; wall time minus charged operations, per module)"
+    power: dict[str, str] = {}
+    for key, value in (("idle", settings.power_idle_w), ("active", settings.power_active_w)):
+        if value is None:
+            value = 10.0 if key == "active" else 5.0
+            sources[f"power.{key}"] = (
+                "[I] placeholder: power cannot be measured from software; rerun with --power-idle and "
+                "--power-active from a power meter or the datasheet"
+            )
+        else:
+            sources[f"power.{key}"] = "[R] given to profile-device by the planner (meter or datasheet)"
+        power[key] = _quantity(value, "W")
+    return {
+        "kind": "device",
+        "name": settings.name,
+        "description": f"Measured by fedhq-sim profile-device: {platform.processor() or platform.machine()}, "
+        f"{settings.threads} thread(s)",
+        "kernels": kernel_map,
+        "memory_bandwidth": _quantity(bandwidth / 1e9, "GB/s"),
+        "memory": _quantity(memory / 2**30, "GiB"),
+        "memory_reserved": _quantity(reserved / 2**30, "GiB"),
+        "overheads": {name: _quantity(getattr(overheads, name) * 1e6, "us") for name in Overheads.model_fields},
+        "power": power,
+        "sources": sources,
+    }
+
+
+def parse_measured(mapping: dict[str, Any]) -> DeviceProfile:
+    """Validate a measured mapping as a device profile (it must pass like any library file)."""
+    return DeviceProfile.model_validate(mapping)
