@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 from datetime import date
 from pathlib import Path
 
@@ -32,7 +31,7 @@ def main() -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--samples", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -50,7 +49,6 @@ def main() -> int:
         epochs=args.epochs,
         n_samples=args.samples,
         repeats=args.repeats,
-        on_row=lambda r: print(f"{r.model} {r.strategy} b{r.batch_size}: {r.error:+.1%}", file=sys.stderr),
     )
     header = (
         f"Host: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, {args.threads} "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,27 +65,34 @@ def compare(
     epochs: int,
     n_samples: int,
     repeats: int,
-    on_row: Callable[[FidelityRow], None] = lambda row: None,
 ) -> list[FidelityRow]:
-    """Predict and measure every (model, strategy, batch size) combination."""
+    """Predict and measure every (model, strategy, batch size) combination.
+
+    The measurements are interleaved (each repeat runs every combination once) so that a
+    slow spell of a shared host spreads over all rows instead of spoiling one; each row
+    reports its median.
+    """
     data = client_samples(n_samples)
-    rows = []
+    cases = []
     for model_name in models:
         payload = encode_fp32(build_model(model_name, 10, seed=0).state_dict())
         for strategy in strategies:
             for batch in batch_sizes:
                 cfg = LocalConfig(model_name, 10, epochs, batch, 0.05, 32)
                 predicted = charge_seconds(local_work(payload, data, strategy, cfg, seed=1).work, device)
-                times = []
-                with untraced():
-                    for _ in range(repeats):
-                        start = time.perf_counter()
-                        local_work(payload, data, strategy, cfg, seed=1)
-                        times.append(time.perf_counter() - start)
-                row = FidelityRow(model_name, strategy.label, batch, predicted, statistics.median(times))
-                on_row(row)
-                rows.append(row)
-    return rows
+                cases.append((model_name, strategy, batch, cfg, payload, predicted))
+    times: list[list[float]] = [[] for _ in cases]
+    with untraced():
+        for _ in range(repeats):
+            for case, case_times in zip(cases, times, strict=True):
+                _, strategy, _, cfg, payload, _ = case
+                start = time.perf_counter()
+                local_work(payload, data, strategy, cfg, seed=1)
+                case_times.append(time.perf_counter() - start)
+    return [
+        FidelityRow(model_name, strategy.label, batch, predicted, statistics.median(case_times))
+        for (model_name, strategy, batch, _, _, predicted), case_times in zip(cases, times, strict=True)
+    ]
 
 
 def summary(rows: Sequence[FidelityRow]) -> tuple[float, float]:

@@ -27,11 +27,11 @@ from torch.ao.nn import quantized as nnq
 from torch.ao.quantization import FusedMovingAvgObsFakeQuantize
 from torch.nn import functional as F  # noqa: N812 - the conventional alias
 
-from fedhq_sim.charge import charge_seconds
+from fedhq_sim.charge import charge_seconds, op_seconds
 from fedhq_sim.profiles import DeviceProfile, Kernel, Kernels, Overheads
 from fedhq_sim.quant import eager
-from fedhq_sim.quant.payload import decode_to_fp32, encode_fp32, fp32_message, traced_serialize
-from fedhq_sim.work import WorkProfile, marker, traced, untraced
+from fedhq_sim.quant.payload import decode_to_fp32, encode_fp32
+from fedhq_sim.work import WorkProfile, step_markers, traced, untraced
 
 TARGET_LOOP_S = 0.004
 """Each timed sample repeats its call until it lasts about this long (timer resolution)."""
@@ -67,13 +67,14 @@ def measure(fn: Callable[[], Any], repeats: int) -> Sample:
     return Sample(work, median_seconds(fn, repeats))
 
 
-def fit_line(flops: Sequence[float], seconds: Sequence[float]) -> tuple[float, float]:
+def fit_line(flops: Sequence[float], seconds: Sequence[float], *, relative: bool = True) -> tuple[float, float]:
     """``(overhead, throughput)`` of ``seconds ~ overhead + flops / throughput``.
 
-    Least squares on relative error (each residual divided by its measurement). A negative
-    intercept or slope is not physical, so each is clamped by refitting the other alone.
+    Least squares on relative error (each residual divided by its measurement), or on
+    absolute error for residual times, which may be near zero. A negative intercept or
+    slope is not physical, so each is clamped by refitting the other alone.
     """
-    weights = [1.0 / t for t in seconds]
+    weights = [1.0 / t for t in seconds] if relative else [1.0] * len(seconds)
     s_ww = sum(w * w for w in weights)
     s_wwf = sum(w * w * f for w, f in zip(weights, flops, strict=True))
     s_wwff = sum(w * w * f * f for w, f in zip(weights, flops, strict=True))
@@ -83,10 +84,10 @@ def fit_line(flops: Sequence[float], seconds: Sequence[float]) -> tuple[float, f
     overhead = (s_wwff * s_wwt - s_wwf * s_wwft) / det if det else 0.0
     per_flop = (s_ww * s_wwft - s_wwf * s_wwt) / det if det else 0.0
     if per_flop <= 0:
-        return s_wwt / s_ww, float("inf")
+        return max(s_wwt / s_ww, 0.0), float("inf")
     if overhead <= 0:
         per_flop = s_wwft / s_wwff
-        overhead = min(seconds) * 1e-3
+        overhead = max(min(seconds), 0.0) * 1e-3
     return overhead, 1.0 / per_flop
 
 
@@ -160,21 +161,30 @@ def _conv_backward_samples(repeats: int) -> list[Sample]:
     return samples
 
 
-def _norm_samples(repeats: int) -> list[Sample]:
-    samples = []
+def _norm_samples(repeats: int) -> tuple[list[Sample], list[Sample]]:
+    """Training-mode batch norm, forward and backward, over a size sweep."""
+    forward, backward = [], []
     for batch, channels, hw in NORM_SIZES:
         x = torch.randn(batch, channels, hw, hw)
         weight, bias = torch.ones(channels), torch.zeros(channels)
         mean, var = torch.zeros(channels), torch.ones(channels)
         out, save_mean, save_invstd = torch.ops.aten.native_batch_norm(x, weight, bias, mean, var, True, 0.1, 1e-5)
-        samples.append(measure(lambda x=x, w=weight, b=bias, m=mean, v=var: F.batch_norm(x, m, v, w, b, True), repeats))
-
+        forward.append(measure(lambda x=x, w=weight, b=bias, m=mean, v=var: F.batch_norm(x, m, v, w, b, True), repeats))
         grad = torch.randn_like(out)
 
-        def backward(x=x, g=grad, w=weight, m=mean, v=var, sm=save_mean, si=save_invstd):
+        def norm_backward(x=x, g=grad, w=weight, m=mean, v=var, sm=save_mean, si=save_invstd):
             return torch.ops.aten.native_batch_norm_backward(g, x, w, m, v, sm, si, True, 1e-5, [True, True, True])
 
-        samples.append(measure(backward, repeats))
+        backward.append(measure(norm_backward, repeats))
+    return forward, backward
+
+
+def _max_pool_samples(repeats: int) -> list[Sample]:
+    """2x2 max pooling with indices (what training runs) over a size sweep."""
+    samples = []
+    for batch, channels, hw in NORM_SIZES:
+        x = torch.randn(batch, channels, hw, hw)
+        samples.append(measure(lambda x=x: torch.ops.aten.max_pool2d_with_indices(x, [2, 2], [2, 2]), repeats))
     return samples
 
 
@@ -214,11 +224,14 @@ def _int8_samples(repeats: int) -> tuple[list[Sample], list[Sample]]:
 def measure_kernels(repeats: int) -> Kernels:
     """Fit every kernel class on this host (fp16 only where fp16 matmul beats fp32)."""
     int8_linear, int8_conv = _int8_samples(repeats)
+    norm_forward, norm_backward = _norm_samples(repeats)
     kernels: dict[str, Kernel] = {
         "matmul": fit_kernel(_matmul_samples(repeats), "matmul"),
         "conv": fit_kernel(_conv_samples(repeats), "conv"),
         "conv_backward": fit_kernel(_conv_backward_samples(repeats), "conv_backward"),
-        "norm": fit_kernel(_norm_samples(repeats), "norm"),
+        "norm": fit_kernel(norm_forward, "norm"),
+        "norm_backward": fit_kernel(norm_backward, "norm_backward"),
+        "max_pool": fit_kernel(_max_pool_samples(repeats), "max_pool"),
         "elementwise": fit_kernel(_elementwise_samples(repeats), "elementwise"),
         "fake_quant": fit_kernel(_fake_quant_samples(repeats), "fake_quant"),
         "int8_matmul": fit_kernel(int8_linear, "int8_matmul"),
@@ -259,22 +272,30 @@ class _ChainNet(nn.Module):
 
 
 class _ConvNet(nn.Module):
-    """Conv+BN+ReLU blocks, a pool and a linear head: the layer types of small edge CNNs."""
+    """Conv+BN+ReLU blocks, a pool and a linear head: the layer types of small edge CNNs.
 
-    def __init__(self, depth: int, channels: int = 8) -> None:
+    With ``widening`` each block doubles the channels and halves the feature map (strided
+    convolution), as CNN stages do.
+    """
+
+    def __init__(self, depth: int, channels: int = 8, *, widening: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(1, channels, 3, padding=1)]
+        width = channels
         for _ in range(depth):
-            layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU()]
+            out, stride = (2 * width, 2) if widening else (width, 1)
+            layers += [nn.Conv2d(width, out, 3, stride=stride, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
+            width = out
         self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(channels, 8)
+        self.head = nn.Linear(width, 8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
 
 
 def _residual(measured: float, work: WorkProfile, partial: DeviceProfile) -> float:
-    return max(measured - charge_seconds(work, partial), 0.0)
+    """Wall time the charged operations do not explain (negative where timing noise says so)."""
+    return measured - charge_seconds(work, partial)
 
 
 def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
@@ -299,7 +320,7 @@ def measure_overheads(repeats: int, partial: DeviceProfile) -> Overheads:
         sample = measure(_step_fn(model.train(), inputs, labels), repeats)
         op_counts.append(sample.work.num_ops - sample.work.count("view"))
         step_residuals.append(_residual(sample.seconds, sample.work, partial))
-    per_step, per_op_rate = fit_line(op_counts, step_residuals)
+    per_step, per_op_rate = fit_line(op_counts, step_residuals, relative=False)
     model = _ChainNet(8)
     modules = sum(1 for _ in model.modules())
     state = model.state_dict()
@@ -316,8 +337,8 @@ def measure_overheads(repeats: int, partial: DeviceProfile) -> Overheads:
         write_sizes.append(len(chain_state))
         write_residuals.append(_residual(write.seconds, write.work, partial))
         read_residuals.append(_residual(read.seconds, read.work, partial))
-    serialize_payload, serialize_rate = fit_line(write_sizes, write_residuals)
-    deserialize_payload, deserialize_rate = fit_line(write_sizes, read_residuals)
+    serialize_payload, serialize_rate = fit_line(write_sizes, write_residuals, relative=False)
+    deserialize_payload, deserialize_rate = fit_line(write_sizes, read_residuals, relative=False)
     with eager.eager_quantization():
         ptq = measure(lambda: eager.prepare_ptq(model), repeats)
         qat = measure(lambda: eager.prepare_qat(model), repeats)
@@ -343,54 +364,75 @@ def measure_overheads(repeats: int, partial: DeviceProfile) -> Overheads:
     )
 
 
-def _composite(factory: Callable[[], nn.Module], x: torch.Tensor, steps: int) -> WorkProfile:
-    """A client round in miniature on a probe network: build, train, QAT, convert, serialize."""
-    model, work = traced(factory)
-    work = work + marker("build_module", sum(1 for _ in model.modules()))
-    labels = torch.randint(0, 8, (len(x),))
-    for prepared in (model, None):
-        if prepared is None:
-            prepared, prepare_work = eager.traced_prepare_qat(model)
-            work = work + prepare_work
-        step = _step_fn(prepared.train(), x, labels)
-        for _ in range(steps):
-            _, step_work = traced(step)
-            work = (
-                work
-                + step_work
-                + marker("train_step")
-                + marker("train_op", step_work.num_ops - step_work.count("view"))
-            )
-    _, convert_work = eager.traced_convert(prepared)
-    _, write_work = traced_serialize(lambda: fp32_message(model.state_dict()))
-    return work + convert_work + write_work
+def _training_steps(factory: Callable[[], nn.Module], x: torch.Tensor, steps: int) -> WorkProfile:
+    """``steps`` fp32 training steps of a fresh probe network on ``x``, with their work."""
+    model = factory().train()
+    step = _step_fn(model, x, torch.randint(0, 8, (len(x),)))
+    work = WorkProfile()
+    for _ in range(steps):
+        _, step_work = traced(step)
+        work = work + step_work + step_markers(step_work)
+    return work
 
 
-def in_situ_factor(repeats: int, partial: DeviceProfile) -> float:
-    """Measured over predicted time of mixed workloads, to correct tight-loop microbenchmarks.
+CONV_GROUP = frozenset({"conv", "conv_backward", "norm", "norm_backward"})
+"""Kernel classes whose in-network cost the in-situ calibration corrects apart from the rest."""
 
-    Each kernel is timed in a tight loop, where caches, branch predictors and the allocator
-    are as warm as they will ever be; a real round interleaves hundreds of different
-    operations and runs colder. The ratio is measured on probe networks (not on any model
-    the simulator ships) and applied to every time in the profile.
+
+def _split_charge(work: WorkProfile, device: DeviceProfile) -> tuple[float, float]:
+    """Charge of ``work`` on ``device``: the convolution group's share and everything else."""
+    conv = sum(count * op_seconds(op, device) for op, count in work.counts.items() if op.kind in CONV_GROUP)
+    return conv, charge_seconds(work, device) - conv
+
+
+def in_situ_factors(repeats: int, partial: DeviceProfile) -> tuple[float, float]:
+    """Correction factors for the convolution group and for everything else.
+
+    Each kernel is timed in a tight loop, where caches, branch predictors, the allocator and
+    the kernel libraries' primitive caches are as warm as they will ever be. Inside a network
+    a convolution follows other layers and meets colder weights and primitives. Training
+    steps of probe networks (not of any model the simulator ships) are measured,
+    interleaved so that no workload follows itself. Networks without convolutions give the
+    factor of the rest (measured over predicted), convolutional ones the factor of the
+    convolution group from the time the rest leaves; each scales every time in its group.
     """
-    workloads = ((lambda: _ConvNet(2), torch.randn(16, 1, 8, 8)), (lambda: _ChainNet(4), torch.randn(16, 8)))
-    ratios = []
-    for factory, x in workloads:
-        predicted = charge_seconds(_composite(factory, x, 4), partial)
-        with untraced():
-            measured = median_seconds(lambda f=factory, x=x: _composite(f, x, 4), repeats)
-        ratios.append(measured / predicted)
-    return max(statistics.median(ratios), 1.0)
+    workloads = (
+        (lambda: _ChainNet(2), torch.randn(64, 8)),
+        (lambda: _ChainNet(4), torch.randn(32, 8)),
+        (lambda: _ChainNet(16), torch.randn(16, 8)),
+        (lambda: _ConvNet(2), torch.randn(16, 1, 8, 8)),
+        (lambda: _ConvNet(3, channels=16, widening=True), torch.randn(32, 1, 8, 8)),
+        (lambda: _ConvNet(1, channels=32), torch.randn(64, 1, 8, 8)),
+    )
+    predicted = [_split_charge(_training_steps(factory, x, 8), partial) for factory, x in workloads]
+    measured: list[list[float]] = [[] for _ in workloads]
+    with untraced():
+        for _ in range(repeats):
+            for (factory, x), times in zip(workloads, measured, strict=True):
+                start = time.perf_counter()
+                _training_steps(factory, x, 8)
+                times.append(time.perf_counter() - start)
+    medians = [statistics.median(t) for t in measured]
+    # The chain networks have no convolution: they fix the factor of the rest; the conv
+    # networks then give the convolution group's factor from what the rest leaves.
+    chain = [(m, p) for m, p in zip(medians, predicted, strict=True) if p[0] == 0]
+    convs = [(m, p) for m, p in zip(medians, predicted, strict=True) if p[0] > 0]
+    rest_factor = statistics.median(m / (c + r) for m, (c, r) in chain)
+    conv_factor = statistics.median((m - rest_factor * r) / c for m, (c, r) in convs)
+    return min(max(conv_factor, 0.5), 3.0), min(max(rest_factor, 0.5), 3.0)
 
 
-def _scaled(kernels: Kernels, overheads: Overheads, factor: float) -> tuple[Kernels, Overheads]:
-    scaled_kernels = {
-        name: Kernel.model_construct(overhead=k.overhead * factor, throughput=k.throughput / factor)
-        for name, k in kernels
-        if k is not None
-    }
-    scaled_overheads = {name: value * factor for name, value in overheads}
+def _scaled(
+    kernels: Kernels, overheads: Overheads, conv_factor: float, rest_factor: float
+) -> tuple[Kernels, Overheads]:
+    scaled_kernels = {}
+    for name, kernel in kernels:
+        if kernel is not None:
+            f = conv_factor if name in CONV_GROUP else rest_factor
+            scaled_kernels[name] = Kernel.model_construct(
+                overhead=kernel.overhead * f, throughput=kernel.throughput / f
+            )
+    scaled_overheads = {name: value * rest_factor for name, value in overheads}
     return Kernels.model_construct(**scaled_kernels), Overheads.model_construct(**scaled_overheads)
 
 
@@ -448,11 +490,11 @@ def probe_device(settings: ProbeSettings) -> dict[str, Any]:
         microbenchmarked = DeviceProfile.model_construct(
             kernels=kernels, memory_bandwidth=bandwidth, overheads=overheads, memory=memory
         )
-        factor = in_situ_factor(settings.repeats, microbenchmarked)
-        kernels, overheads = _scaled(kernels, overheads, factor)
+        factors = in_situ_factors(settings.repeats, microbenchmarked)
+        kernels, overheads = _scaled(kernels, overheads, *factors)
     finally:
         torch.set_num_threads(threads)
-    return profile_mapping(settings, kernels, bandwidth, overheads, memory, reserved, factor)
+    return profile_mapping(settings, kernels, bandwidth, overheads, memory, reserved, factors)
 
 
 def _quantity(value: float, unit: str) -> str:
@@ -466,12 +508,13 @@ def profile_mapping(
     overheads: Overheads,
     memory: float,
     reserved: float,
-    factor: float,
+    factors: tuple[float, float],
 ) -> dict[str, Any]:
     """The measured numbers in the library's YAML format, each with its ``[M]`` source."""
     how = (
         f"[M] fedhq-sim profile-device on this host ({platform.machine()}, {settings.threads} thread(s), "
-        f"torch {torch.__version__}, median of {settings.repeats} timed loops, times x{factor:.3f} in-situ factor"
+        f"torch {torch.__version__}, median of {settings.repeats} timed loops; in-situ factors x{factors[0]:.3f} "
+        f"convolution/normalization, x{factors[1]:.3f} the rest"
     )
     sources: dict[str, str] = {}
     kernel_map: dict[str, Any] = {}

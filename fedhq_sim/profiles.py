@@ -78,9 +78,10 @@ class Kernel(StrictModel):
 class Kernels(StrictModel):
     """Kernel classes per precision (see :data:`fedhq_sim.work.OpKind`).
 
-    fp32: ``matmul``, ``conv``, ``conv_backward``, ``norm`` (batch/layer/group normalization,
-    forward and backward) and ``elementwise`` (which also prices reductions, copies and the
-    int8 quantize/dequantize steps); fake quantization runs on the
+    fp32: ``matmul``, ``conv``, ``conv_backward``, ``norm`` and ``norm_backward`` (batch, layer
+    and group normalization), ``max_pool`` (forward; its backward is elementwise) and
+    ``elementwise`` (which also prices reductions, copies and the int8 quantize/dequantize
+    steps); fake quantization runs on the
     fp32 units as ``fake_quant``; int8: ``int8_matmul`` and ``int8_conv``. ``fp16_matmul`` and
     ``fp16_conv`` are stated only where the hardware has fp16 units; without them fp16 work is
     priced at the fp32 rate.
@@ -90,6 +91,8 @@ class Kernels(StrictModel):
     conv: Kernel
     conv_backward: Kernel
     norm: Kernel
+    norm_backward: Kernel
+    max_pool: Kernel
     elementwise: Kernel
     fake_quant: Kernel
     int8_matmul: Kernel

@@ -8,6 +8,7 @@ the engine prices on the client's device profile. Host time never enters the res
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +65,10 @@ def _train(
         optimizer.step()
         return float(loss.detach())
 
+    # Steps of one batch shape execute the same operations: count them and add their work
+    # once per shape at the end, so that bookkeeping stays off the per-step path.
+    steps: Counter[tuple] = Counter()
+    step_work: dict[tuple, WorkProfile] = {}
     for _ in range(cfg.local_epochs):
         order, shuffle_work = traced(lambda: torch.randperm(len(data), generator=generator))
         work = work + shuffle_work
@@ -71,9 +76,11 @@ def _train(
         for start in range(0, len(data), cfg.batch_size):
             index = order[start : start + cfg.batch_size]
             key = (cfg.model_name, cfg.num_classes, strategy, "train-step", (len(index), *data.x.shape[1:]))
-            loss, step_work = STEP_CACHE.run(key, lambda index=index: step(index))
-            work = work + step_work + step_markers(step_work)
+            loss, step_work[key] = STEP_CACHE.run(key, lambda index=index: step(index))
+            steps[key] += 1
             last_losses.append(loss)
+    for key, count in steps.items():
+        work = work + (step_work[key] + step_markers(step_work[key])).times(count)
     return sum(last_losses) / len(last_losses), work
 
 

@@ -40,6 +40,8 @@ OpKind = Literal[
     "conv",
     "conv_backward",
     "norm",
+    "norm_backward",
+    "max_pool",
     "int8_matmul",
     "int8_conv",
     "fake_quant",
@@ -63,20 +65,24 @@ MarkerKind = Literal[
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 _MATMUL_OPS = {"mm", "addmm", "bmm", "baddbmm", "matmul"}
 _CONV_OPS = {"convolution", "_convolution", "mkldnn_convolution", "conv2d", "conv1d"}
-# Normalization makes several passes over its input (statistics, then normalize), so it is
-# priced as a class of its own rather than as one elementwise pass.
+# Normalization and max pooling are far slower per element than one elementwise pass (a
+# training-mode batch norm makes several passes for its statistics; max pooling with indices
+# compares and records every window), so each is priced as a class of its own.
 _NORM_OPS = {
     "native_batch_norm",
-    "native_batch_norm_backward",
     "_native_batch_norm_legit",
     "_native_batch_norm_legit_no_training",
     "_batch_norm_with_update",
-    "batch_norm_backward",
     "native_layer_norm",
-    "native_layer_norm_backward",
     "native_group_norm",
+}
+_NORM_BACKWARD_OPS = {
+    "native_batch_norm_backward",
+    "batch_norm_backward",
+    "native_layer_norm_backward",
     "native_group_norm_backward",
 }
+_MAX_POOL_OPS = {"max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices", "max_pool2d"}
 FAKE_QUANT_OPS_PER_ELEMENT = 5
 _SKIPPED_NAMESPACES = {"profiler"}
 # aten.fake_quantize_per_* and the fused observer + fake-quant kernel of eager QAT.
@@ -197,6 +203,10 @@ def _dense_kind(name: str, precision: Precision) -> OpKind | None:
         return "matmul"
     if base in _NORM_OPS:
         return "norm"
+    if base in _NORM_BACKWARD_OPS:
+        return "norm_backward"
+    if base in _MAX_POOL_OPS:
+        return "max_pool"
     return "fake_quant" if precision == "fake_quant" else None
 
 

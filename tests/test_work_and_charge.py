@@ -149,9 +149,11 @@ def test_work_profiles_see_each_precision_and_kernel_class(results):
     }
 
 
-def test_resnet_batch_norm_is_priced_as_normalization():
-    work = _train_step_work(build_model("resnet8", 10, seed=0), 16)
-    assert work.count("norm") >= 2 * 9  # forward and backward of nine batch-norm layers
+def test_normalization_and_max_pooling_are_priced_as_their_own_classes():
+    resnet = _train_step_work(build_model("resnet8", 10, seed=0), 16)
+    assert resnet.count("norm") == resnet.count("norm_backward") == 9  # nine batch-norm layers
+    cnn = _train_step_work(build_model("small_cnn", 10, seed=0), 16)
+    assert cnn.count("max_pool") == 2
 
 
 def test_int8_inference_is_traced_as_int8_with_real_flops(client_data):
