@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     profile.add_argument("--threads", type=int, help="threads to measure with (default: PyTorch's default here)")
     profile.add_argument("--repeats", type=int, default=7, help="timed loops per measurement (median; default 7)")
+    profile.add_argument("--passes", type=int, default=3, help="whole measurements, medians taken (default 3)")
     profile.add_argument("--power-idle", help="idle power of the device, e.g. '2.7 W' (meter or datasheet)")
     profile.add_argument("--power-active", help="power while computing, e.g. '6.4 W' (meter or datasheet)")
     return parser
@@ -159,7 +160,12 @@ def _profile_device(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     settings = ProbeSettings(
-        name, args.threads or torch.get_num_threads(), args.repeats, power["power_idle"], power["power_active"]
+        name,
+        args.threads or torch.get_num_threads(),
+        args.repeats,
+        power["power_idle"],
+        power["power_active"],
+        args.passes,
     )
     print(f"measuring this machine with {settings.threads} thread(s)...", file=sys.stderr)
     mapping = probe_device(settings)

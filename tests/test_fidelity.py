@@ -16,7 +16,7 @@ def test_predicted_time_is_within_50_percent_of_measured_time_on_this_host():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        device = parse_measured(probe_device(ProbeSettings("this_host", 1, 3, None, None)))
+        device = parse_measured(probe_device(ProbeSettings("this_host", 1, 3, None, None, passes=1)))
         rows = compare(
             device,
             models=["small_cnn", "mlp"],
