@@ -103,14 +103,19 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _feasibility_lines(simulation) -> list[str]:
-    """One warning per client that cannot run some strategy, with the reason."""
+    """Warnings for clients that cannot run some strategy, with the reason (one per client
+    that can run none, quoting its most favourable strategy)."""
     lines = []
-    for row in simulation.feasibility:
-        if not row.able:
-            lines.append(f"warning: {row.client} cannot run {row.strategy}: {row.reason}")
-    excluded = len(simulation.scenario.clients) - len(simulation.eligible)
-    if excluded:
-        lines.append(f"warning: {excluded} client(s) can run no strategy and are never selected (feasibility.csv)")
+    for client in simulation.scenario.clients:
+        rows = [row for row in simulation.feasibility if row.client_id == client.client_id]
+        unable = [row for row in rows if not row.able]
+        if unable and len(unable) == len(rows):
+            best = min(unable, key=lambda row: (row.transfer_s, row.memory_needed_bytes))
+            lines.append(
+                f"warning: {client.name} can run no strategy and is never selected; {best.strategy}: {best.reason}"
+            )
+        else:
+            lines += [f"warning: {client.name} cannot run {row.strategy}: {row.reason}" for row in unable]
     return lines
 
 

@@ -19,7 +19,7 @@ import simpy
 import torch
 
 from fedhq_sim.charge import charge_seconds, compute_joules
-from fedhq_sim.data import FederatedData, PartitionError, federate, load_digits
+from fedhq_sim.data import DATASETS, FederatedData, PartitionError, federate
 from fedhq_sim.errors import InputError
 from fedhq_sim.feasibility import Feasibility, check_client, memory_needed, payload_bytes, transfer_floor_s
 from fedhq_sim.models import build_model
@@ -68,7 +68,7 @@ def federated_data(scenario: LoadedScenario, rng: np.random.Generator | None = N
     d = scenario.spec.data
     try:
         return federate(
-            load_digits(),
+            DATASETS[d.dataset](),
             n_clients=len(scenario.clients),
             alpha=d.dirichlet_alpha,
             test_fraction=d.test_fraction,
@@ -113,9 +113,17 @@ class Simulation:
         self.policy: Policy = scenario.policy_class(scenario.policy_options, infos, self.rng["policy"])
         t = spec.training
         self.local = LocalConfig(
-            spec.model, self.data.num_classes, t.local_epochs, t.batch_size, t.learning_rate, t.calibration_samples
+            spec.model,
+            self.data.num_classes,
+            t.local_epochs,
+            t.batch_size,
+            t.learning_rate,
+            t.calibration_samples,
+            self.data.input_shape,
         )
-        self.global_state = build_model(spec.model, self.data.num_classes, seed=spec.seed).state_dict()
+        self.global_state = build_model(
+            spec.model, self.data.num_classes, seed=spec.seed, input_shape=self.data.input_shape
+        ).state_dict()
         self.rounds: list[RoundRecord] = []
         self.phases: list[PhaseRecord] = []
 

@@ -54,7 +54,7 @@ def _state_bytes(model: torch.nn.Module) -> int:
 @cache
 def memory_needed(model_name: str, num_classes: int, strategy: Strategy, batch_shape: tuple[int, ...]) -> int:
     """Bytes one training step of ``strategy`` holds at its peak (weights included)."""
-    model = build_model(model_name, num_classes, seed=0)
+    model = build_model(model_name, num_classes, seed=0, input_shape=batch_shape[1:])
     if strategy.kind == "qat":
         model = eager.prepare_qat(model)
     model.train()
@@ -74,7 +74,7 @@ def memory_needed(model_name: str, num_classes: int, strategy: Strategy, batch_s
 @cache
 def payload_bytes(model_name: str, num_classes: int, strategy: Strategy, input_shape: tuple[int, ...]) -> int:
     """Serialized size of a model (fp32) or of its quantized update, from a real encoding."""
-    model = build_model(model_name, num_classes, seed=0)
+    model = build_model(model_name, num_classes, seed=0, input_shape=input_shape)
     if strategy.kind == "fp32":
         return len(encode_fp32(model.state_dict()))
     prepared = eager.prepare_ptq(model)

@@ -17,7 +17,7 @@ import numpy as np
 
 from fedhq_sim.charge import charge_seconds
 from fedhq_sim.data import Samples, federate, load_digits
-from fedhq_sim.models import build_model
+from fedhq_sim.models import IMAGE_SHAPE, build_model
 from fedhq_sim.profiles import DeviceProfile
 from fedhq_sim.quant.payload import encode_fp32
 from fedhq_sim.quant.strategy import Strategy
@@ -78,7 +78,7 @@ def compare(
         payload = encode_fp32(build_model(model_name, 10, seed=0).state_dict())
         for strategy in strategies:
             for batch in batch_sizes:
-                cfg = LocalConfig(model_name, 10, epochs, batch, 0.05, 32)
+                cfg = LocalConfig(model_name, 10, epochs, batch, 0.05, 32, IMAGE_SHAPE)
                 predicted = charge_seconds(local_work(payload, data, strategy, cfg, seed=1).work, device)
                 cases.append((model_name, strategy, batch, cfg, payload, predicted))
     times: list[list[float]] = [[] for _ in cases]

@@ -7,6 +7,7 @@ strategies. Models are built from a name in the scenario through :data:`MODELS`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -15,13 +16,22 @@ from torch.ao.quantization import DeQuantStub, QuantStub
 
 from fedhq_sim.work import WorkProfile, marker, traced
 
+IMAGE_SHAPE = (1, 8, 8)
+"""The input shape the convolutional models are sized for (the digits)."""
+
+
+def _require_images(model: str, input_shape: tuple[int, ...]) -> None:
+    if tuple(input_shape) != IMAGE_SHAPE:
+        raise ValueError(f"{model} takes {IMAGE_SHAPE} images, got inputs of shape {tuple(input_shape)}")
+
 
 class SmallCNN(nn.Module):
     """Two conv+ReLU+pool blocks and a linear head, sized for 8x8 single-channel images."""
 
     fuse_groups = (("conv1", "relu1"), ("conv2", "relu2"))
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, input_shape: tuple[int, ...] = IMAGE_SHAPE) -> None:
+        _require_images("small_cnn", input_shape)
         super().__init__()
         self.quant = QuantStub()
         self.conv1 = nn.Conv2d(1, 16, kernel_size=3, padding=1)
@@ -41,12 +51,13 @@ class SmallCNN(nn.Module):
 
 
 class MLP(nn.Module):
-    """A two-hidden-layer perceptron over the flattened input (tabular sensor style)."""
+    """A two-hidden-layer perceptron over the flattened input: tabular sensor readings."""
 
     fuse_groups = (("fc1", "relu1"), ("fc2", "relu2"))
 
-    def __init__(self, num_classes: int = 10, in_features: int = 64, hidden: int = 64) -> None:
+    def __init__(self, num_classes: int = 10, input_shape: tuple[int, ...] = IMAGE_SHAPE, hidden: int = 64) -> None:
         super().__init__()
+        in_features = math.prod(input_shape)
         self.quant = QuantStub()
         self.fc1 = nn.Linear(in_features, hidden)
         self.relu1 = nn.ReLU()
@@ -100,7 +111,8 @@ class ResNet8(nn.Module):
     and FL literature (e.g. MLPerf Tiny's ResNet-8); here sized for 8x8 single-channel inputs.
     """
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, input_shape: tuple[int, ...] = IMAGE_SHAPE) -> None:
+        _require_images("resnet8", input_shape)
         super().__init__()
         self.quant = QuantStub()
         self.conv = nn.Conv2d(1, 16, 3, padding=1, bias=False)
@@ -125,12 +137,19 @@ class ResNet8(nn.Module):
         return self.dequant(self.fc(torch.flatten(self.pool(x), 1)))
 
 
-MODELS: dict[str, Callable[[int], nn.Module]] = {"small_cnn": SmallCNN, "resnet8": ResNet8, "mlp": MLP}
+MODELS: dict[str, Callable[[int, tuple[int, ...]], nn.Module]] = {
+    "small_cnn": SmallCNN,
+    "resnet8": ResNet8,
+    "mlp": MLP,
+}
+IMAGE_MODELS = frozenset({"small_cnn", "resnet8"})
 
 
-def traced_build(name: str, num_classes: int, seed: int) -> tuple[nn.Module, WorkProfile]:
+def traced_build(
+    name: str, num_classes: int, seed: int, input_shape: tuple[int, ...] = IMAGE_SHAPE
+) -> tuple[nn.Module, WorkProfile]:
     """:func:`build_model` with its work: initialisation ops plus a marker per module built."""
-    model, work = traced(lambda: build_model(name, num_classes, seed))
+    model, work = traced(lambda: build_model(name, num_classes, seed, input_shape))
     return model, work + marker("build_module", sum(1 for _ in model.modules()))
 
 
@@ -140,11 +159,11 @@ def traced_load(model: nn.Module, state: dict[str, torch.Tensor]) -> WorkProfile
     return work + marker("load_tensor", len(state))
 
 
-def build_model(name: str, num_classes: int, seed: int) -> nn.Module:
+def build_model(name: str, num_classes: int, seed: int, input_shape: tuple[int, ...] = IMAGE_SHAPE) -> nn.Module:
     """A freshly initialised model; the same ``seed`` gives the same weights on any host."""
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        return MODELS[name](num_classes)
+        return MODELS[name](num_classes, tuple(input_shape))
     finally:
         torch.random.set_rng_state(generator_state)

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from fedhq_sim.errors import InputError
+from fedhq_sim.models import IMAGE_MODELS
 from fedhq_sim.policies import POLICIES, Policy, PolicyOptions
 from fedhq_sim.profiles import DeviceProfile, LinkProfile, ProfileLibrary
 from fedhq_sim.schema import Seconds, StrictModel, validate
@@ -50,7 +51,7 @@ class ServerSpec(StrictModel):
 class DataSpec(StrictModel):
     """Which offline dataset, how it is split, and how skewed the clients' shares are."""
 
-    dataset: Literal["digits"]
+    dataset: Literal["digits", "plant_sensors"]
     dirichlet_alpha: float = Field(gt=0.0, le=1e6)
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     server_calibration_samples: int = Field(default=64, ge=1)
@@ -142,6 +143,9 @@ def _resolve_policy(spec: ScenarioSpec, path: Path) -> tuple[type[Policy], Polic
     return policy_class, options
 
 
+IMAGE_DATASETS = frozenset({"digits"})
+
+
 def load_scenario(path: Path | str) -> LoadedScenario:
     """Read, validate and resolve a scenario file; any problem is an :class:`InputError`."""
     path = Path(path)
@@ -154,6 +158,12 @@ def load_scenario(path: Path | str) -> LoadedScenario:
     if not is_dir:
         raise InputError(path, "profiles_dir", f"profile directory '{spec.profiles_dir}' does not exist")
 
+    if spec.model in IMAGE_MODELS and spec.data.dataset not in IMAGE_DATASETS:
+        raise InputError(
+            path,
+            "model",
+            f"{spec.model} needs 8x8 images but dataset '{spec.data.dataset}' is tabular; use mlp, or dataset digits",
+        )
     site_names = [s.name for s in spec.sites]
     for index, name in enumerate(site_names):
         if site_names.index(name) != index:

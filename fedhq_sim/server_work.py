@@ -57,7 +57,7 @@ def evaluate_global(
     state: dict[str, torch.Tensor], model_name: str, num_classes: int, calibration: Samples, test: Samples
 ) -> tuple[float, float, WorkProfile]:
     """fp32 and deployed (int8) test accuracy of a global state, with the work it took."""
-    model, build_work = traced_build(model_name, num_classes, seed=0)
+    model, build_work = traced_build(model_name, num_classes, seed=0, input_shape=tuple(test.x.shape[1:]))
     load_work = traced_load(model, state)
     fp32_acc, fp32_work = traced(lambda: accuracy(model, test, int8=False))
     deployed, deploy_work = deploy_int8(model, calibration)

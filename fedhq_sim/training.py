@@ -35,6 +35,7 @@ class LocalConfig:
     batch_size: int
     learning_rate: float
     calibration_samples: int
+    input_shape: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def local_work(global_payload: bytes, data: Samples, strategy: Strategy, cfg: Lo
     quantizing, and writing the update it will upload.
     """
     global_state, read_work = traced_decode(global_payload)
-    model, build_work = traced_build(cfg.model_name, cfg.num_classes, seed=0)
+    model, build_work = traced_build(cfg.model_name, cfg.num_classes, seed=0, input_shape=cfg.input_shape)
     load_work = traced_load(model, global_state)
     work = read_work + build_work + load_work
     if strategy.kind == "fp32":

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,3 +40,22 @@ def test_federate_keeps_test_and_calibration_apart_from_training(digits_federati
     assert len(data.server_calibration) == 64
     assert sum(len(c) for c in data.clients) == 1797 - len(data.test) - 64
     assert data.input_shape == (1, 8, 8)
+
+
+def test_plant_sensors_are_generated_the_same_every_time_and_balanced():
+    from fedhq_sim.data import SENSOR_CLASSES, SENSOR_FEATURES, load_plant_sensors
+
+    one, two = load_plant_sensors(), load_plant_sensors()
+    assert torch.equal(one.x, two.x) and torch.equal(one.y, two.y)
+    assert one.x.shape == (600 * len(SENSOR_CLASSES), len(SENSOR_FEATURES))
+    assert one.y.bincount().tolist() == [600] * len(SENSOR_CLASSES)
+    assert torch.allclose(one.x.mean(dim=0), torch.zeros(len(SENSOR_FEATURES)), atol=1e-5)
+
+
+def test_each_fault_moves_the_readings_away_from_normal():
+    from fedhq_sim.data import load_plant_sensors
+
+    data = load_plant_sensors()
+    normal = data.x[data.y == 0].mean(dim=0)
+    for label in range(1, 6):
+        assert (data.x[data.y == label].mean(dim=0) - normal).abs().max() > 0.5, label

@@ -112,3 +112,25 @@ def test_the_deadline_is_inclusive_for_an_upload_ending_exactly_then(write_scena
     again = Simulation(load_scenario(write_scenario(data, "again.yaml"))).run().rounds[-1]
     assert again.collect_end_s == first.collect_end_s
     assert again.reported == again.selected
+
+
+def test_an_mlp_learns_the_plant_sensor_conditions(write_scenario):
+    from fedhq_sim.engine import simulate
+
+    data = tiny_scenario_dict()
+    data["data"] = {"dataset": "plant_sensors", "dirichlet_alpha": 1.0}
+    data["model"] = "mlp"
+    data["training"].update(rounds=4, clients_per_round=4, local_epochs=2, learning_rate=0.1)
+    result = simulate(load_scenario(write_scenario(data)))
+    assert result.rounds[0].deployed_accuracy < 0.3  # six conditions: chance is 1/6
+    assert result.rounds[-1].deployed_accuracy > 0.5
+
+
+def test_an_image_model_on_tabular_data_is_refused(write_scenario, capsys):
+    data = tiny_scenario_dict()
+    data["data"] = {"dataset": "plant_sensors", "dirichlet_alpha": 1.0}
+    path = write_scenario(data)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    expected = "model: small_cnn needs 8x8 images but dataset 'plant_sensors' is tabular; use mlp, or dataset digits"
+    assert err == f"error: {path}: {expected}"

@@ -19,7 +19,9 @@ from fedhq_sim.training import LocalConfig, local_work
 from fedhq_sim.work import StepCache, step_markers, traced
 from tests.conftest import PROFILES
 
-CFG = LocalConfig("small_cnn", 10, local_epochs=1, batch_size=32, learning_rate=0.1, calibration_samples=32)
+CFG = LocalConfig(
+    "small_cnn", 10, local_epochs=1, batch_size=32, learning_rate=0.1, calibration_samples=32, input_shape=(1, 8, 8)
+)
 LIBRARY = ProfileLibrary(PROFILES)
 DEVICES = {name: LIBRARY.device(name, referenced_from=Path("test"), key="k") for name in LIBRARY.available("devices")}
 
