@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 from datetime import date
 from pathlib import Path
 
 import torch
 
+from fedhq_sim.errors import InputError
 from fedhq_sim.fidelity import compare, markdown_table
 from fedhq_sim.models import MODELS
 from fedhq_sim.probe import ProbeSettings, parse_measured, probe_device
-from fedhq_sim.profiles import ProfileLibrary
+from fedhq_sim.profiles import DeviceProfile
 from fedhq_sim.quant.strategy import FP32, Strategy
+from fedhq_sim.schema import validate
+from fedhq_sim.yamlio import load_yaml_mapping
 
 
 def main() -> int:
@@ -36,9 +40,12 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.profile:
-        device = ProfileLibrary(args.profile.parent.parent).device(
-            args.profile.stem, referenced_from=args.profile, key="--profile"
-        )
+        try:
+            mapping = load_yaml_mapping(args.profile)
+            device = validate(DeviceProfile, mapping, args.profile)
+        except InputError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     else:
         device = parse_measured(probe_device(ProbeSettings("this_host", args.threads, args.repeats, None, None)))
     rows = compare(

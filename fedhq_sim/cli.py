@@ -10,9 +10,13 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedhq_sim.errors import InputError
 from fedhq_sim.records import RoundRecord
+
+if TYPE_CHECKING:  # the engine imports torch; the CLI loads it only for commands that need it
+    from fedhq_sim.engine import Simulation
 
 EXAMPLES = """examples:
   fedhq-sim run scenarios/quickstart.yaml
@@ -102,34 +106,65 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _feasibility_lines(simulation) -> list[str]:
-    """Warnings for clients that cannot run some strategy, with the reason (one per client
-    that can run none, quoting its most favourable strategy)."""
+def _feasibility_lines(simulation: Simulation) -> list[str]:
+    """Warnings for clients that cannot run some strategy, with the reason; one line for a
+    client that is never selected."""
     lines = []
+    policy = simulation.scenario.spec.policy.name
     for client in simulation.scenario.clients:
         rows = [row for row in simulation.feasibility if row.client_id == client.client_id]
         unable = [row for row in rows if not row.able]
-        if unable and len(unable) == len(rows):
+        if client.client_id in simulation.eligible:
+            lines += [f"warning: {client.name} cannot run {row.strategy}: {row.reason}" for row in unable]
+        elif len(unable) == len(rows):
             best = min(unable, key=lambda row: (row.transfer_s, row.memory_needed_bytes))
             lines.append(
                 f"warning: {client.name} can run no strategy and is never selected; {best.strategy}: {best.reason}"
             )
         else:
-            lines += [f"warning: {client.name} cannot run {row.strategy}: {row.reason}" for row in unable]
+            wanted = sorted(s.label for s in simulation.policy.strategies_for(client.client_id))
+            reason = next(row.reason for row in unable if row.strategy in wanted)
+            lines.append(
+                f"warning: {client.name} is never selected: policy {policy} gives it {', '.join(wanted)}, "
+                f"which it cannot run; {reason}"
+            )
     return lines
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from fedhq_sim.engine import federated_data
+    from fedhq_sim.engine import Simulation
     from fedhq_sim.scenario import load_scenario
 
     scenario = load_scenario(args.scenario)
-    federated_data(scenario)  # the data split can fail too (too many clients for the data)
+    # The data split and the clients' memory and link checks can fail too.
+    for line in _feasibility_lines(Simulation(scenario)):
+        print(line, file=sys.stderr)
     sites = len(scenario.spec.sites)
     print(
         f"{args.scenario}: valid ({len(scenario.clients)} clients on {sites} sites, policy {scenario.spec.policy.name})"
     )
     return 0
+
+
+def _power_arguments(args: argparse.Namespace) -> tuple[float | None, float | None]:
+    """``--power-idle``/``--power-active`` in watts: both or neither, positive, idle <= active."""
+    from fedhq_sim.units import parse_power_w
+
+    watts = []
+    for flag, text in (("--power-idle", args.power_idle), ("--power-active", args.power_active)):
+        try:
+            value = None if text is None else parse_power_w(text)
+        except ValueError as error:
+            raise InputError("command line", flag, str(error)) from None
+        if value is not None and value <= 0:
+            raise InputError("command line", flag, f"must be greater than zero, got {text!r}")
+        watts.append(value)
+    idle, active = watts
+    if (idle is None) != (active is None):
+        raise InputError("command line", "--power-idle/--power-active", "give both or neither")
+    if idle is not None and active is not None and active < idle:
+        raise InputError("command line", "--power-active", f"must not be below --power-idle ({idle} W), got {active} W")
+    return idle, active
 
 
 def _profile_device(args: argparse.Namespace) -> int:
@@ -141,40 +176,29 @@ def _profile_device(args: argparse.Namespace) -> int:
     from fedhq_sim.probe import ProbeSettings, parse_measured, probe_device
     from fedhq_sim.results import atomic_write_text
     from fedhq_sim.scenario import SAFE_NAME
-    from fedhq_sim.units import parse_power_w
 
     name = args.out.stem if args.out else "this_host"
     if not re.match(SAFE_NAME, name):
         raise InputError(args.out, "--out", f"the file stem '{name}' is the profile name: use letters, digits, _ . -")
     if args.out and not args.out.parent.is_dir():
         raise InputError(args.out, "--out", f"the folder {args.out.parent} does not exist")
+    if args.out and args.out.is_dir():
+        raise InputError(args.out, "--out", "is a folder; give the profile's file name, e.g. my_gateway.yaml")
     if args.out and args.out.exists() and not args.overwrite:
         raise InputError(args.out, "--out", "exists; pass --overwrite to replace it")
-    if (args.threads is not None and args.threads < 1) or args.repeats < 1:
-        raise InputError("command line", "--threads/--repeats", "must be at least 1")
-    power = {}
-    for key in ("power_idle", "power_active"):
-        text = getattr(args, key)
-        try:
-            power[key] = None if text is None else parse_power_w(text)
-        except ValueError as error:
-            raise InputError("command line", f"--{key.replace('_', '-')}", str(error)) from None
-    if None in power.values():
+    for flag, value in (("--threads", args.threads), ("--repeats", args.repeats), ("--passes", args.passes)):
+        if value is not None and value < 1:
+            raise InputError("command line", flag, f"must be at least 1, got {value}")
+    idle, active = _power_arguments(args)
+    if idle is None:
         print(
             "warning: no --power-idle/--power-active given; the profile's power is a marked placeholder",
             file=sys.stderr,
         )
-    settings = ProbeSettings(
-        name,
-        args.threads or torch.get_num_threads(),
-        args.repeats,
-        power["power_idle"],
-        power["power_active"],
-        args.passes,
-    )
-    print(f"measuring this machine with {settings.threads} thread(s)...", file=sys.stderr)
+    settings = ProbeSettings(name, args.threads or torch.get_num_threads(), args.repeats, idle, active, args.passes)
+    print(f"measuring this machine with {settings.threads} thread(s), {settings.passes} pass(es)...", file=sys.stderr)
     mapping = probe_device(settings)
-    parse_measured(mapping)  # what is written must load like any library profile
+    parse_measured(mapping)  # it must load like any library profile
     text = yaml.safe_dump(mapping, sort_keys=False, width=120, allow_unicode=True)
     if args.out:
         atomic_write_text(args.out, text)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import simpy
@@ -21,12 +21,12 @@ import torch
 from fedhq_sim.charge import charge_seconds, compute_joules
 from fedhq_sim.data import DATASETS, FederatedData, PartitionError, federate
 from fedhq_sim.errors import InputError
-from fedhq_sim.feasibility import Feasibility, check_client, memory_needed, payload_bytes, transfer_floor_s
+from fedhq_sim.feasibility import Feasibility, check_client, payload_bytes, training_step, transfer_floor_s
 from fedhq_sim.models import build_model
 from fedhq_sim.network import FlowNetwork
 from fedhq_sim.policies import ClientInfo, ClientReport, Policy, RoundContext
 from fedhq_sim.quant.payload import encode_fp32
-from fedhq_sim.quant.strategy import FP32, Strategy
+from fedhq_sim.quant.strategy import FP32, SUPPORTED_BITS, Strategy
 from fedhq_sim.records import PhaseRecord, RoundRecord
 from fedhq_sim.scenario import ClientSpec, LoadedScenario
 from fedhq_sim.server_work import evaluate_global, server_round
@@ -96,9 +96,6 @@ class Simulation:
             c.client_id: frozenset(f.strategy for f in self.feasibility if f.client_id == c.client_id and f.able)
             for c in scenario.clients
         }
-        self.eligible = tuple(cid for cid, labels in self.able.items() if labels)
-        if not self.eligible:
-            raise InputError(scenario.path, "sites", f"no client can take part: {self.feasibility[0].reason}")
         infos = [
             ClientInfo(
                 c.client_id,
@@ -111,6 +108,14 @@ class Simulation:
             for c in scenario.clients
         ]
         self.policy: Policy = scenario.policy_class(scenario.policy_options, infos, self.rng["policy"])
+        self.eligible = tuple(
+            c.client_id
+            for c in scenario.clients
+            if any(s.label in self.able[c.client_id] for s in self.policy.strategies_for(c.client_id))
+        )
+        if not self.eligible:
+            reasons = [f.reason for f in self.feasibility if not f.able] or ["the policy assigns nothing they can run"]
+            raise InputError(scenario.path, "sites", f"no client can take part: {reasons[0]}")
         t = spec.training
         self.local = LocalConfig(
             spec.model,
@@ -128,7 +133,9 @@ class Simulation:
         self.phases: list[PhaseRecord] = []
 
     def _candidate_strategies(self) -> tuple[Strategy, ...]:
-        bits = getattr(self.scenario.policy_options, "bits", 8)
+        """fp32 and both quantized strategies at the policy's width (8 bits for ``all-fp32``)."""
+        bits = self.scenario.policy_options.bits
+        bits = bits if bits in SUPPORTED_BITS else SUPPORTED_BITS[-1]
         return (FP32, Strategy("ptq", bits), Strategy("qat", bits))
 
     def _check_clients(self) -> list[Feasibility]:
@@ -142,14 +149,18 @@ class Simulation:
         for client in self.scenario.clients:
             cid = client.client_id
             download_s = transfer_floor_s(self.topology.downlink_routes[cid], self.topology.links, model_nbytes)
+            # Full batches only (a partial last batch costs less): the compute time stays a floor.
+            full_steps = spec.training.local_epochs * (len(self.data.clients[cid]) // spec.training.batch_size)
             for strategy in self._candidate_strategies():
                 upload_nbytes = payload_bytes(spec.model, num_classes, strategy, sample_shape)
+                step = training_step(spec.model, num_classes, strategy, batch_shape)
                 rows.append(
                     check_client(
                         client,
                         strategy,
-                        memory_bytes=memory_needed(spec.model, num_classes, strategy, batch_shape),
+                        memory_bytes=step.memory_bytes,
                         download_s=download_s,
+                        compute_s=full_steps * charge_seconds(step.work, client.device),
                         upload_s=transfer_floor_s(self.topology.uplink_routes[cid], self.topology.links, upload_nbytes),
                         upload_nbytes=upload_nbytes,
                         deadline_s=spec.training.round_deadline,
@@ -263,7 +274,8 @@ class Simulation:
             previous = self.rounds[-1]
             fp32_acc, deployed_acc = previous.fp32_accuracy, previous.deployed_accuracy
 
-        kinds = [o.strategy.kind for o in outcomes]
+        unable = {p.client_id for p in self.phases[first_phase:] if p.status == "unable"}
+        kinds = [o.strategy.kind for o in outcomes if o.client_id not in unable]
         losses = [o.result.train_loss for o in reported]
         this_round = self.phases[first_phase:]
         latency = self.env.now - start
@@ -283,7 +295,8 @@ class Simulation:
                 server_s=server_s,
                 selected=len(selected),
                 reported=len(reported),
-                dropped=len(selected) - len(reported),
+                dropped=len(selected) - len(reported) - len(unable),
+                unable=len(unable),
                 n_fp32=kinds.count("fp32"),
                 n_ptq=kinds.count("ptq"),
                 n_qat=kinds.count("qat"),
@@ -317,26 +330,9 @@ class Simulation:
         fp32_acc, int8_acc, _ = evaluate_global(
             self.global_state, spec.model, self.data.num_classes, self.data.server_calibration, self.data.test
         )
-        zero = dict.fromkeys(("energy_compute_j", "energy_radio_j", "energy_idle_j", "energy_j"), 0.0)
+        zeros = {f.name: 0.0 if f.type == "float" else 0 for f in fields(RoundRecord) if f.type in ("int", "float")}
         return RoundRecord(
-            0,
-            0.0,
-            0.0,
-            0.0,
-            0.0,
-            0.0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            **zero,
-            train_loss=float("nan"),
-            fp32_accuracy=fp32_acc,
-            deployed_accuracy=int8_acc,
+            **zeros | {"train_loss": float("nan"), "fp32_accuracy": fp32_acc, "deployed_accuracy": int8_acc}
         )
 
     def run(self, on_round: RoundCallback | None = None) -> RunResult:

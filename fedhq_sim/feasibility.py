@@ -6,10 +6,12 @@ dropped; a planner needs to see that, with the reason, instead of a silent drop 
 round. The checks are per strategy, since QAT needs more memory than fp32 training and a
 quantized update is smaller than an fp32 one.
 
-Memory need = the model's weights and buffers + the peak bytes a training step allocates
-(gradients, activations, optimizer temporaries), traced for real at the scenario's batch
-shape. Link need = route latency + bytes over the narrowest link, for the fp32 download and
-the strategy's upload, with no other traffic.
+Memory need = the peak bytes a training step allocates (gradients, activations, optimizer
+temporaries), traced for real at the scenario's batch shape, plus the model copies a client
+holds meanwhile. Link need = route latency + bytes over the narrowest link, for the fp32
+download and the strategy's upload, with no other traffic. Time need = that plus the
+client's training steps charged on its device (a floor: calibration and conversion come on
+top), against the round deadline.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from fedhq_sim.quant import eager
 from fedhq_sim.quant.payload import encode_fp32, encode_quantized
 from fedhq_sim.quant.strategy import Strategy
 from fedhq_sim.scenario import ClientSpec
-from fedhq_sim.work import traced
+from fedhq_sim.work import WorkProfile, step_markers, traced
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Feasibility:
     memory_needed_bytes: int
     memory_available_bytes: int
     transfer_s: float
+    compute_s: float
 
 
 def _state_bytes(model: torch.nn.Module) -> int:
@@ -51,12 +54,27 @@ def _state_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+@dataclass(frozen=True)
+class StepEstimate:
+    """One training step of a strategy, traced for real, and what the client holds meanwhile."""
+
+    work: WorkProfile
+    memory_bytes: int
+
+
 @cache
-def memory_needed(model_name: str, num_classes: int, strategy: Strategy, batch_shape: tuple[int, ...]) -> int:
-    """Bytes one training step of ``strategy`` holds at its peak (weights included)."""
+def training_step(model_name: str, num_classes: int, strategy: Strategy, batch_shape: tuple[int, ...]) -> StepEstimate:
+    """Trace one training step of ``strategy`` at ``batch_shape`` and size the client's memory.
+
+    Memory: the step's peak allocations (gradients, activations, temporaries) plus what stays
+    resident through it: the decoded global model, the model being trained and, for QAT, the
+    fp32 model it was prepared from, and the update about to be written (one more copy).
+    """
     model = build_model(model_name, num_classes, seed=0, input_shape=batch_shape[1:])
+    resident = 3 * _state_bytes(model)
     if strategy.kind == "qat":
         model = eager.prepare_qat(model)
+        resident += _state_bytes(model)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     x = torch.zeros(batch_shape)
@@ -68,7 +86,7 @@ def memory_needed(model_name: str, num_classes: int, strategy: Strategy, batch_s
         optimizer.step()
 
     _, work = traced(step)
-    return _state_bytes(model) + work.peak_bytes
+    return StepEstimate(work + step_markers(work), resident + work.peak_bytes)
 
 
 @cache
@@ -78,7 +96,7 @@ def payload_bytes(model_name: str, num_classes: int, strategy: Strategy, input_s
     if strategy.kind == "fp32":
         return len(encode_fp32(model.state_dict()))
     prepared = eager.prepare_ptq(model)
-    eager.calibrate(prepared, [torch.rand((4, *input_shape))])
+    eager.calibrate(prepared, [torch.rand((4, *input_shape), generator=torch.Generator().manual_seed(0))])
     return len(encode_quantized(eager.convert(prepared), strategy.bits))
 
 
@@ -104,11 +122,15 @@ def check_client(
     *,
     memory_bytes: int,
     download_s: float,
+    compute_s: float,
     upload_s: float,
     upload_nbytes: int,
     deadline_s: float,
 ) -> Feasibility:
-    """One client and strategy against its device's memory and its route's capacity."""
+    """One client and strategy against its device's memory, its route and the deadline.
+
+    ``compute_s`` is a floor: the client's training steps alone, charged on its device.
+    """
     available = client.device.memory_available
     reasons = []
     if memory_bytes > available:
@@ -122,6 +144,12 @@ def check_client(
             f"link: the model download and the {upload_nbytes} B {strategy.label} update need at least "
             f"{_duration(transfer_s)} over {client.link.name} (round deadline {_duration(deadline_s)})"
         )
+    elif transfer_s + compute_s > deadline_s:
+        reasons.append(
+            f"time: transfers ({_duration(transfer_s)}) and {strategy.label} training steps on "
+            f"{client.device.name} ({_duration(compute_s)}) need at least {_duration(transfer_s + compute_s)} "
+            f"(round deadline {_duration(deadline_s)})"
+        )
     return Feasibility(
         client.client_id,
         client.name,
@@ -133,4 +161,5 @@ def check_client(
         memory_bytes,
         int(available),
         transfer_s,
+        compute_s,
     )

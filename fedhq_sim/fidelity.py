@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedhq_sim.charge import charge_seconds
-from fedhq_sim.data import Samples, federate, load_digits
-from fedhq_sim.models import IMAGE_SHAPE, build_model
+from fedhq_sim.data import DATASETS, Samples, federate
+from fedhq_sim.models import build_model
 from fedhq_sim.profiles import DeviceProfile
 from fedhq_sim.quant.payload import encode_fp32
 from fedhq_sim.quant.strategy import Strategy
@@ -41,10 +41,14 @@ class FidelityRow:
         return self.predicted_s / self.measured_s - 1.0
 
 
-def client_samples(n_samples: int) -> Samples:
-    """An IID share of the digits (fixed seed): the data one client would train on."""
+MODEL_DATASETS = {"small_cnn": "digits", "resnet8": "digits", "mlp": "plant_sensors"}
+"""Each model on the data it is meant for: images for the CNNs, sensor readings for the MLP."""
+
+
+def client_samples(n_samples: int, dataset: str = "digits") -> Samples:
+    """An IID share of a dataset (fixed seed): the data one client would train on."""
     data = federate(
-        load_digits(),
+        DATASETS[dataset](),
         n_clients=1,
         alpha=1e3,
         test_fraction=0.2,
@@ -72,26 +76,27 @@ def compare(
     slow spell of a shared host spreads over all rows instead of spoiling one; each row
     reports its median.
     """
-    data = client_samples(n_samples)
     cases = []
     for model_name in models:
-        payload = encode_fp32(build_model(model_name, 10, seed=0).state_dict())
+        data = client_samples(n_samples, MODEL_DATASETS[model_name])
+        shape, classes = tuple(data.x.shape[1:]), int(data.y.max()) + 1
+        payload = encode_fp32(build_model(model_name, classes, seed=0, input_shape=shape).state_dict())
         for strategy in strategies:
             for batch in batch_sizes:
-                cfg = LocalConfig(model_name, 10, epochs, batch, 0.05, 32, IMAGE_SHAPE)
+                cfg = LocalConfig(model_name, classes, epochs, batch, 0.05, 32, shape)
                 predicted = charge_seconds(local_work(payload, data, strategy, cfg, seed=1).work, device)
-                cases.append((model_name, strategy, batch, cfg, payload, predicted))
+                cases.append((model_name, strategy, batch, cfg, payload, data, predicted))
     times: list[list[float]] = [[] for _ in cases]
     with untraced():
         for _ in range(repeats):
             for case, case_times in zip(cases, times, strict=True):
-                _, strategy, _, cfg, payload, _ = case
+                _, strategy, _, cfg, payload, data, _ = case
                 start = time.perf_counter()
                 local_work(payload, data, strategy, cfg, seed=1)
                 case_times.append(time.perf_counter() - start)
     return [
         FidelityRow(model_name, strategy.label, batch, predicted, statistics.median(case_times))
-        for (model_name, strategy, batch, _, _, predicted), case_times in zip(cases, times, strict=True)
+        for (model_name, strategy, batch, _, _, _, predicted), case_times in zip(cases, times, strict=True)
     ]
 
 

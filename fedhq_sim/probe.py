@@ -31,6 +31,7 @@ from fedhq_sim.charge import charge_seconds, op_seconds
 from fedhq_sim.profiles import DeviceProfile, Kernel, Kernels, Overheads
 from fedhq_sim.quant import eager
 from fedhq_sim.quant.payload import decode_to_fp32, encode_fp32
+from fedhq_sim.schema import validate
 from fedhq_sim.work import WorkProfile, step_markers, traced, untraced
 
 TARGET_LOOP_S = 0.004
@@ -346,7 +347,8 @@ def measure_overheads(repeats: int, partial: DeviceProfile) -> Overheads:
         eager.calibrate(prepared, [x])
         conv = measure(lambda: eager.convert(copy.deepcopy(prepared)), repeats)
         deepcopy = measure(lambda: copy.deepcopy(prepared), repeats)
-    convert_s = max(conv.seconds - deepcopy.seconds, 0.0)
+    # The copy is there only to convert a fresh model each time: take its time and work out.
+    convert_residual = _residual(conv.seconds, conv.work, partial) - _residual(deepcopy.seconds, deepcopy.work, partial)
     floor = 1e-9  # a residual lost in timing noise is still a positive (negligible) cost
     return Overheads.model_construct(
         dispatch=partial.overheads.dispatch,
@@ -360,7 +362,7 @@ def measure_overheads(repeats: int, partial: DeviceProfile) -> Overheads:
         deserialize_payload=max(deserialize_payload, floor),
         prepare_ptq=max(_residual(ptq.seconds, ptq.work, partial) / modules, floor),
         prepare_qat=max(_residual(qat.seconds, qat.work, partial) / modules, floor),
-        convert=max(_residual(convert_s, conv.work, partial) / modules, floor),
+        convert=max(convert_residual / modules, floor),
     )
 
 
@@ -604,4 +606,4 @@ def profile_mapping(
 
 def parse_measured(mapping: dict[str, Any]) -> DeviceProfile:
     """Validate a measured mapping as a device profile (it must pass like any library file)."""
-    return DeviceProfile.model_validate(mapping)
+    return validate(DeviceProfile, mapping, "profile-device")

@@ -51,6 +51,7 @@ class RoundRecord:
     selected: int
     reported: int
     dropped: int
+    unable: int
     n_fp32: int
     n_ptq: int
     n_qat: int

@@ -9,6 +9,9 @@ import yaml
 from fedhq_sim.cli import main
 from fedhq_sim.engine import Simulation
 from fedhq_sim.errors import InputError
+from fedhq_sim.feasibility import training_step
+from fedhq_sim.policies import Policy, RoundContext, register_policy
+from fedhq_sim.quant.strategy import FP32, Strategy
 from fedhq_sim.scenario import load_scenario
 from tests.conftest import PROFILES, tiny_scenario_dict
 
@@ -70,30 +73,57 @@ def test_a_model_too_big_for_the_device_memory_is_refused_with_a_message(tmp_pat
         assert "device tiny_board has 0.2 MiB available" in row.reason
 
 
-def test_qat_can_be_refused_where_fp32_fits_and_the_client_is_then_dropped_with_the_reason(tmp_path):
-    from fedhq_sim.feasibility import memory_needed
-    from fedhq_sim.quant.strategy import FP32, Strategy
+@register_policy("test-qat-regardless")
+class _QATRegardless(Policy):
+    """Assigns QAT to everyone while declaring every strategy possible, as an adaptive policy may."""
 
-    fp32 = memory_needed("small_cnn", 10, FP32, (32, 1, 8, 8))
-    qat = memory_needed("small_cnn", 10, Strategy("qat", 8), (32, 1, 8, 8))
+    def assign(self, ctx: RoundContext) -> dict[int, Strategy]:
+        return dict.fromkeys(ctx.selected, Strategy("qat", 8))
+
+
+def _fp32_only_board_scenario(tmp_path, policy: str):
+    fp32 = training_step("small_cnn", 10, FP32, (32, 1, 8, 8)).memory_bytes
+    qat = training_step("small_cnn", 10, Strategy("qat", 8), (32, 1, 8, 8)).memory_bytes
     assert qat > fp32
     library = _library_with_small_device(tmp_path, f"{(fp32 + qat) // 2} B")
     data = tiny_scenario_dict()
     data["profiles_dir"] = str(library)
-    data["sites"] = [
-        {"name": "hall", "backhaul": "fibre_1g", "devices": [{"device": "tiny_board", "link": "wifi6", "count": 1}]}
+    data["sites"] = data["sites"][:1]
+    data["sites"][0]["devices"] = [
+        {"device": "tiny_board", "link": "wifi6", "count": 1},
+        {"device": "rpi4", "link": "wifi6", "count": 1},
     ]
-    data["training"]["clients_per_round"] = 1
-    data["policy"] = {"name": "all-qat"}
+    data["training"]["clients_per_round"] = 2
+    data["policy"] = {"name": policy}
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_a_fixed_policy_never_selects_a_client_that_cannot_run_its_strategy(tmp_path, capsys):
+    path = _fp32_only_board_scenario(tmp_path, "all-qat")
     simulation = Simulation(load_scenario(path))
     assert simulation.able[0] == frozenset({"fp32", "ptq8"})
+    assert 0 not in simulation.eligible
     result = simulation.run()
+    assert 0 not in {p.client_id for p in result.phases}
+    assert main(["validate", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "warning: hall/tiny_board-0 is never selected: policy all-qat gives it qat8, which it cannot run; memory:"
+        in err
+    )
+    ptq = Simulation(load_scenario(_fp32_only_board_scenario(tmp_path / "ptq", "all-ptq")))
+    assert 0 in ptq.eligible
+
+
+def test_a_strategy_the_client_cannot_run_is_recorded_as_unable_with_the_reason(tmp_path):
+    result = Simulation(load_scenario(_fp32_only_board_scenario(tmp_path, "test-qat-regardless"))).run()
     unable = [p for p in result.phases if p.status == "unable"]
-    assert len(unable) == data["training"]["rounds"]
+    assert [p.client_id for p in unable] == [0] * len(result.rounds[1:])
     assert all(p.reason.startswith("memory: qat8 training needs") for p in unable)
-    assert all(r.reported == 0 for r in result.rounds[1:])
+    for record in result.rounds[1:]:
+        assert (record.unable, record.dropped, record.reported, record.n_qat) == (1, 0, 1, 1)
 
 
 def test_no_client_able_to_take_part_is_an_input_error(write_scenario):
@@ -124,5 +154,30 @@ def test_energy_per_phase_is_power_times_time_and_rounds_add_it_up(write_scenari
         mine = [p for p in result.phases if p.round == r.round]
         assert r.energy_compute_j == pytest.approx(sum(p.energy_j for p in mine if p.phase == "compute"))
         assert r.energy_radio_j == pytest.approx(sum(p.energy_j for p in mine if p.phase != "compute"))
-        assert r.energy_idle_j > 0
+        idle = 0.0
+        for client in {p.client for p in mine}:
+            computing = sum(p.end_s - p.start_s for p in mine if p.client == client and p.phase == "compute")
+            idle += devices[client].power.idle * (r.latency_s - computing)
+        assert r.energy_idle_j == pytest.approx(idle) and idle > 0
         assert r.energy_j == pytest.approx(r.energy_compute_j + r.energy_radio_j + r.energy_idle_j)
+
+
+def test_a_client_whose_training_cannot_fit_the_deadline_is_flagged_with_the_time(write_scenario):
+    data = tiny_scenario_dict()
+    data["training"]["round_deadline"] = "60 ms"
+    with pytest.raises(
+        InputError, match=r"sites: no client can take part: time: transfers \(.*\) and .* training steps on"
+    ):
+        Simulation(load_scenario(write_scenario(data)))
+
+
+@pytest.mark.parametrize("policy", ["all-fp32", "all-ptq", "all-qat", "hybrid"])
+def test_every_policy_runs_a_round_end_to_end(write_scenario, policy):
+    data = tiny_scenario_dict()
+    data["training"]["rounds"] = 1
+    data["policy"] = {"name": policy} | ({"qat_fraction": 0.5} if policy == "hybrid" else {})
+    record = Simulation(load_scenario(write_scenario(data))).run().rounds[-1]
+    assert record.reported == record.selected == 3
+    expected = {"all-fp32": "n_fp32", "all-ptq": "n_ptq", "all-qat": "n_qat"}.get(policy)
+    if expected:
+        assert getattr(record, expected) == 3

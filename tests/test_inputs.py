@@ -210,3 +210,29 @@ def test_client_names_are_unique_across_groups_of_one_class(write_scenario):
     names = [c.name for c in load_scenario(write_scenario(data)).clients]
     assert len(names) == len(set(names))
     assert "hall/rpi4-3" in names
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--passes", "0"], "command line: --passes: must be at least 1, got 0"),
+        (["--repeats", "0"], "command line: --repeats: must be at least 1, got 0"),
+        (["--power-idle", "8 W"], "command line: --power-idle/--power-active: give both or neither"),
+        (["--power-idle", "0 W", "--power-active", "5 W"], "command line: --power-idle: must be greater than zero"),
+        (["--power-idle", "8 W", "--power-active", "6.4 W"], "command line: --power-active: must not be below"),
+        (["--power-idle", "8 V", "--power-active", "9 W"], "command line: --power-idle: unknown power unit"),
+    ],
+)
+def test_profile_device_refuses_bad_arguments_before_measuring(arguments, message, capsys):
+    assert main(["profile-device", *arguments]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {message}")
+
+
+def test_profile_device_refuses_a_folder_or_an_existing_file_as_out(tmp_path, capsys):
+    assert main(["profile-device", "--out", str(tmp_path), "--overwrite"]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    existing = tmp_path / "gw.yaml"
+    existing.write_text("kind: device\n")
+    assert main(["profile-device", "--out", str(existing)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err

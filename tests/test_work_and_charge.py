@@ -122,10 +122,33 @@ def test_doubling_every_throughput_and_bandwidth_halves_the_time_beyond_the_over
     assert charge_seconds(work, scaled(2.0)) == pytest.approx(charge_seconds(work, scaled(1.0)) / 2, rel=1e-6)
 
 
-def test_energy_is_active_power_times_time(results):
+def test_compute_energy_is_active_power_times_time_and_grows_with_the_work(results):
     for device in DEVICES.values():
-        seconds = charge_seconds(results["qat"].work, device)
-        assert compute_joules(seconds, device) == pytest.approx(device.power.active * seconds)
+        seconds = {kind: charge_seconds(results[kind].work, device) for kind in ("fp32", "qat")}
+        joules = {kind: compute_joules(s, device) for kind, s in seconds.items()}
+        assert joules["qat"] == pytest.approx(device.power.active * seconds["qat"])
+        assert joules["qat"] > joules["fp32"] > 0
+
+
+def test_smallcnn_forward_flops_match_the_analytic_count():
+    batch = 16
+    model = build_model("small_cnn", 10, seed=0).eval()
+    with torch.no_grad():
+        _, work = traced(lambda: model(torch.rand(batch, 1, 8, 8)))
+    conv1 = 2 * batch * 16 * 8 * 8 * (1 * 3 * 3)  # multiply-adds of each output value, times two
+    conv2 = 2 * batch * 32 * 4 * 4 * (16 * 3 * 3)
+    fc = 2 * batch * 10 * (32 * 2 * 2)
+    dense = sum(c * op.flops for op, c in work.counts.items() if op.kind in ("conv", "matmul"))
+    assert dense == conv1 + conv2 + fc
+
+
+def test_local_work_with_a_warm_step_cache_charges_what_a_cold_one_does(client_data, global_payload, monkeypatch):
+    strategy = Strategy("qat", 8)
+    monkeypatch.setattr(training, "STEP_CACHE", StepCache())
+    cold = local_work(global_payload, client_data, strategy, CFG, seed=5)
+    warm = local_work(global_payload, client_data, strategy, CFG, seed=5)  # every step a cache hit
+    assert len(training.STEP_CACHE) == 2  # full batches and the last, partial one
+    assert warm.work == cold.work and warm.payload == cold.payload
 
 
 def test_work_profiles_see_each_precision_and_kernel_class(results):

@@ -85,6 +85,16 @@ class Policy(ABC):
     def assign(self, ctx: RoundContext) -> dict[int, Strategy]:
         """Return a strategy for every client in ``ctx.selected``."""
 
+    def strategies_for(self, client_id: int) -> frozenset[Strategy]:
+        """Every strategy :meth:`assign` may give this client (all of them, unless overridden).
+
+        The server selects only clients able to run at least one of them (memory and link,
+        ``ClientInfo.able``), so a fixed policy never spends a slot on a client that cannot do
+        what it will be told.
+        """
+        bits = self.options.bits
+        return frozenset({Strategy("fp32", 32), Strategy("ptq", bits), Strategy("qat", bits)})
+
     def observe(self, reports: Sequence[ClientReport]) -> None:  # noqa: B027 - optional hook
         """Learn from a finished round; fixed policies ignore it."""
 

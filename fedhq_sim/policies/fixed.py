@@ -30,6 +30,9 @@ class AllFP32(Policy):
     def assign(self, ctx: RoundContext) -> dict[int, Strategy]:
         return dict.fromkeys(ctx.selected, FP32)
 
+    def strategies_for(self, client_id: int) -> frozenset[Strategy]:
+        return frozenset({FP32})
+
 
 @register_policy("all-ptq")
 class AllPTQ(Policy):
@@ -38,6 +41,9 @@ class AllPTQ(Policy):
     def assign(self, ctx: RoundContext) -> dict[int, Strategy]:
         return dict.fromkeys(ctx.selected, Strategy("ptq", self.options.bits))
 
+    def strategies_for(self, client_id: int) -> frozenset[Strategy]:
+        return frozenset({Strategy("ptq", self.options.bits)})
+
 
 @register_policy("all-qat")
 class AllQAT(Policy):
@@ -45,6 +51,9 @@ class AllQAT(Policy):
 
     def assign(self, ctx: RoundContext) -> dict[int, Strategy]:
         return dict.fromkeys(ctx.selected, Strategy("qat", self.options.bits))
+
+    def strategies_for(self, client_id: int) -> frozenset[Strategy]:
+        return frozenset({Strategy("qat", self.options.bits)})
 
 
 class HybridOptions(PolicyOptions):
@@ -64,5 +73,10 @@ class FixedHybrid(Policy):
         self.qat_clients = frozenset(int(i) for i in rng.choice(ids, size=n_qat, replace=False))
 
     def assign(self, ctx: RoundContext) -> dict[int, Strategy]:
-        bits = self.options.bits
-        return {cid: Strategy("qat" if cid in self.qat_clients else "ptq", bits) for cid in ctx.selected}
+        return {cid: self._strategy(cid) for cid in ctx.selected}
+
+    def strategies_for(self, client_id: int) -> frozenset[Strategy]:
+        return frozenset({self._strategy(client_id)})
+
+    def _strategy(self, client_id: int) -> Strategy:
+        return Strategy("qat" if client_id in self.qat_clients else "ptq", self.options.bits)

@@ -66,12 +66,25 @@ def ptq_qconfig() -> tq.QConfig:
     on a gateway that costs more than the local training itself. Min/max calibration is what
     edge toolchains do, and it is the same range estimate that QAT's fake quantization uses,
     so PTQ and QAT differ only in training.
+
+    The recipe is the same on every host (activations in 7 bits, which the x86 kernels need
+    to avoid overflow and the ARM kernels accept), so the work a client traces, and hence its
+    charge and its accuracy, does not depend on where the simulation runs; only the int8
+    kernel library (:func:`quant_engine`) does.
     """
-    reduce_range = quant_engine() == "x86"  # the x86 kernels need 7-bit activations to avoid overflow
     return tq.QConfig(
-        activation=tq.MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=reduce_range),
+        activation=tq.MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=True),
         weight=tq.default_per_channel_weight_observer,
     )
+
+
+def qat_qconfig() -> tq.QConfig:
+    """Fused observer + fake quantization, per-channel weights; the same on every host.
+
+    It is PyTorch's x86 QAT recipe, used for every engine for the reason given in
+    :func:`ptq_qconfig`.
+    """
+    return tq.get_default_qat_qconfig("x86")
 
 
 def prepare_ptq(model: nn.Module) -> nn.Module:
@@ -93,7 +106,7 @@ def prepare_qat(model: nn.Module) -> nn.Module:
     """A fused copy of an fp32 model with fake quantization, ready for training."""
     with eager_quantization():
         prepared = _fused_copy(model, for_training=True)
-        prepared.qconfig = tq.get_default_qat_qconfig(quant_engine())
+        prepared.qconfig = qat_qconfig()
         return tq.prepare_qat(prepared)
 
 
