@@ -5,7 +5,7 @@ for the three models x fp32/PTQ/QAT x the batch sizes compares the predicted cha
 the measured wall time (median of ``--repeats``). Prints a Markdown table; ``--out`` also
 writes it. Reproduce docs/fidelity.md with:
 
-    .venv/bin/python bench/fidelity.py --out docs/fidelity-table.md
+    mkdir -p results && .venv/bin/python bench/fidelity.py --out results/fidelity.md
 """
 
 from __future__ import annotations
