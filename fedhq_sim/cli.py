@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
 def _progress_line(total: int, record: RoundRecord, host_s: float) -> str:
     return (
         f"round {record.round:>3}/{total}  sim {record.end_s:9.3f} s  latency {record.latency_s:8.3f} s  "
-        f"reported {record.reported}/{record.selected}  deployed acc {record.deployed_accuracy:.3f}  "
+        f"reported {record.reported}/{record.selected}  energy {record.energy_j:8.1f} J  "
+        f"deployed acc {record.deployed_accuracy:.3f}  "
         f"fp32 acc {record.fp32_accuracy:.3f}  [host {host_s:.1f} s]"
     )
 

@@ -1,8 +1,9 @@
 """The charge predicted for this host against the time the same work really takes here.
 
-A cheap version of ``bench/fidelity.py`` (docs/fidelity.md): profile the host, then predict
-and measure a few client workloads. Shared CI machines are noisy, so the bound is loose
-(median error at most 50 %); the bench holds the strict figures.
+A cheap version of ``bench/fidelity.py`` (docs/fidelity.md): profile the host once, then
+predict and measure the three models under fp32, PTQ and QAT at one batch size. Shared CI
+machines are noisy, so the bound is loose (median error at most 50 %); the bench holds the
+strict figures.
 """
 
 import torch
@@ -19,7 +20,7 @@ def test_predicted_time_is_within_50_percent_of_measured_time_on_this_host():
         device = parse_measured(probe_device(ProbeSettings("this_host", 1, 3, None, None, passes=1)))
         rows = compare(
             device,
-            models=["small_cnn", "mlp"],
+            models=["small_cnn", "resnet8", "mlp"],
             strategies=(FP32, Strategy("ptq", 8), Strategy("qat", 8)),
             batch_sizes=[32],
             epochs=1,

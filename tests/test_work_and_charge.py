@@ -270,3 +270,16 @@ def test_every_model_works_under_every_strategy(model_name, kind, client_data):
     assert charge_seconds(result.work, DEVICES["rpi5"]) > 0
     if kind != "fp32":
         assert len(result.payload) < len(payload)  # int8 weights on the wire
+
+
+def test_fp16_work_uses_fp16_units_where_the_device_has_them_and_fp32_units_elsewhere():
+    from fedhq_sim.charge import kernel_for
+
+    a, b = torch.rand(64, 256, dtype=torch.float16), torch.rand(256, 256, dtype=torch.float16)
+    _, work = traced(lambda: a @ b)
+    (matmul,) = [op for op in work.counts if op.kind == "matmul"]
+    assert matmul.precision == "fp16"
+    orin, host = DEVICES["jetson_orin_nano"], DEVICES["reference_host"]
+    assert orin.kernels.fp16_matmul is not None and host.kernels.fp16_matmul is None
+    assert kernel_for(matmul, orin) == orin.kernels.fp16_matmul
+    assert kernel_for(matmul, host) == host.kernels.matmul
