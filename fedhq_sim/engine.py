@@ -90,7 +90,9 @@ class Simulation:
         self.rng = _streams(spec.seed)
         self.data = federated_data(scenario, self.rng["partition"])
         self.topology: Topology = build_topology(scenario)
-        self.network = FlowNetwork(self.env, self.topology.links, self.rng["network"])
+        self.network = FlowNetwork(
+            self.env, self.topology.links, self.rng["network"], monitored=self.topology.shared_links
+        )
         self.feasibility = self._check_clients()
         self.able: dict[int, frozenset[str]] = {
             c.client_id: frozenset(f.strategy for f in self.feasibility if f.client_id == c.client_id and f.able)

@@ -6,13 +6,24 @@ formula), and are recomputed whenever a flow starts or ends; in between, each fl
 its current rate. A transfer first waits the route's one-way propagation latency plus
 jitter from a seeded stream. The network owns transport, as SimPy's ``Cable`` example does:
 clients ask for a transfer and never compute their own transfer time.
+
+Scale. A plant round can start thousands of uploads through one backhaul, and a naive
+reallocation touches every flow at every start and end: quadratic. Here flows are grouped
+by what constrains them: the links they share with other active flows, and one ceiling
+that folds in the links only they use (a client's own access link is just a cap) and their
+TCP ceiling. Max-min fairness gives every flow of a group the same rate, so filling runs
+over groups, and each group keeps its members in a heap ordered by the *service* (bits per
+member) at which they finish, processor-sharing style: advancing time, finding the next
+completion and adding or removing a flow cost O(groups) or O(log flows), not O(flows).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 from collections import Counter
-from collections.abc import Generator, Hashable, Mapping, Sequence
+from collections.abc import Generator, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +47,16 @@ class DirectedLink:
     loss: float
 
 
+@dataclass(frozen=True)
+class LinkSample:
+    """A link's load from ``time_s`` until its next sample: throughput and flows crossing it."""
+
+    time_s: float
+    link: LinkId
+    rate_bps: float
+    flows: int
+
+
 def mathis_rate_bps(rtt_s: float, loss: float) -> float:
     """TCP goodput ceiling ``MSS / (RTT * sqrt(p)) * C`` in bit/s; infinite without loss."""
     if loss <= 0.0 or rtt_s <= 0.0:
@@ -43,70 +64,105 @@ def mathis_rate_bps(rtt_s: float, loss: float) -> float:
     return MSS_BYTES * 8.0 / (rtt_s * math.sqrt(loss)) * MATHIS_C
 
 
+def weighted_max_min(
+    classes: Sequence[tuple[Sequence[LinkId], float, int]], capacity_bps: Mapping[LinkId, float]
+) -> list[float]:
+    """Per-flow max-min fair rates of flow classes ``(links, ceiling, number of flows)``.
+
+    Progressive filling: every unfrozen flow grows at the same pace until a link saturates or
+    a class reaches its ceiling; classes through saturated links, or at their ceiling,
+    freeze; repeat. Flows of one class get one rate, so the cost grows with the classes.
+    """
+    rates = [0.0] * len(classes)
+    remaining = {link: capacity_bps[link] for links, _, _ in classes for link in links}
+    unfrozen = [i for i, (_, _, n) in enumerate(classes) if n > 0]
+    while unfrozen:
+        users: Counter[LinkId] = Counter()
+        for i in unfrozen:
+            for link in classes[i][0]:
+                users[link] += classes[i][2]
+        increment = min((remaining[link] / n for link, n in users.items()), default=math.inf)
+        increment = min(increment, *(classes[i][1] - rates[i] for i in unfrozen))
+        for i in unfrozen:
+            rates[i] += increment
+            for link in classes[i][0]:
+                remaining[link] -= increment * classes[i][2]
+        saturated = {link for link in users if remaining[link] <= 1e-9 * capacity_bps[link]}
+        unfrozen = [
+            i for i in unfrozen if rates[i] < classes[i][1] * (1 - 1e-12) and not saturated.intersection(classes[i][0])
+        ]
+    return rates
+
+
 def max_min_rates(
     routes: Mapping[Hashable, Sequence[LinkId]],
     capacity_bps: Mapping[LinkId, float],
     ceilings_bps: Mapping[Hashable, float] | None = None,
 ) -> dict[Hashable, float]:
-    """Max-min fair rates by progressive filling.
-
-    All unfrozen flows grow at the same pace until a link saturates or a flow reaches its
-    ceiling; flows through saturated links (and flows at their ceiling) freeze; repeat.
-    """
+    """Max-min fair rate of every flow ``{flow: route}`` (each flow a class of its own)."""
     ceilings = ceilings_bps or {}
-    rates = dict.fromkeys(routes, 0.0)
-    remaining = {link: capacity_bps[link] for route in routes.values() for link in route}
-    unfrozen = {flow for flow, route in routes.items() if route}
-    while unfrozen:
-        users = Counter(link for flow in unfrozen for link in routes[flow])
-        increment = min(remaining[link] / n for link, n in users.items())
-        increment = min(increment, *(ceilings.get(f, math.inf) - rates[f] for f in unfrozen))
-        for flow in unfrozen:
-            rates[flow] += increment
-            for link in routes[flow]:
-                remaining[link] -= increment
-        saturated = {link for link in users if remaining[link] <= 1e-9 * capacity_bps[link]}
-        unfrozen = {
-            f
-            for f in unfrozen
-            if rates[f] < ceilings.get(f, math.inf) * (1 - 1e-12) and not saturated.intersection(routes[f])
-        }
-    return rates
+    classes = [(route, ceilings.get(flow, math.inf), 1 if route else 0) for flow, route in routes.items()]
+    return dict(zip(routes, weighted_max_min(classes, capacity_bps), strict=True))
 
 
 @dataclass(eq=False)
 class _Flow:
     route: tuple[LinkId, ...]
     size_bits: float
-    ceiling_bps: float
+    tcp_ceiling_bps: float
     done: simpy.Event
-    remaining_bits: float = field(init=False)
-    rate_bps: float = 0.0
+    group: _Group | None = None
+    finish_service: float = 0.0  # the group's service at which this flow has all its bits
+    ticket: int = 0  # which heap entry is current (a flow moves between groups)
 
-    def __post_init__(self) -> None:
-        self.remaining_bits = self.size_bits
+
+@dataclass(eq=False)
+class _Group:
+    shared: tuple[LinkId, ...]
+    ceiling_bps: float
+    flows: dict[_Flow, None] = field(default_factory=dict)  # insertion-ordered: deterministic sums
+    heap: list[tuple[float, int, _Flow]] = field(default_factory=list)
+    service_bits: float = 0.0  # bits each member has received since the group was made
+    rate_bps: float = 0.0
 
 
 class FlowNetwork:
-    """The links of a topology and the flows crossing them, on a SimPy clock."""
+    """The links of a topology and the flows crossing them, on a SimPy clock.
 
-    def __init__(self, env: simpy.Environment, links: Mapping[LinkId, DirectedLink], rng: np.random.Generator) -> None:
+    ``monitored`` names the links whose load is sampled into :attr:`samples` (default: all);
+    a fleet's own access links carry one transfer each and are better read from its events.
+    """
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        links: Mapping[LinkId, DirectedLink],
+        rng: np.random.Generator,
+        monitored: Iterable[LinkId] | None = None,
+    ) -> None:
         self.env = env
         self.links = dict(links)
+        self._capacity = {link: spec.capacity_bps for link, spec in self.links.items()}
         self.rng = rng
-        self._flows: list[_Flow] = []
+        self.monitored = tuple(self.links if monitored is None else monitored)
+        self.samples: list[LinkSample] = []
+        self._last_sample: dict[LinkId, tuple[float, int]] = {}
+        self._link_flows: dict[LinkId, dict[_Flow, None]] = {link: {} for link in self.links}
+        self._groups: dict[tuple[tuple[LinkId, ...], float], _Group] = {}
+        self._tickets = itertools.count()
+        self._active = 0
         self._last_update = env.now
         self._epoch = 0
 
     @property
     def active_flows(self) -> int:
-        return len(self._flows)
+        return self._active
 
     def one_way_latency_s(self, route: Sequence[LinkId]) -> float:
         """Propagation latency of ``route`` without jitter."""
         return sum(self.links[link].latency_s for link in route)
 
-    def _ceiling(self, route: Sequence[LinkId]) -> float:
+    def _tcp_ceiling(self, route: Sequence[LinkId]) -> float:
         rtt = 2.0 * self.one_way_latency_s(route)
         delivered = math.prod(1.0 - self.links[link].loss for link in route)
         return mathis_rate_bps(rtt, 1.0 - delivered)
@@ -123,48 +179,128 @@ class FlowNetwork:
         yield self.env.timeout(self.one_way_latency_s(route) + jitter)
         if nbytes <= 0:
             return
-        flow = _Flow(tuple(route), nbytes * 8.0, self._ceiling(route), self.env.event())
+        flow = _Flow(tuple(route), nbytes * 8.0, self._tcp_ceiling(route), self.env.event())
         self._advance()
-        self._flows.append(flow)
+        self._join(flow)
         self._reallocate()
         try:
             yield flow.done
         except simpy.Interrupt:
-            if flow in self._flows:
+            if flow.group is not None:
                 self._advance()
-                self._flows.remove(flow)
+                self._leave(flow)
                 self._reallocate()
             raise
 
+    # -- groups -------------------------------------------------------------------------
+
+    def _key(self, flow: _Flow) -> tuple[tuple[LinkId, ...], float]:
+        shared = tuple(link for link in flow.route if len(self._link_flows[link]) > 1)
+        private = (self.links[link].capacity_bps for link in flow.route if len(self._link_flows[link]) == 1)
+        return shared, min([flow.tcp_ceiling_bps, *private])
+
+    def _place(self, flow: _Flow, remaining_bits: float) -> None:
+        key = self._key(flow)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = _Group(*key)
+        flow.group = group
+        flow.finish_service = group.service_bits + remaining_bits
+        flow.ticket = next(self._tickets)
+        group.flows[flow] = None
+        heapq.heappush(group.heap, (flow.finish_service, flow.ticket, flow))
+
+    def _unplace(self, flow: _Flow) -> float:
+        """Take ``flow`` out of its group (its heap entry goes stale); return its remaining bits."""
+        group = flow.group
+        assert group is not None
+        del group.flows[flow]
+        flow.group = None
+        if not group.flows:
+            del self._groups[(group.shared, group.ceiling_bps)]
+        return flow.finish_service - group.service_bits
+
+    def _regroup(self, links: Iterable[LinkId]) -> None:
+        """Move the flows on ``links``, whose sharing just changed, to their new groups."""
+        for link in links:
+            for other in list(self._link_flows[link]):
+                if other.group is not None and other.group is not self._groups.get(self._key(other)):
+                    self._place(other, self._unplace(other))
+
+    def _join(self, flow: _Flow) -> None:
+        for link in flow.route:
+            self._link_flows[link][flow] = None
+        self._active += 1
+        # A link that now carries two flows stops being private to the first one.
+        self._regroup(link for link in flow.route if len(self._link_flows[link]) == 2)
+        self._place(flow, flow.size_bits)
+
+    def _leave(self, flow: _Flow) -> None:
+        self._unplace(flow)
+        for link in flow.route:
+            del self._link_flows[link][flow]
+        self._active -= 1
+        self._regroup(link for link in flow.route if len(self._link_flows[link]) == 1)
+
+    # -- time -----------------------------------------------------------------------------
+
     def _advance(self) -> None:
         elapsed = self.env.now - self._last_update
-        for flow in self._flows:
-            flow.remaining_bits -= flow.rate_bps * elapsed
+        for group in self._groups.values():
+            group.service_bits += group.rate_bps * elapsed
         self._last_update = self.env.now
+
+    @staticmethod
+    def _head(group: _Group) -> _Flow | None:
+        while group.heap and group.heap[0][2].ticket != group.heap[0][1]:
+            heapq.heappop(group.heap)  # stale: the flow left or moved
+        return group.heap[0][2] if group.heap else None
+
+    def _finished(self, epsilon_s: float) -> list[_Flow]:
+        done = []
+        for group in self._groups.values():
+            while (head := self._head(group)) is not None:
+                left = head.finish_service - group.service_bits
+                if left > max(1e-9 * head.size_bits, group.rate_bps * epsilon_s):
+                    break
+                heapq.heappop(group.heap)
+                done.append(head)
+        return done
 
     def _reallocate(self) -> None:
         # The tolerance grows with the clock: at large simulated times a float step of the
         # clock exceeds a nanosecond, and a smaller residue could never be waited out.
         epsilon_s = max(TIME_EPSILON_S, 4 * math.ulp(self.env.now))
-        finished = [f for f in self._flows if f.remaining_bits <= max(1e-9 * f.size_bits, f.rate_bps * epsilon_s)]
-        for flow in finished:
-            self._flows.remove(flow)
+        for flow in self._finished(epsilon_s):
+            self._leave(flow)
             flow.done.succeed()
-        rates = max_min_rates(
-            {f: f.route for f in self._flows},
-            {link: spec.capacity_bps for link, spec in self.links.items()},
-            {f: f.ceiling_bps for f in self._flows},
-        )
-        for flow in self._flows:
-            flow.rate_bps = rates[flow]
+        groups = list(self._groups.values())
+        rates = weighted_max_min([(g.shared, g.ceiling_bps, len(g.flows)) for g in groups], self._capacity)
+        for group, rate in zip(groups, rates, strict=True):
+            group.rate_bps = rate
+        self._sample(groups)
         self._epoch += 1
-        if self._flows:
-            wait = min(f.remaining_bits / f.rate_bps for f in self._flows)
+        waits = [
+            (head.finish_service - g.service_bits) / g.rate_bps for g in groups if (head := self._head(g)) is not None
+        ]
+        if waits:
             epoch = self._epoch
-            timer = self.env.timeout(max(wait, 0.0))
+            timer = self.env.timeout(max(min(waits), 0.0))
             timer.callbacks.append(lambda _event: self._on_timer(epoch))
 
     def _on_timer(self, epoch: int) -> None:
         if epoch == self._epoch:  # a newer allocation superseded this wake-up
             self._advance()
             self._reallocate()
+
+    def _sample(self, groups: Sequence[_Group]) -> None:
+        load: Counter[LinkId] = Counter()
+        for group in groups:
+            for link in group.shared:
+                load[link] += group.rate_bps * len(group.flows)
+        for link in self.monitored:
+            flows = self._link_flows[link]
+            rate = load[link] if len(flows) != 1 else next(iter(flows)).group.rate_bps
+            if self._last_sample.get(link) != (rate, len(flows)):
+                self._last_sample[link] = (rate, len(flows))
+                self.samples.append(LinkSample(self.env.now, link, rate, len(flows)))

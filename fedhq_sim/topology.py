@@ -9,6 +9,7 @@ the server's link). Routes are shortest paths by latency; each physical link bec
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -38,6 +39,14 @@ class Topology:
     links: dict[tuple[str, str], DirectedLink]
     uplink_routes: dict[int, tuple[tuple[str, str], ...]]
     downlink_routes: dict[int, tuple[tuple[str, str], ...]]
+
+    @property
+    def shared_links(self) -> tuple[tuple[str, str], ...]:
+        """Directed links on more than one client's route (backhauls, the server's link)."""
+        uses = Counter(
+            link for routes in (self.uplink_routes, self.downlink_routes) for r in routes.values() for link in r
+        )
+        return tuple(link for link in self.links if uses[link] > 1)
 
 
 def build_graph(scenario: LoadedScenario) -> nx.Graph:
@@ -74,10 +83,13 @@ def build_topology(scenario: LoadedScenario) -> Topology:
     def latency(a: str, b: str, attrs: dict) -> float:
         return attrs["profile"].latency
 
+    # One Dijkstra from the server gives every client's route (a path per client would
+    # make building a fleet of thousands quadratic).
+    from_server = nx.single_source_dijkstra_path(graph, SERVER, weight=latency)
     up: dict[int, tuple[tuple[str, str], ...]] = {}
     down: dict[int, tuple[tuple[str, str], ...]] = {}
     for client in scenario.clients:
-        path = nx.shortest_path(graph, client_node(client.client_id), SERVER, weight=latency)
+        path = from_server[client_node(client.client_id)][::-1]
         up[client.client_id] = tuple(pairwise(path))
         down[client.client_id] = tuple((b, a) for a, b in reversed(up[client.client_id]))
     return Topology(graph, links, up, down)

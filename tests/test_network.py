@@ -1,5 +1,6 @@
 """The flow network against closed-form results, and max-min fairness as a law."""
 
+import itertools
 import math
 
 import numpy as np
@@ -174,3 +175,73 @@ def test_flows_finish_at_any_simulated_time(clock_start_s):
     assert len(done) == 6
     total_bits = sum(8 * s for *_, s in starts)
     assert max(done.values()) == pytest.approx(clock_start_s + total_bits / (7.3 * MBIT), rel=1e-9)
+
+
+def reference_finish_times(links, flows):
+    """Brute force: per-flow max-min rates recomputed at every start and finish."""
+    capacity = {name: link.capacity_bps for name, link in links.items()}
+    pending = sorted((start, name) for name, (start, _, _) in flows.items())
+    remaining, active, finished, now = {}, {}, {}, 0.0
+    while pending or active:
+        rates = max_min_rates(active, capacity)
+        next_finish = min((now + remaining[f] / rates[f] for f in active), default=math.inf)
+        next_start = pending[0][0] if pending else math.inf
+        step_to = min(next_finish, next_start)
+        for f in active:
+            remaining[f] -= rates[f] * (step_to - now)
+        now = step_to
+        for f in [f for f in active if remaining[f] <= 1e-6 * flows[f][2] * 8]:
+            finished[f] = now
+            del active[f]
+        while pending and pending[0][0] <= now:
+            _, name = pending.pop(0)
+            active[name] = flows[name][1]
+            remaining[name] = flows[name][2] * 8.0
+    return finished
+
+
+@st.composite
+def network_cases(draw):
+    names = [f"l{i}" for i in range(draw(st.integers(1, 4)))]
+    links = {n: lossless(draw(st.floats(1 * MBIT, 100 * MBIT))) for n in names}
+    flows = {
+        f"f{j}": (
+            draw(st.floats(0.0, 1.0)),
+            draw(st.lists(st.sampled_from(names), min_size=1, max_size=len(names), unique=True)),
+            draw(st.integers(1_000, 2_000_000)),
+        )
+        for j in range(draw(st.integers(1, 10)))
+    }
+    return links, flows
+
+
+@settings(max_examples=80, deadline=None)
+@given(network_cases())
+def test_grouped_flows_finish_when_per_flow_max_min_says(case):
+    links, flows = case
+    done = run_transfers(links, [(name, start, route, size) for name, (start, route, size) in flows.items()])
+    expected = reference_finish_times(links, flows)
+    assert done == pytest.approx(expected, rel=1e-6, abs=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(network_cases())
+def test_every_byte_sent_is_delivered_and_no_link_exceeds_its_capacity(case):
+    links, flows = case
+    env = simpy.Environment()
+    network = FlowNetwork(env, links, np.random.default_rng(0))
+
+    def sender(start, route, nbytes):
+        yield env.timeout(start)
+        yield from network.transfer(route, nbytes)
+
+    for start, route, nbytes in flows.values():
+        env.process(sender(start, route, nbytes))
+    env.run()
+    for link, spec in links.items():
+        series = [s for s in network.samples if s.link == link]
+        assert all(s.rate_bps <= spec.capacity_bps * (1 + 1e-9) for s in series)
+        carried = sum(a.rate_bps * (b.time_s - a.time_s) for a, b in itertools.pairwise(series))
+        sent = sum(8 * nbytes for _, route, nbytes in flows.values() if link in route)
+        assert carried == pytest.approx(sent, rel=1e-6)
+        assert not series or series[-1].flows == 0
