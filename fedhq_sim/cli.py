@@ -67,11 +67,13 @@ def _progress_line(total: int, record: RoundRecord, host_s: float) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from fedhq_sim.engine import Simulation
-    from fedhq_sim.plots import plot_accuracy_vs_time, plot_latency_breakdown, save
+    from fedhq_sim.plots import plot_accuracy_vs_time, plot_latency_breakdown, plot_link_utilisation, save
     from fedhq_sim.results import ResultsWriter, prepare_output_dir
     from fedhq_sim.scenario import load_scenario
-    from fedhq_sim.tables import latency_breakdown, phases_frame, rounds_frame
+    from fedhq_sim.tables import latency_breakdown, links_frame, phases_frame, rounds_frame
 
     scenario = load_scenario(args.scenario)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -87,14 +89,18 @@ def _run(args: argparse.Namespace) -> int:
     for line in _feasibility_lines(simulation):
         say(line)
 
+    def link_load() -> pd.DataFrame:
+        return links_frame(simulation.network.samples, simulation.network.links)
+
     def on_round(record: RoundRecord, host_s: float) -> None:
-        writer.write_progress(simulation.rounds, simulation.phases)
+        writer.write_progress(simulation.rounds, simulation.phases, link_load())
         say(_progress_line(total, record, host_s))
 
     result = simulation.run(on_round)
     rounds, phases = rounds_frame(result.rounds), phases_frame(result.phases)
     save(plot_accuracy_vs_time(rounds), out / "accuracy_vs_time.png")
     save(plot_latency_breakdown(latency_breakdown(rounds, phases)), out / "round_latency.png")
+    save(plot_link_utilisation(link_load()), out / "link_utilisation.png")
     writer.write_run_info(
         {
             "host_seconds": round(time.perf_counter() - host_start, 3),

@@ -48,6 +48,20 @@ def plot_latency_breakdown(breakdown: pd.DataFrame, *, ax: Axes | None = None) -
     return ax
 
 
+def plot_link_utilisation(links: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
+    """Utilisation of each monitored (shared) link over simulated time, as steps."""
+    ax = _axes(ax)
+    for (name, series), colour in zip(
+        links.groupby("link", sort=True), sns.color_palette("colorblind", links["link"].nunique()), strict=True
+    ):
+        ax.step(series["time_s"], series["utilisation"], where="post", label=name, color=colour)
+    ax.set(xlabel="simulated time [s]", ylabel="utilisation [fraction of capacity]", title="Shared link utilisation")
+    ax.set_ylim(0, 1.05)
+    if len(links):
+        ax.legend(title="link", loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+    return ax
+
+
 def save(ax: Axes, path) -> None:
     """Write the figure of ``ax`` as PNG and release it."""
     ax.figure.savefig(path, dpi=120)

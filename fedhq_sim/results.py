@@ -99,9 +99,10 @@ class ResultsWriter:
         frame = pd.DataFrame([asdict(row) for row in rows], columns=[f.name for f in fields(Feasibility)])
         atomic_write_text(self.out / "feasibility.csv", frame.to_csv(index=False))
 
-    def write_progress(self, rounds: Sequence[RoundRecord], phases: Sequence[PhaseRecord]) -> None:
+    def write_progress(self, rounds: Sequence[RoundRecord], phases: Sequence[PhaseRecord], links: pd.DataFrame) -> None:
         atomic_write_text(self.out / "rounds.csv", rounds_frame(rounds).to_csv(index=False))
         atomic_write_text(self.out / "events.csv", phases_frame(phases).to_csv(index=False))
+        atomic_write_text(self.out / "link_utilisation.csv", links.to_csv(index=False))
 
     def write_run_info(self, extra: dict[str, Any]) -> None:
         info = {

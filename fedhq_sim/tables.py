@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 
 import pandas as pd
 
+from fedhq_sim.network import DirectedLink, LinkSample
 from fedhq_sim.records import PhaseRecord, RoundRecord, column_names
 
 LATENCY_PARTS = ("download", "compute", "upload", "waiting", "server")
@@ -18,6 +19,30 @@ def rounds_frame(rounds: Sequence[RoundRecord]) -> pd.DataFrame:
 
 def phases_frame(phases: Sequence[PhaseRecord]) -> pd.DataFrame:
     return pd.DataFrame([asdict(p) for p in phases], columns=column_names(PhaseRecord))
+
+
+LINK_COLUMNS = ["time_s", "link", "capacity_bps", "rate_bps", "utilisation", "flows"]
+
+
+def link_name(link: object) -> str:
+    """``("site:hall", "core")`` -> ``"site:hall->core"``: a directed link, readable in a CSV."""
+    return "->".join(map(str, link)) if isinstance(link, tuple) else str(link)
+
+
+def links_frame(samples: Sequence[LinkSample], links: Mapping[object, DirectedLink]) -> pd.DataFrame:
+    """Each monitored link's load from each sample's time until the next: bit/s, share, flows."""
+    rows = [
+        {
+            "time_s": s.time_s,
+            "link": link_name(s.link),
+            "capacity_bps": links[s.link].capacity_bps,
+            "rate_bps": s.rate_bps,
+            "utilisation": s.rate_bps / links[s.link].capacity_bps,
+            "flows": s.flows,
+        }
+        for s in samples
+    ]
+    return pd.DataFrame(rows, columns=LINK_COLUMNS)
 
 
 def latency_breakdown(rounds: pd.DataFrame, phases: pd.DataFrame) -> pd.DataFrame:

@@ -17,8 +17,11 @@ EXPECTED_FILES = {
     "run.json",
     "rounds.csv",
     "events.csv",
+    "feasibility.csv",
+    "link_utilisation.csv",
     "accuracy_vs_time.png",
     "round_latency.png",
+    "link_utilisation.png",
 }
 
 
@@ -52,10 +55,22 @@ def test_a_run_writes_every_result_file(two_runs):
     assert (events["end_s"] >= events["start_s"]).all()
     assert set(events["strategy"]) <= {"ptq8", "qat8"}
     assert (events.loc[events["phase"] == "upload", "nbytes"] > 0).all()
+    links = pd.read_csv(out / "link_utilisation.csv")
+    # Shared links only: each site's backhaul and the server's link, both directions.
+    assert set(links["link"]) == {
+        "site:hall->core",
+        "core->site:hall",
+        "site:yard->core",
+        "core->site:yard",
+        "core->server",
+        "server->core",
+    }
+    assert (links["utilisation"] <= 1 + 1e-9).all() and (links["flows"] >= 0).all()
+    assert links.groupby("link")["flows"].last().eq(0).all()  # every transfer ended
 
 
 def test_same_seed_gives_identical_files_and_another_seed_does_not(two_runs):
-    for name in ("rounds.csv", "events.csv"):
+    for name in ("rounds.csv", "events.csv", "feasibility.csv", "link_utilisation.csv"):
         assert (two_runs["a"] / name).read_bytes() == (two_runs["b"] / name).read_bytes()
     assert (two_runs["a"] / "events.csv").read_bytes() != (two_runs["other"] / "events.csv").read_bytes()
 
