@@ -23,12 +23,12 @@ from fedhq_sim.data import DATASETS, FederatedData, PartitionError, federate
 from fedhq_sim.errors import InputError
 from fedhq_sim.feasibility import Feasibility, check_client, payload_bytes, training_step, transfer_floor_s
 from fedhq_sim.models import build_model
-from fedhq_sim.network import FlowNetwork
+from fedhq_sim.network import FlowNetwork, TransferStalledError
 from fedhq_sim.policies import ClientInfo, ClientReport, Policy, RoundContext
 from fedhq_sim.quant.payload import encode_fp32
 from fedhq_sim.quant.strategy import FP32, SUPPORTED_BITS, Strategy
 from fedhq_sim.records import PhaseRecord, RoundRecord
-from fedhq_sim.scenario import ClientSpec, LoadedScenario
+from fedhq_sim.scenario import ClientSpec, LoadedScenario, Outage
 from fedhq_sim.server_work import evaluate_global, server_round
 from fedhq_sim.topology import Topology, build_topology
 from fedhq_sim.training import LocalConfig, LocalResult, local_work
@@ -91,8 +91,14 @@ class Simulation:
         self.data = federated_data(scenario, self.rng["partition"])
         self.topology: Topology = build_topology(scenario)
         self.network = FlowNetwork(
-            self.env, self.topology.links, self.rng["network"], monitored=self.topology.shared_links
+            self.env,
+            self.topology.links,
+            self.rng["network"],
+            monitored=self.topology.shared_links,
+            stall_timeout_s=spec.network.stall_timeout,
         )
+        for outage in scenario.outages:
+            self.env.process(self._outage(outage))
         self.feasibility = self._check_clients()
         self.able: dict[int, frozenset[str]] = {
             c.client_id: frozenset(f.strategy for f in self.feasibility if f.client_id == c.client_id and f.able)
@@ -133,6 +139,16 @@ class Simulation:
         ).state_dict()
         self.rounds: list[RoundRecord] = []
         self.phases: list[PhaseRecord] = []
+
+    def _outage(self, outage: Outage) -> Generator:
+        """Take both directions of a physical link down for the outage's window."""
+        a, b = outage.nodes
+        yield self.env.timeout(outage.start_s)
+        for link in ((a, b), (b, a)):
+            self.network.set_down(link, True)
+        yield self.env.timeout(outage.end_s - outage.start_s)
+        for link in ((a, b), (b, a)):
+            self.network.set_down(link, False)
 
     def _candidate_strategies(self) -> tuple[Strategy, ...]:
         """fp32 and both quantized strategies at the policy's width (8 bits for ``all-fp32``)."""
@@ -233,6 +249,9 @@ class Simulation:
         except simpy.Interrupt:
             self._record(r, client, phase, strategy, nbytes, start, "dropped")
             return _Outcome(cid, strategy, None)
+        except TransferStalledError as error:
+            self._record(r, client, phase, strategy, nbytes, start, "failed", str(error))
+            return _Outcome(cid, strategy, None)
 
     def _round(self, r: int) -> Generator:
         spec = self.scenario.spec
@@ -277,6 +296,7 @@ class Simulation:
             fp32_acc, deployed_acc = previous.fp32_accuracy, previous.deployed_accuracy
 
         unable = {p.client_id for p in self.phases[first_phase:] if p.status == "unable"}
+        failed = {p.client_id for p in self.phases[first_phase:] if p.status == "failed"}
         kinds = [o.strategy.kind for o in outcomes if o.client_id not in unable]
         losses = [o.result.train_loss for o in reported]
         this_round = self.phases[first_phase:]
@@ -297,7 +317,8 @@ class Simulation:
                 server_s=server_s,
                 selected=len(selected),
                 reported=len(reported),
-                dropped=len(selected) - len(reported) - len(unable),
+                dropped=len(selected) - len(reported) - len(unable) - len(failed),
+                failed=len(failed),
                 unable=len(unable),
                 n_fp32=kinds.count("fp32"),
                 n_ptq=kinds.count("ptq"),

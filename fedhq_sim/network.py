@@ -47,6 +47,10 @@ class DirectedLink:
     loss: float
 
 
+class TransferStalledError(Exception):
+    """A transfer gave up: a link on its route was down for longer than the stall timeout."""
+
+
 @dataclass(frozen=True)
 class LinkSample:
     """A link's load from ``time_s`` until its next sample: throughput and flows crossing it."""
@@ -114,6 +118,7 @@ class _Flow:
     group: _Group | None = None
     finish_service: float = 0.0  # the group's service at which this flow has all its bits
     ticket: int = 0  # which heap entry is current (a flow moves between groups)
+    stall: object = None  # the current stall watch; a newer one (or none) cancels an older
 
 
 @dataclass(eq=False)
@@ -131,6 +136,9 @@ class FlowNetwork:
 
     ``monitored`` names the links whose load is sampled into :attr:`samples` (default: all);
     a fleet's own access links carry one transfer each and are better read from its events.
+    A link can go down (:meth:`set_down`): flows crossing it stall at zero rate and resume
+    when it comes back, or, with ``stall_timeout_s``, fail with :class:`TransferStalledError` once
+    they have been stalled that long.
     """
 
     def __init__(
@@ -139,10 +147,13 @@ class FlowNetwork:
         links: Mapping[LinkId, DirectedLink],
         rng: np.random.Generator,
         monitored: Iterable[LinkId] | None = None,
+        stall_timeout_s: float | None = None,
     ) -> None:
         self.env = env
         self.links = dict(links)
         self._capacity = {link: spec.capacity_bps for link, spec in self.links.items()}
+        self._down: set[LinkId] = set()
+        self.stall_timeout_s = stall_timeout_s
         self.rng = rng
         self.monitored = tuple(self.links if monitored is None else monitored)
         self.samples: list[LinkSample] = []
@@ -182,6 +193,8 @@ class FlowNetwork:
         flow = _Flow(tuple(route), nbytes * 8.0, self._tcp_ceiling(route), self.env.event())
         self._advance()
         self._join(flow)
+        if self._down.intersection(flow.route):
+            self._watch_stall(flow)
         self._reallocate()
         try:
             yield flow.done
@@ -192,11 +205,48 @@ class FlowNetwork:
                 self._reallocate()
             raise
 
+    # -- outages --------------------------------------------------------------------------
+
+    def set_down(self, link: LinkId, down: bool) -> None:
+        """Take ``link`` down (it carries nothing) or bring it back up, now."""
+        if (link in self._down) == down:
+            return
+        self._advance()
+        if down:
+            self._down.add(link)
+            self._capacity[link] = 0.0
+        else:
+            self._down.discard(link)
+            self._capacity[link] = self.links[link].capacity_bps
+        for flow in list(self._link_flows[link]):
+            if flow.group is not None:
+                self._place(flow, self._unplace(flow))  # a private link's capacity is in the key
+            if down:
+                self._watch_stall(flow)
+            elif not self._down.intersection(flow.route):
+                flow.stall = None
+        self._reallocate()
+
+    def _watch_stall(self, flow: _Flow) -> None:
+        if self.stall_timeout_s is None or flow.stall is not None:
+            return
+        token = flow.stall = object()
+
+        def give_up(_event: simpy.Event) -> None:
+            if flow.stall is token and flow.group is not None:
+                down = [link for link in flow.route if link in self._down]
+                self._advance()
+                self._leave(flow)
+                flow.done.fail(TransferStalledError(f"link {down[0]} down for more than {self.stall_timeout_s:g} s"))
+                self._reallocate()
+
+        self.env.timeout(self.stall_timeout_s).callbacks.append(give_up)
+
     # -- groups -------------------------------------------------------------------------
 
     def _key(self, flow: _Flow) -> tuple[tuple[LinkId, ...], float]:
         shared = tuple(link for link in flow.route if len(self._link_flows[link]) > 1)
-        private = (self.links[link].capacity_bps for link in flow.route if len(self._link_flows[link]) == 1)
+        private = (self._capacity[link] for link in flow.route if len(self._link_flows[link]) == 1)
         return shared, min([flow.tcp_ceiling_bps, *private])
 
     def _place(self, flow: _Flow, remaining_bits: float) -> None:
@@ -281,7 +331,9 @@ class FlowNetwork:
         self._sample(groups)
         self._epoch += 1
         waits = [
-            (head.finish_service - g.service_bits) / g.rate_bps for g in groups if (head := self._head(g)) is not None
+            (head.finish_service - g.service_bits) / g.rate_bps
+            for g in groups
+            if g.rate_bps > 0 and (head := self._head(g)) is not None
         ]
         if waits:
             epoch = self._epoch
@@ -301,6 +353,7 @@ class FlowNetwork:
         for link in self.monitored:
             flows = self._link_flows[link]
             rate = load[link] if len(flows) != 1 else next(iter(flows)).group.rate_bps
+            rate = 0.0 if link in self._down else rate
             if self._last_sample.get(link) != (rate, len(flows)):
                 self._last_sample[link] = (rate, len(flows))
                 self.samples.append(LinkSample(self.env.now, link, rate, len(flows)))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from typing import Literal
 
 Phase = Literal["download", "compute", "upload"]
-Status = Literal["completed", "dropped", "unable"]
+Status = Literal["completed", "dropped", "failed", "unable"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class RoundRecord:
     selected: int
     reported: int
     dropped: int
+    failed: int
     unable: int
     n_fp32: int
     n_ptq: int

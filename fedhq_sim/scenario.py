@@ -18,7 +18,7 @@ from fedhq_sim.errors import InputError
 from fedhq_sim.models import IMAGE_MODELS
 from fedhq_sim.policies import POLICIES, Policy, PolicyOptions
 from fedhq_sim.profiles import DeviceProfile, LinkProfile, ProfileLibrary
-from fedhq_sim.schema import Seconds, StrictModel, validate
+from fedhq_sim.schema import NonNegativeSeconds, Seconds, StrictModel, validate
 from fedhq_sim.yamlio import load_yaml_mapping
 
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -70,6 +70,25 @@ class TrainingSpec(StrictModel):
     round_deadline: Seconds
 
 
+class OutageSpec(StrictModel):
+    """A window in which one physical link carries nothing, in either direction.
+
+    ``link`` names it: ``server`` (the server's link), ``backhaul:<site>`` or
+    ``access:<client>`` (a client's own link, e.g. ``access:assembly/rpi4-0``).
+    """
+
+    link: str
+    start: NonNegativeSeconds
+    duration: Seconds
+
+
+class NetworkSpec(StrictModel):
+    """Outage windows, and how long a transfer may stall in one before it fails."""
+
+    outages: list[OutageSpec] = Field(default_factory=list)
+    stall_timeout: Seconds | None = None
+
+
 class PolicySpec(StrictModel):
     """The assignment policy by registered name; its own options are checked by the policy."""
 
@@ -90,6 +109,16 @@ class ScenarioSpec(StrictModel):
     model: Literal["small_cnn", "resnet8", "mlp"]
     training: TrainingSpec
     policy: PolicySpec
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
+
+
+@dataclass(frozen=True)
+class Outage:
+    """An outage resolved to its physical link: the pair of nodes it joins, in the topology."""
+
+    nodes: tuple[str, str]
+    start_s: float
+    end_s: float
 
 
 @dataclass(frozen=True)
@@ -115,6 +144,7 @@ class LoadedScenario:
     backhauls: dict[str, LinkProfile]
     policy_class: type[Policy]
     policy_options: PolicyOptions
+    outages: tuple[Outage, ...] = ()
 
     def resolved(self) -> dict[str, Any]:
         """Everything the run used, in SI units, for the results folder."""
@@ -190,6 +220,7 @@ def load_scenario(path: Path | str) -> LoadedScenario:
             f"asks for {spec.training.clients_per_round} clients per round but the fleet has {len(clients)}",
         )
     policy_class, options = _resolve_policy(spec, path)
+    outages = _resolve_outages(spec, clients, path)
     return LoadedScenario(
         path=path,
         spec=spec,
@@ -199,4 +230,29 @@ def load_scenario(path: Path | str) -> LoadedScenario:
         backhauls=backhauls,
         policy_class=policy_class,
         policy_options=options,
+        outages=outages,
     )
+
+
+def _resolve_outages(spec: ScenarioSpec, clients: list[ClientSpec], path: Path) -> tuple[Outage, ...]:
+    """Each outage's ``link`` as the node pair of its physical link (names as in topology.py)."""
+    sites = {s.name for s in spec.sites}
+    by_name = {c.name: c for c in clients}
+    resolved = []
+    for index, outage in enumerate(spec.network.outages):
+        kind, _, name = outage.link.partition(":")
+        if outage.link == "server":
+            nodes = ("core", "server")
+        elif kind == "backhaul" and name in sites:
+            nodes = (f"site:{name}", "core")
+        elif kind == "access" and name in by_name:
+            nodes = (f"client:{by_name[name].client_id}", f"site:{by_name[name].site}")
+        else:
+            raise InputError(
+                path,
+                f"network.outages[{index}].link",
+                f"'{outage.link}' names no link; use 'server', 'backhaul:<site>' (sites: {', '.join(sorted(sites))}) "
+                "or 'access:<client>' (e.g. 'access:" + next(iter(by_name)) + "')",
+            )
+        resolved.append(Outage(nodes, outage.start, outage.start + outage.duration))
+    return tuple(resolved)

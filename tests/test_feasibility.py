@@ -181,3 +181,42 @@ def test_every_policy_runs_a_round_end_to_end(write_scenario, policy):
     expected = {"all-fp32": "n_fp32", "all-ptq": "n_ptq", "all-qat": "n_qat"}.get(policy)
     if expected:
         assert getattr(record, expected) == 3
+
+
+def _with_hall_outage(stall_timeout=None):
+    data = tiny_scenario_dict()
+    data["training"]["rounds"] = 1
+    data["training"]["clients_per_round"] = 4
+    data["network"] = {"outages": [{"link": "backhaul:hall", "start": "0 s", "duration": "20 s"}]}
+    if stall_timeout:
+        data["network"]["stall_timeout"] = stall_timeout
+    return data
+
+
+def test_a_backhaul_outage_stalls_the_site_and_the_round_waits_it_out(write_scenario):
+    calm = tiny_scenario_dict()
+    calm["training"].update(rounds=1, clients_per_round=4)
+    before = Simulation(load_scenario(write_scenario(calm))).run().rounds[-1]
+    after = Simulation(load_scenario(write_scenario(_with_hall_outage()))).run().rounds[-1]
+    assert before.latency_s < 5 and after.latency_s > 20
+    assert after.reported == 4 and after.failed == 0
+
+
+def test_a_transfer_stalled_past_the_timeout_fails_and_is_logged(write_scenario):
+    result = Simulation(load_scenario(write_scenario(_with_hall_outage("2 s")))).run()
+    failed = [p for p in result.phases if p.status == "failed"]
+    assert {p.site for p in failed} == {"hall"} and len(failed) == 2
+    assert all(p.phase == "download" and p.end_s == pytest.approx(p.start_s + 2.0, abs=0.05) for p in failed)
+    assert all("down for more than 2 s" in p.reason for p in failed)
+    record = result.rounds[-1]
+    assert (record.failed, record.reported, record.dropped) == (2, 2, 0)
+
+
+def test_an_outage_on_an_unknown_link_is_an_input_error(write_scenario, capsys):
+    data = _with_hall_outage()
+    data["network"]["outages"][0]["link"] = "backhaul:roof"
+    assert main(["validate", str(write_scenario(data))]) == 2
+    assert (
+        "network.outages[0].link: 'backhaul:roof' names no link; use 'server', 'backhaul:<site>'"
+        in capsys.readouterr().err
+    )

@@ -9,7 +9,7 @@ import simpy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedhq_sim.network import DirectedLink, FlowNetwork, mathis_rate_bps, max_min_rates
+from fedhq_sim.network import DirectedLink, FlowNetwork, TransferStalledError, mathis_rate_bps, max_min_rates
 
 MBIT = 1e6
 
@@ -245,3 +245,78 @@ def test_every_byte_sent_is_delivered_and_no_link_exceeds_its_capacity(case):
         sent = sum(8 * nbytes for _, route, nbytes in flows.values() if link in route)
         assert carried == pytest.approx(sent, rel=1e-6)
         assert not series or series[-1].flows == 0
+
+
+def _outage_run(stall_timeout_s, window=(0.4, 0.3)):
+    """One 1 MB upload over two hops (8 Mbit/s access, 8 Mbit/s backhaul); the backhaul goes
+    down at ``window[0]`` for ``window[1]`` seconds."""
+    env = simpy.Environment()
+    links = {"access": lossless(8 * MBIT), "backhaul": lossless(8 * MBIT)}
+    network = FlowNetwork(env, links, np.random.default_rng(0), stall_timeout_s=stall_timeout_s)
+    result = {}
+
+    def upload():
+        try:
+            yield from network.transfer(["access", "backhaul"], 1_000_000)
+            result["done"] = env.now
+        except TransferStalledError as error:
+            result["failed"] = (env.now, str(error))
+
+    def outage():
+        yield env.timeout(window[0])
+        network.set_down("backhaul", True)
+        yield env.timeout(window[1])
+        network.set_down("backhaul", False)
+
+    env.process(upload())
+    env.process(outage())
+    env.run()
+    return result, network
+
+
+def test_an_outage_in_the_middle_of_an_upload_delays_it_by_its_length():
+    result, network = _outage_run(stall_timeout_s=None)
+    assert result == {"done": pytest.approx(1.0 + 0.3)}
+    backhaul = [(s.time_s, s.rate_bps) for s in network.samples if s.link == "backhaul"]
+    assert backhaul == [
+        (0.0, 8 * MBIT),
+        (pytest.approx(0.4), 0.0),
+        (pytest.approx(0.7), 8 * MBIT),
+        (pytest.approx(1.3), 0.0),
+    ]
+
+
+def test_an_upload_stalled_longer_than_the_timeout_fails_after_the_timeout():
+    result, network = _outage_run(stall_timeout_s=0.2)
+    assert result["failed"][0] == pytest.approx(0.4 + 0.2)
+    assert "link backhaul down for more than 0.2 s" in result["failed"][1]
+    assert network.active_flows == 0
+
+
+def test_an_outage_shorter_than_the_timeout_only_delays():
+    result, _ = _outage_run(stall_timeout_s=0.5)
+    assert result == {"done": pytest.approx(1.3)}
+
+
+def test_other_flows_keep_the_capacity_a_stalled_flow_cannot_use():
+    env = simpy.Environment()
+    links = {"a": lossless(8 * MBIT), "b": lossless(8 * MBIT), "shared": lossless(8 * MBIT)}
+    network = FlowNetwork(env, links, np.random.default_rng(0))
+    done = {}
+
+    def upload(name, route):
+        yield from network.transfer(route, 1_000_000)
+        done[name] = env.now
+
+    def outage():
+        yield env.timeout(0.0)
+        network.set_down("a", True)
+        yield env.timeout(1.0)
+        network.set_down("a", False)
+
+    env.process(upload("x", ["a", "shared"]))
+    env.process(upload("y", ["b", "shared"]))
+    env.process(outage())
+    env.run()
+    # y has the shared link alone while a is down: 1 s; then x alone: 1 s more.
+    assert done == {"y": pytest.approx(1.0), "x": pytest.approx(2.0)}
