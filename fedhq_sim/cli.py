@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedhq_sim.errors import InputError
+from fedhq_sim.errors import InputError, SimulationError
 from fedhq_sim.records import RoundRecord
 
 if TYPE_CHECKING:  # the engine imports torch; the CLI loads it only for commands that need it
@@ -224,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except SimulationError as error:
+        print(f"error: the simulation stopped: {error}; completed rounds are saved", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; completed rounds are saved in the results folder", file=sys.stderr)
         return 130

@@ -10,6 +10,7 @@ evaluates for real, charged on its own profile. Host time never enters simulated
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, fields
@@ -20,7 +21,7 @@ import torch
 
 from fedhq_sim.charge import charge_seconds, compute_joules
 from fedhq_sim.data import DATASETS, FederatedData, PartitionError, federate
-from fedhq_sim.errors import InputError
+from fedhq_sim.errors import InputError, SimulationError
 from fedhq_sim.feasibility import Feasibility, check_client, payload_bytes, training_step, transfer_floor_s
 from fedhq_sim.models import build_model
 from fedhq_sim.network import FlowNetwork, TransferStalledError
@@ -50,6 +51,7 @@ class _Outcome:
 
 
 RoundCallback = Callable[[RoundRecord, float], None]
+OFFLINE = "client offline"  # the interrupt cause of a client whose availability ended
 
 
 def _streams(seed: int) -> dict[str, np.random.Generator]:
@@ -139,6 +141,12 @@ class Simulation:
         ).state_dict()
         self.rounds: list[RoundRecord] = []
         self.phases: list[PhaseRecord] = []
+
+    def _offline_watch(self, proc: simpy.Process, offline_at: float) -> Generator:
+        """Fail a client's round when its availability ends before the round does."""
+        yield self.env.timeout(offline_at - self.env.now)
+        if proc.is_alive:
+            proc.interrupt(OFFLINE)
 
     def _outage(self, outage: Outage) -> Generator:
         """Take both directions of a physical link down for the outage's window."""
@@ -246,8 +254,12 @@ class Simulation:
             yield from self.network.transfer(self.topology.uplink_routes[cid], nbytes)
             self._record(r, client, phase, strategy, nbytes, start, "completed")
             return _Outcome(cid, strategy, result)
-        except simpy.Interrupt:
-            self._record(r, client, phase, strategy, nbytes, start, "dropped")
+        except simpy.Interrupt as interrupt:
+            if interrupt.cause == OFFLINE:
+                reason = f"went offline at {self.env.now:.3f} s (shift, maintenance or trace)"
+                self._record(r, client, phase, strategy, nbytes, start, "failed", reason)
+            else:
+                self._record(r, client, phase, strategy, nbytes, start, "dropped")
             return _Outcome(cid, strategy, None)
         except TransferStalledError as error:
             self._record(r, client, phase, strategy, nbytes, start, "failed", str(error))
@@ -257,14 +269,24 @@ class Simulation:
         spec = self.scenario.spec
         start = self.env.now
         first_phase = len(self.phases)
-        n_select = min(spec.training.clients_per_round, len(self.eligible))
-        selected = tuple(sorted(int(i) for i in self.rng["selection"].choice(self.eligible, n_select, replace=False)))
+        availability = self.scenario.availability
+        ready_at = availability.next_available(self.eligible, self.env.now)
+        if ready_at == math.inf:
+            raise SimulationError(f"round {r}: no client is available at {self.env.now:.1f} s or later")
+        yield self.env.timeout(ready_at - self.env.now)  # the server waits for someone to be on
+        candidates = [cid for cid in self.eligible if availability.available(cid, self.env.now)]
+        n_select = min(spec.training.clients_per_round, len(candidates))
+        selected = tuple(sorted(int(i) for i in self.rng["selection"].choice(candidates, n_select, replace=False)))
         assignment = self.policy.assign(RoundContext(r, selected))
         model_payload = encode_fp32(self.global_state)
         procs = [
             self.env.process(self._client_round(r, self.scenario.clients[cid], assignment[cid], model_payload))
             for cid in selected
         ]
+        for cid, proc in zip(selected, procs, strict=True):
+            offline_at = availability.next_change(cid, self.env.now)
+            if offline_at < start + spec.training.round_deadline + (ready_at - start):
+                self.env.process(self._offline_watch(proc, offline_at))
         yield self.env.all_of(procs) | self.env.timeout(spec.training.round_deadline)
         collect_end = self.env.now
         # The deadline is inclusive: work that ends at this very instant (an upload whose last

@@ -266,6 +266,7 @@ class FlowNetwork:
         assert group is not None
         del group.flows[flow]
         flow.group = None
+        flow.ticket = -1  # its heap entry is stale from now on
         if not group.flows:
             del self._groups[(group.shared, group.ceiling_bps)]
         return flow.finish_service - group.service_bits

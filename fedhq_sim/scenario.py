@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from fedhq_sim.availability import DAY_S, Availability, ClientAvailability, Window, read_trace
 from fedhq_sim.errors import InputError
 from fedhq_sim.models import IMAGE_MODELS
 from fedhq_sim.policies import POLICIES, Policy, PolicyOptions
@@ -89,6 +90,47 @@ class NetworkSpec(StrictModel):
     stall_timeout: Seconds | None = None
 
 
+class ShiftSpec(StrictModel):
+    """A daily window (time of day, e.g. ``6 h`` to ``14 h``; ``22 h`` to ``6 h`` crosses midnight)."""
+
+    start: NonNegativeSeconds
+    end: NonNegativeSeconds
+    sites: list[str] | None = None  # default: every site
+
+    @model_validator(mode="after")
+    def _within_a_day(self) -> ShiftSpec:
+        for key in ("start", "end"):
+            if getattr(self, key) >= DAY_S:
+                raise ValueError(f"{key} is a time of day and must be below 24 h")
+        if self.start == self.end:
+            raise ValueError("start and end are equal: the shift would be empty")
+        return self
+
+
+class MaintenanceSpec(StrictModel):
+    """A window (simulated time) in which a site's clients, or one client, are unavailable."""
+
+    site: str | None = None
+    client: str | None = None
+    start: NonNegativeSeconds
+    duration: Seconds
+
+    @model_validator(mode="after")
+    def _one_target(self) -> MaintenanceSpec:
+        if (self.site is None) == (self.client is None):
+            raise ValueError("name exactly one of 'site' or 'client'")
+        return self
+
+
+class AvailabilitySpec(StrictModel):
+    """When clients can take part (see :mod:`fedhq_sim.availability`)."""
+
+    day_start: NonNegativeSeconds = 0.0
+    shifts: list[ShiftSpec] = Field(default_factory=list)
+    maintenance: list[MaintenanceSpec] = Field(default_factory=list)
+    trace: str | None = None  # CSV path, relative to the scenario file
+
+
 class PolicySpec(StrictModel):
     """The assignment policy by registered name; its own options are checked by the policy."""
 
@@ -110,6 +152,7 @@ class ScenarioSpec(StrictModel):
     training: TrainingSpec
     policy: PolicySpec
     network: NetworkSpec = Field(default_factory=NetworkSpec)
+    availability: AvailabilitySpec = Field(default_factory=AvailabilitySpec)
 
 
 @dataclass(frozen=True)
@@ -144,7 +187,8 @@ class LoadedScenario:
     backhauls: dict[str, LinkProfile]
     policy_class: type[Policy]
     policy_options: PolicyOptions
-    outages: tuple[Outage, ...] = ()
+    outages: tuple[Outage, ...]
+    availability: Availability
 
     def resolved(self) -> dict[str, Any]:
         """Everything the run used, in SI units, for the results folder."""
@@ -221,6 +265,7 @@ def load_scenario(path: Path | str) -> LoadedScenario:
         )
     policy_class, options = _resolve_policy(spec, path)
     outages = _resolve_outages(spec, clients, path)
+    availability = _resolve_availability(spec, clients, path)
     return LoadedScenario(
         path=path,
         spec=spec,
@@ -231,7 +276,41 @@ def load_scenario(path: Path | str) -> LoadedScenario:
         policy_class=policy_class,
         policy_options=options,
         outages=outages,
+        availability=availability,
     )
+
+
+def _resolve_availability(spec: ScenarioSpec, clients: list[ClientSpec], path: Path) -> Availability:
+    """Per-client shift, maintenance and trace rules; unknown sites or clients are input errors."""
+    rules = spec.availability
+    sites = {s.name for s in spec.sites}
+    by_name = {c.name: c.client_id for c in clients}
+    if rules.day_start >= DAY_S:
+        raise InputError(path, "availability.day_start", "is a time of day and must be below 24 h")
+    for index, shift in enumerate(rules.shifts):
+        unknown = sorted(set(shift.sites or ()) - sites)
+        if unknown:
+            raise InputError(path, f"availability.shifts[{index}].sites", f"unknown site '{unknown[0]}'")
+    maintenance: dict[int, list[Window]] = {}
+    for index, window in enumerate(rules.maintenance):
+        if window.site is not None and window.site not in sites:
+            raise InputError(path, f"availability.maintenance[{index}].site", f"unknown site '{window.site}'")
+        if window.client is not None and window.client not in by_name:
+            raise InputError(path, f"availability.maintenance[{index}].client", f"unknown client '{window.client}'")
+        for client in clients:
+            if client.site == window.site or client.name == window.client:
+                maintenance.setdefault(client.client_id, []).append(
+                    Window(window.start, window.start + window.duration)
+                )
+    trace = read_trace(path.parent / rules.trace, by_name, path, "availability.trace") if rules.trace else {}
+    per_client = {}
+    for client in clients:
+        shifts = tuple(Window(s.start, s.end) for s in rules.shifts if s.sites is None or client.site in s.sites)
+        windows = tuple(maintenance.get(client.client_id, ()))
+        traced = tuple(trace[client.client_id]) if client.client_id in trace else None
+        if shifts or windows or traced is not None:
+            per_client[client.client_id] = ClientAvailability(shifts, windows, traced)
+    return Availability(per_client, rules.day_start)
 
 
 def _resolve_outages(spec: ScenarioSpec, clients: list[ClientSpec], path: Path) -> tuple[Outage, ...]:
