@@ -15,4 +15,9 @@ def fedavg(updates: Sequence[tuple[dict[str, torch.Tensor], int]]) -> dict[str, 
     if total <= 0:
         raise ValueError("fedavg needs a positive total sample count")
     keys = updates[0][0].keys()
-    return {key: sum(state[key] * (n / total) for state, n in updates) for key in keys}
+    first = updates[0][0]
+    # Counters such as batch norm's num_batches_tracked are not weights: keep the first.
+    return {
+        key: sum(state[key] * (n / total) for state, n in updates) if first[key].is_floating_point() else first[key]
+        for key in keys
+    }

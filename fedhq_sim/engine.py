@@ -304,6 +304,7 @@ class Simulation:
         if reported:
             result = server_round(
                 [(o.result.payload, o.result.num_samples) for o in reported],
+                self.global_state,
                 spec.model,
                 self.data.num_classes,
                 self.data.server_calibration,

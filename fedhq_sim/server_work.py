@@ -18,6 +18,7 @@ from fedhq_sim.aggregate import fedavg
 from fedhq_sim.data import Samples
 from fedhq_sim.models import traced_build, traced_load
 from fedhq_sim.quant import eager
+from fedhq_sim.quant.folding import unfold_batch_norm
 from fedhq_sim.quant.payload import traced_decode
 from fedhq_sim.work import WorkProfile, traced
 
@@ -67,15 +68,24 @@ def evaluate_global(
 
 def server_round(
     payloads: Sequence[tuple[bytes, int]],
+    global_state: dict[str, torch.Tensor],
     model_name: str,
     num_classes: int,
     calibration: Samples,
     test: Samples,
 ) -> ServerResult:
-    """Aggregate the reported updates and evaluate the result."""
+    """Aggregate the reported updates into ``global_state``'s parameterization and evaluate."""
     decoded = [(traced_decode(p), n) for p, n in payloads]
-    updates = [(state, n) for (state, _), n in decoded]
     decode_work = sum((work for (_, work), _ in decoded), WorkProfile())
+    model, build_work = traced_build(model_name, num_classes, seed=0, input_shape=tuple(test.x.shape[1:]))
+    load_work = traced_load(model, global_state)
+
+    def in_global_form(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # A quantized update of a batch-norm model comes folded (see quant/folding.py).
+        return state if state.keys() == global_state.keys() else unfold_batch_norm(model, state)
+
+    updates, unfold_work = traced(lambda: [(in_global_form(state), n) for (state, _), n in decoded])
     state, aggregate_work = traced(lambda: fedavg(updates))
     fp32_acc, int8_acc, eval_work = evaluate_global(state, model_name, num_classes, calibration, test)
-    return ServerResult(state, fp32_acc, int8_acc, decode_work + aggregate_work + eval_work)
+    work = decode_work + build_work + load_work + unfold_work + aggregate_work + eval_work
+    return ServerResult(state, fp32_acc, int8_acc, work)

@@ -104,13 +104,15 @@ def local_work(global_payload: bytes, data: Samples, strategy: Strategy, cfg: Lo
         model, prepare_work = eager.traced_prepare_qat(model)
         loss, train_work = _train(model, data, cfg, strategy, seed)
         work = work + prepare_work + train_work
+        batch_norm = eager.batch_norm_state(model)
     else:
         loss, train_work = _train(model, data, cfg, strategy, seed)
+        batch_norm = eager.batch_norm_state(model)
         model, prepare_work = eager.traced_prepare_ptq(model)
         calibration = data.x[: cfg.calibration_samples]
         batches = list(torch.split(calibration, cfg.batch_size))
         _, calibrate_work = traced(lambda: eager.calibrate(model, batches))
         work = work + train_work + prepare_work + calibrate_work
     quantized, convert_work = eager.traced_convert(model)
-    payload, write_work = traced_serialize(lambda: quantized_message(quantized, strategy.bits))
+    payload, write_work = traced_serialize(lambda: quantized_message(quantized, strategy.bits, batch_norm))
     return LocalResult(payload, len(data), loss, work + convert_work + write_work)

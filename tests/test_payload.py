@@ -42,3 +42,34 @@ def test_fedavg_weights_by_sample_count():
     a = {"w": torch.tensor([0.0, 4.0])}
     b = {"w": torch.tensor([4.0, 0.0])}
     assert torch.allclose(fedavg([(a, 1), (b, 3)])["w"], torch.tensor([3.0, 1.0]))
+
+
+def test_a_quantized_resnet_update_unfolds_to_the_clients_unfused_model():
+    from fedhq_sim.quant.folding import unfold_batch_norm
+
+    client = build_model("resnet8", 10, seed=1)
+    with torch.no_grad():  # batch-norm statistics and scales far from their initial values
+        for module in client.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    client.eval()
+    batch_norm = eager.batch_norm_state(client)
+    assert len(batch_norm) == 4 * 9  # nine batch norms, four tensors each
+    prepared = eager.prepare_ptq(client)
+    x = torch.rand(64, 1, 8, 8)
+    eager.calibrate(prepared, [x])
+    folded = decode_to_fp32(encode_quantized(eager.convert(prepared), 8, batch_norm))
+    global_model = build_model("resnet8", 10, seed=2)  # the server's model: other weights, other statistics
+    unfolded = unfold_batch_norm(global_model, folded)
+    for key, value in batch_norm.items():
+        if not key.endswith(".bias"):
+            assert torch.equal(unfolded[key], value), key
+    restored = build_model("resnet8", 10, seed=3)
+    restored.load_state_dict(unfolded)
+    restored.eval()
+    with torch.no_grad():
+        gap = (restored(x) - client(x)).abs().max() / client(x).abs().max()
+    assert gap < 0.05  # int8 weight rounding only

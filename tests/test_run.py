@@ -154,3 +154,14 @@ def test_an_image_model_on_tabular_data_is_refused(write_scenario, capsys):
     err = capsys.readouterr().err.strip()
     expected = "model: small_cnn needs 8x8 images but dataset 'plant_sensors' is tabular; use mlp, or dataset digits"
     assert err == f"error: {path}: {expected}"
+
+
+def test_resnet8_learns_with_quantized_updates(write_scenario):
+    from fedhq_sim.engine import simulate
+
+    data = tiny_scenario_dict()
+    data["model"] = "resnet8"
+    data["training"].update(rounds=3, clients_per_round=4, local_epochs=2)
+    result = simulate(load_scenario(write_scenario(data)))  # hybrid: PTQ and QAT updates, folded
+    assert result.rounds[0].deployed_accuracy < 0.2
+    assert result.rounds[-1].deployed_accuracy > 0.5

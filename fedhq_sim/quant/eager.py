@@ -123,6 +123,28 @@ def run_int8(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
 
+_NORM_PARAMS = ("weight", "bias", "running_mean", "running_var")
+
+
+def batch_norm_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The batch-norm parameters of a trained model, by their names in the unfused model.
+
+    Works on the unfused fp32 model (PTQ trains it) and on a QAT-prepared model, whose fused
+    conv+BN modules hold the batch norm as ``.bn``. Conversion folds these into the int8
+    weights; the update carries them too, so the server can undo the fold exactly.
+    """
+    modules = dict(model.named_modules())
+    state: dict[str, torch.Tensor] = {}
+    for group in getattr(model, "fuse_groups", ()):
+        fused_norm = getattr(modules.get(group[0]), "bn", None)
+        for norm_name in group[1:]:
+            norm = fused_norm if fused_norm is not None else modules.get(norm_name)
+            if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+                state |= {f"{norm_name}.{p}": getattr(norm, p).detach().clone() for p in _NORM_PARAMS}
+                break
+    return state
+
+
 def _module_count(model: nn.Module) -> int:
     return sum(1 for _ in model.modules())
 

@@ -43,8 +43,9 @@ def _quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if callable(getattr(m, "weight", None))}
 
 
-def quantized_message(model: nn.Module, bits: int) -> dict:
-    """The message of a quantized update: integer weights plus their quantization parameters."""
+def quantized_message(model: nn.Module, bits: int, batch_norm: dict[str, torch.Tensor] | None = None) -> dict:
+    """The message of a quantized update: integer weights plus their quantization parameters,
+    and the fp32 batch-norm parameters that conversion folded into them (if any)."""
     layers: dict[str, dict[str, torch.Tensor]] = {}
     for name, layer in _quantized_layers(model).items():
         weight = layer.weight()
@@ -66,12 +67,12 @@ def quantized_message(model: nn.Module, bits: int) -> dict:
             "out_scale": torch.tensor(float(layer.scale)),
             "out_zero_point": torch.tensor(int(layer.zero_point)),
         }
-    return {"format": "quantized", "bits": bits, "layers": layers}
+    return {"format": "quantized", "bits": bits, "layers": layers, "batch_norm": dict(batch_norm or {})}
 
 
-def encode_quantized(model: nn.Module, bits: int) -> bytes:
+def encode_quantized(model: nn.Module, bits: int, batch_norm: dict[str, torch.Tensor] | None = None) -> bytes:
     """Serialize a converted (int8) model as integer weights plus their quantization parameters."""
-    return _serialize(quantized_message(model, bits))
+    return _serialize(quantized_message(model, bits, batch_norm))
 
 
 def _dequantize(layer: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -97,7 +98,7 @@ def _message_state(message: dict) -> dict[str, torch.Tensor]:
         state[f"{name}.weight"] = _dequantize(layer)
         if layer["bias"].numel():
             state[f"{name}.bias"] = layer["bias"]
-    return state
+    return state | message.get("batch_norm", {})
 
 
 def _tensor_count(message: dict) -> int:
