@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -30,7 +30,7 @@ from fedhq_sim.quant.payload import encode_fp32
 from fedhq_sim.quant.strategy import FP32, SUPPORTED_BITS, Strategy
 from fedhq_sim.records import PhaseRecord, RoundRecord
 from fedhq_sim.scenario import ClientSpec, LoadedScenario, Outage
-from fedhq_sim.server_work import evaluate_global, server_round
+from fedhq_sim.server_work import evaluate_global, gateway_round, server_round
 from fedhq_sim.topology import Topology, build_topology
 from fedhq_sim.training import LocalConfig, LocalResult, local_work
 
@@ -48,6 +48,14 @@ class _Outcome:
     client_id: int
     strategy: Strategy
     result: LocalResult | None
+
+
+@dataclass(frozen=True)
+class _SiteOutcome:
+    """An aggregating site's round: its members' outcomes and the one update it sent on."""
+
+    members: list[_Outcome]
+    update: tuple[bytes, int] | None
 
 
 RoundCallback = Callable[[RoundRecord, float], None]
@@ -102,6 +110,12 @@ class Simulation:
         for outage in scenario.outages:
             self.env.process(self._outage(outage))
         self.feasibility = self._check_clients()
+        # Aggregating gateways appear in the events as clients with negative ids.
+        site_index = {site.name: i for i, site in enumerate(spec.sites)}
+        self.aggregators = {
+            site: ClientSpec(-1 - site_index[site], f"{site}/aggregator", site, device, scenario.backhauls[site])
+            for site, device in scenario.aggregators.items()
+        }
         self.able: dict[int, frozenset[str]] = {
             c.client_id: frozenset(f.strategy for f in self.feasibility if f.client_id == c.client_id and f.able)
             for c in scenario.clients
@@ -234,14 +248,33 @@ class Simulation:
             )
         )
 
-    def _client_round(self, r: int, client: ClientSpec, strategy: Strategy, model_payload: bytes) -> Generator:
+    def _start_client(
+        self,
+        r: int,
+        cid: int,
+        strategy: Strategy,
+        model_payload: bytes,
+        routes: tuple[Sequence, Sequence],
+        deadline_at: float,
+    ) -> simpy.Process:
+        """A client's round as a process, watched for going offline before ``deadline_at``."""
+        client = self.scenario.clients[cid]
+        proc = self.env.process(self._client_round(r, client, strategy, model_payload, *routes))
+        offline_at = self.scenario.availability.next_change(cid, self.env.now)
+        if offline_at < deadline_at:
+            self.env.process(self._offline_watch(proc, offline_at))
+        return proc
+
+    def _client_round(
+        self, r: int, client: ClientSpec, strategy: Strategy, model_payload: bytes, down: Sequence, up: Sequence
+    ) -> Generator:
         cid = client.client_id
         if strategy.label not in self.able[cid]:
             self._record(r, client, "compute", strategy, 0, self.env.now, "unable", self._reason(cid, strategy))
             return _Outcome(cid, strategy, None)
         phase, start, nbytes = "download", self.env.now, len(model_payload)
         try:
-            yield from self.network.transfer(self.topology.downlink_routes[cid], nbytes)
+            yield from self.network.transfer(down, nbytes)
             self._record(r, client, phase, strategy, nbytes, start, "completed")
 
             phase, start, nbytes = "compute", self.env.now, 0
@@ -251,7 +284,7 @@ class Simulation:
             self._record(r, client, phase, strategy, nbytes, start, "completed")
 
             phase, start, nbytes = "upload", self.env.now, len(result.payload)
-            yield from self.network.transfer(self.topology.uplink_routes[cid], nbytes)
+            yield from self.network.transfer(up, nbytes)
             self._record(r, client, phase, strategy, nbytes, start, "completed")
             return _Outcome(cid, strategy, result)
         except simpy.Interrupt as interrupt:
@@ -264,6 +297,61 @@ class Simulation:
         except TransferStalledError as error:
             self._record(r, client, phase, strategy, nbytes, start, "failed", str(error))
             return _Outcome(cid, strategy, None)
+
+    def _site_round(
+        self, r: int, site: str, members: list[int], assignment: dict[int, Strategy], payload: bytes, deadline_at: float
+    ) -> Generator:
+        """An aggregating site: the gateway fetches the model once, its clients train and upload
+        to it over their access links, and it aggregates and sends one update upstream."""
+        gateway = self.aggregators[site]
+        down_full, up_full = self.topology.downlink_routes[members[0]], self.topology.uplink_routes[members[0]]
+        procs: list[simpy.Process] = []
+        phase, start, nbytes = "download", self.env.now, len(payload)
+        try:
+            yield from self.network.transfer(down_full[:-1], nbytes)
+            self._record(r, gateway, phase, FP32, nbytes, start, "completed")
+            for cid in members:
+                routes = (self.topology.downlink_routes[cid][-1:], self.topology.uplink_routes[cid][:1])
+                procs.append(self._start_client(r, cid, assignment[cid], payload, routes, deadline_at))
+            yield self.env.all_of(procs)
+            arrived = [p.value for p in procs if p.value.result is not None]
+            if not arrived:
+                return _SiteOutcome([p.value for p in procs], None)
+            phase, start, nbytes = "compute", self.env.now, 0
+            updates = [(o.result.payload, o.result.num_samples) for o in arrived]
+            spec = self.scenario.spec
+            update, work = gateway_round(
+                updates, self.global_state, spec.model, self.data.num_classes, self.data.input_shape
+            )
+            yield self.env.timeout(charge_seconds(work, gateway.device))
+            self._record(r, gateway, phase, FP32, nbytes, start, "completed")
+            phase, start, nbytes = "upload", self.env.now, len(update)
+            yield from self.network.transfer(up_full[1:], nbytes)
+            self._record(r, gateway, phase, FP32, nbytes, start, "completed")
+            return _SiteOutcome([p.value for p in procs], (update, sum(n for _, n in updates)))
+        except (simpy.Interrupt, TransferStalledError) as stop:
+            status = "failed" if isinstance(stop, TransferStalledError) else "dropped"
+            reason = str(stop) if status == "failed" else ""
+            for proc in procs:
+                if proc.is_alive:
+                    proc.interrupt(stop.cause if isinstance(stop, simpy.Interrupt) else "gateway failed")
+            if procs:
+                yield self.env.all_of(procs)
+            self._record(r, gateway, phase, FP32, nbytes, start, status, reason)
+            for cid in members[len(procs) :]:  # never started: the gateway had no model for them
+                self._record(
+                    r,
+                    self.scenario.clients[cid],
+                    "download",
+                    assignment[cid],
+                    0,
+                    self.env.now,
+                    status,
+                    "the site's aggregator did not get the global model",
+                )
+            lost = [_Outcome(p.value.client_id, p.value.strategy, None) for p in procs]
+            lost += [_Outcome(cid, assignment[cid], None) for cid in members[len(procs) :]]
+            return _SiteOutcome(lost, None)
 
     def _round(self, r: int) -> Generator:
         spec = self.scenario.spec
@@ -279,14 +367,18 @@ class Simulation:
         selected = tuple(sorted(int(i) for i in self.rng["selection"].choice(candidates, n_select, replace=False)))
         assignment = self.policy.assign(RoundContext(r, selected))
         model_payload = encode_fp32(self.global_state)
-        procs = [
-            self.env.process(self._client_round(r, self.scenario.clients[cid], assignment[cid], model_payload))
-            for cid in selected
-        ]
-        for cid, proc in zip(selected, procs, strict=True):
-            offline_at = availability.next_change(cid, self.env.now)
-            if offline_at < start + spec.training.round_deadline + (ready_at - start):
-                self.env.process(self._offline_watch(proc, offline_at))
+        deadline_at = self.env.now + spec.training.round_deadline
+        by_site: dict[str, list[int]] = {}
+        procs = []
+        for cid in selected:
+            site = self.scenario.clients[cid].site
+            if site in self.aggregators:
+                by_site.setdefault(site, []).append(cid)
+            else:
+                routes = (self.topology.downlink_routes[cid], self.topology.uplink_routes[cid])
+                procs.append(self._start_client(r, cid, assignment[cid], model_payload, routes, deadline_at))
+        for site, members in by_site.items():
+            procs.append(self.env.process(self._site_round(r, site, members, assignment, model_payload, deadline_at)))
         yield self.env.all_of(procs) | self.env.timeout(spec.training.round_deadline)
         collect_end = self.env.now
         # The deadline is inclusive: work that ends at this very instant (an upload whose last
@@ -298,12 +390,21 @@ class Simulation:
                 proc.interrupt("round deadline")
         yield self.env.all_of(procs)  # the interrupted processes record their drop at this instant
 
-        outcomes: list[_Outcome] = [p.value for p in procs]
+        values = [p.value for p in procs]
+        direct = [v for v in values if isinstance(v, _Outcome)]
+        sites = [v for v in values if isinstance(v, _SiteOutcome)]
+        updates = [(o.result.payload, o.result.num_samples) for o in direct if o.result is not None]
+        updates += [s.update for s in sites if s.update is not None]
+        # A member's update reached the server only if its aggregator's did.
+        outcomes = direct + [
+            o if s.update else _Outcome(o.client_id, o.strategy, None) for s in sites for o in s.members
+        ]
+        outcomes.sort(key=lambda o: o.client_id)
         reported = [o for o in outcomes if o.result is not None]
         server_s = 0.0
-        if reported:
+        if updates:
             result = server_round(
-                [(o.result.payload, o.result.num_samples) for o in reported],
+                updates,
                 self.global_state,
                 spec.model,
                 self.data.num_classes,
@@ -319,7 +420,7 @@ class Simulation:
             fp32_acc, deployed_acc = previous.fp32_accuracy, previous.deployed_accuracy
 
         unable = {p.client_id for p in self.phases[first_phase:] if p.status == "unable"}
-        failed = {p.client_id for p in self.phases[first_phase:] if p.status == "failed"}
+        failed = {p.client_id for p in self.phases[first_phase:] if p.status == "failed" and p.client_id >= 0}
         kinds = [o.strategy.kind for o in outcomes if o.client_id not in unable]
         losses = [o.result.train_loss for o in reported]
         this_round = self.phases[first_phase:]

@@ -35,11 +35,16 @@ class DeviceGroup(StrictModel):
 
 
 class SiteSpec(StrictModel):
-    """A plant site: its devices behind one gateway, and the gateway's backhaul to the server."""
+    """A plant site: its devices behind one gateway, and the gateway's backhaul to the server.
+
+    With ``aggregator`` (a device profile), the site's gateway aggregates its clients' updates
+    and sends one update upstream; it also fetches the global model once for all of them.
+    """
 
     name: str = Field(pattern=SAFE_NAME)
     backhaul: ProfileName
     devices: list[DeviceGroup] = Field(min_length=1)
+    aggregator: ProfileName | None = None
 
 
 class ServerSpec(StrictModel):
@@ -189,10 +194,12 @@ class LoadedScenario:
     policy_options: PolicyOptions
     outages: tuple[Outage, ...]
     availability: Availability
+    aggregators: dict[str, DeviceProfile]
 
     def resolved(self) -> dict[str, Any]:
         """Everything the run used, in SI units, for the results folder."""
         devices = {c.device.name: c.device for c in self.clients} | {self.server_device.name: self.server_device}
+        devices |= {p.name: p for p in self.aggregators.values()}
         links = {c.link.name: c.link for c in self.clients} | {self.server_link.name: self.server_link}
         links |= {p.name: p for p in self.backhauls.values()}
         return {
@@ -246,8 +253,12 @@ def load_scenario(path: Path | str) -> LoadedScenario:
     clients: list[ClientSpec] = []
     backhauls: dict[str, LinkProfile] = {}
     per_class: dict[tuple[str, str], int] = {}  # numbers devices of a class within a site, across groups
+    aggregators: dict[str, DeviceProfile] = {}
     for s_index, site in enumerate(spec.sites):
         backhauls[site.name] = library.link(site.backhaul, referenced_from=path, key=f"sites[{s_index}].backhaul")
+        if site.aggregator is not None:
+            key = f"sites[{s_index}].aggregator"
+            aggregators[site.name] = library.device(site.aggregator, referenced_from=path, key=key)
         for g_index, group in enumerate(site.devices):
             key = f"sites[{s_index}].devices[{g_index}]"
             device = library.device(group.device, referenced_from=path, key=f"{key}.device")
@@ -277,6 +288,7 @@ def load_scenario(path: Path | str) -> LoadedScenario:
         policy_options=options,
         outages=outages,
         availability=availability,
+        aggregators=aggregators,
     )
 
 

@@ -19,7 +19,7 @@ from fedhq_sim.data import Samples
 from fedhq_sim.models import traced_build, traced_load
 from fedhq_sim.quant import eager
 from fedhq_sim.quant.folding import unfold_batch_norm
-from fedhq_sim.quant.payload import traced_decode
+from fedhq_sim.quant.payload import fp32_message, traced_decode, traced_serialize
 from fedhq_sim.work import WorkProfile, traced
 
 EVAL_BATCH = 256
@@ -66,6 +66,41 @@ def evaluate_global(
     return fp32_acc, int8_acc, build_work + load_work + fp32_work + deploy_work + int8_work
 
 
+def aggregate_updates(
+    payloads: Sequence[tuple[bytes, int]],
+    global_state: dict[str, torch.Tensor],
+    model_name: str,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+) -> tuple[dict[str, torch.Tensor], WorkProfile]:
+    """Decode the updates, bring them into ``global_state``'s parameterization, FedAvg them."""
+    decoded = [(traced_decode(p), n) for p, n in payloads]
+    decode_work = sum((work for (_, work), _ in decoded), WorkProfile())
+    model, build_work = traced_build(model_name, num_classes, seed=0, input_shape=input_shape)
+    load_work = traced_load(model, global_state)
+
+    def in_global_form(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # A quantized update of a batch-norm model comes folded (see quant/folding.py).
+        return state if state.keys() == global_state.keys() else unfold_batch_norm(model, state)
+
+    updates, unfold_work = traced(lambda: [(in_global_form(state), n) for (state, _), n in decoded])
+    state, aggregate_work = traced(lambda: fedavg(updates))
+    return state, decode_work + build_work + load_work + unfold_work + aggregate_work
+
+
+def gateway_round(
+    payloads: Sequence[tuple[bytes, int]],
+    global_state: dict[str, torch.Tensor],
+    model_name: str,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+) -> tuple[bytes, WorkProfile]:
+    """A site gateway's work: aggregate its clients' updates into one fp32 update to send on."""
+    state, work = aggregate_updates(payloads, global_state, model_name, num_classes, input_shape)
+    payload, write_work = traced_serialize(lambda: fp32_message(state))
+    return payload, work + write_work
+
+
 def server_round(
     payloads: Sequence[tuple[bytes, int]],
     global_state: dict[str, torch.Tensor],
@@ -75,17 +110,7 @@ def server_round(
     test: Samples,
 ) -> ServerResult:
     """Aggregate the reported updates into ``global_state``'s parameterization and evaluate."""
-    decoded = [(traced_decode(p), n) for p, n in payloads]
-    decode_work = sum((work for (_, work), _ in decoded), WorkProfile())
-    model, build_work = traced_build(model_name, num_classes, seed=0, input_shape=tuple(test.x.shape[1:]))
-    load_work = traced_load(model, global_state)
-
-    def in_global_form(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        # A quantized update of a batch-norm model comes folded (see quant/folding.py).
-        return state if state.keys() == global_state.keys() else unfold_batch_norm(model, state)
-
-    updates, unfold_work = traced(lambda: [(in_global_form(state), n) for (state, _), n in decoded])
-    state, aggregate_work = traced(lambda: fedavg(updates))
+    input_shape = tuple(test.x.shape[1:])
+    state, work = aggregate_updates(payloads, global_state, model_name, num_classes, input_shape)
     fp32_acc, int8_acc, eval_work = evaluate_global(state, model_name, num_classes, calibration, test)
-    work = decode_work + build_work + load_work + unfold_work + aggregate_work + eval_work
-    return ServerResult(state, fp32_acc, int8_acc, work)
+    return ServerResult(state, fp32_acc, int8_acc, work + eval_work)

@@ -56,7 +56,7 @@ def latency_breakdown(rounds: pd.DataFrame, phases: pd.DataFrame) -> pd.DataFram
     trained = rounds[rounds["round"] > 0].set_index("round")
     rows = []
     for r, info in trained.iterrows():
-        mine = phases[phases["round"] == r]
+        mine = phases[(phases["round"] == r) & (phases["client_id"] >= 0)]  # clients, not aggregators
         collect_s = info["collect_end_s"] - info["start_s"]
         n = max(int(info["selected"]), 1)
         spent = {
