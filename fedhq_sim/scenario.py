@@ -39,10 +39,12 @@ class SiteSpec(StrictModel):
 
     With ``aggregator`` (a device profile), the site's gateway aggregates its clients' updates
     and sends one update upstream; it also fetches the global model once for all of them.
+    Without ``backhaul`` the site has no gateway: its devices' access links end at the core
+    router in front of the server (a star around the server).
     """
 
     name: str = Field(pattern=SAFE_NAME)
-    backhaul: ProfileName
+    backhaul: ProfileName | None = None
     devices: list[DeviceGroup] = Field(min_length=1)
     aggregator: ProfileName | None = None
 
@@ -255,7 +257,11 @@ def load_scenario(path: Path | str) -> LoadedScenario:
     per_class: dict[tuple[str, str], int] = {}  # numbers devices of a class within a site, across groups
     aggregators: dict[str, DeviceProfile] = {}
     for s_index, site in enumerate(spec.sites):
-        backhauls[site.name] = library.link(site.backhaul, referenced_from=path, key=f"sites[{s_index}].backhaul")
+        if site.backhaul is not None:
+            key = f"sites[{s_index}].backhaul"
+            backhauls[site.name] = library.link(site.backhaul, referenced_from=path, key=key)
+        elif site.aggregator is not None:
+            raise InputError(path, f"sites[{s_index}].aggregator", "needs a gateway: give the site a backhaul")
         if site.aggregator is not None:
             key = f"sites[{s_index}].aggregator"
             aggregators[site.name] = library.device(site.aggregator, referenced_from=path, key=key)
@@ -334,10 +340,11 @@ def _resolve_outages(spec: ScenarioSpec, clients: list[ClientSpec], path: Path) 
         kind, _, name = outage.link.partition(":")
         if outage.link == "server":
             nodes = ("core", "server")
-        elif kind == "backhaul" and name in sites:
+        elif kind == "backhaul" and name in {s.name for s in spec.sites if s.backhaul is not None}:
             nodes = (f"site:{name}", "core")
         elif kind == "access" and name in by_name:
-            nodes = (f"client:{by_name[name].client_id}", f"site:{by_name[name].site}")
+            site = next(s for s in spec.sites if s.name == by_name[name].site)
+            nodes = (f"client:{by_name[name].client_id}", f"site:{site.name}" if site.backhaul else "core")
         else:
             raise InputError(
                 path,

@@ -1,9 +1,10 @@
 """The plant network as a networkx graph, and the routes transfers follow.
 
-Nodes are the server, a core router in front of it, one gateway per site and one node per
-client. Edges carry a link profile: client--gateway is the client's access link,
-gateway--core the site's backhaul, core--server the server's own link (so all sites share
-the server's link). Routes are shortest paths by latency; each physical link becomes two
+Nodes are the server, a core router in front of it, one gateway per site with a backhaul,
+and one node per client. Edges carry a link profile: client--gateway is the client's access
+link (client--core at a site without a backhaul: a star), gateway--core the site's
+backhaul, core--server the server's own link (so all sites share the server's link).
+Routes are shortest paths by latency; each physical link becomes two
 :class:`~fedhq_sim.network.DirectedLink` objects, uplink (toward the server) and downlink.
 """
 
@@ -61,7 +62,8 @@ def build_graph(scenario: LoadedScenario) -> nx.Graph:
     for client in scenario.clients:
         node = client_node(client.client_id)
         graph.add_node(node, kind="client", device=client.device.name, site=client.site)
-        graph.add_edge(node, site_node(client.site), profile=client.link, upper=site_node(client.site))
+        upper = site_node(client.site) if client.site in scenario.backhauls else CORE  # no gateway: a star
+        graph.add_edge(node, upper, profile=client.link, upper=upper)
     return graph
 
 

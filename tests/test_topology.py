@@ -1,5 +1,8 @@
+from fedhq_sim.cli import main
+from fedhq_sim.engine import Simulation
 from fedhq_sim.scenario import load_scenario
 from fedhq_sim.topology import CORE, SERVER, build_topology, client_node, site_node
+from tests.conftest import tiny_scenario_dict
 
 
 def test_routes_run_access_link_then_backhaul_then_the_server_link(tiny_scenario):
@@ -25,3 +28,24 @@ def test_clients_of_one_site_share_its_backhaul_and_all_share_the_server_link(ti
     assert all(len(backhauls) == 1 for backhauls in by_site.values())
     assert len({topology.uplink_routes[c.client_id][-1] for c in scenario.clients}) == 1
     assert topology.graph.number_of_nodes() == 2 + len(scenario.backhauls) + len(scenario.clients)
+
+
+def test_a_site_without_a_backhaul_is_a_star_around_the_server(write_scenario):
+    data = tiny_scenario_dict()
+    del data["sites"][0]["backhaul"]
+    scenario = load_scenario(write_scenario(data))
+    topology = build_topology(scenario)
+    hall = [c for c in scenario.clients if c.site == "hall"]
+    for client in hall:
+        assert topology.uplink_routes[client.client_id] == ((f"client:{client.client_id}", "core"), ("core", "server"))
+    assert "site:hall" not in topology.graph
+    result = Simulation(scenario).run()
+    assert result.rounds[-1].reported == result.rounds[-1].selected
+
+
+def test_an_aggregator_needs_a_gateway(write_scenario, capsys):
+    data = tiny_scenario_dict()
+    del data["sites"][0]["backhaul"]
+    data["sites"][0]["aggregator"] = "rpi5"
+    assert main(["validate", str(write_scenario(data))]) == 2
+    assert "sites[0].aggregator: needs a gateway: give the site a backhaul" in capsys.readouterr().err
