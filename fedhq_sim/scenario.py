@@ -47,6 +47,7 @@ class SiteSpec(StrictModel):
     backhaul: ProfileName | None = None
     devices: list[DeviceGroup] = Field(min_length=1)
     aggregator: ProfileName | None = None
+    via: str | None = None  # fix the route: through this neighbour site's gateway (a site link)
 
 
 class ServerSpec(StrictModel):
@@ -90,9 +91,20 @@ class OutageSpec(StrictModel):
     duration: Seconds
 
 
-class NetworkSpec(StrictModel):
-    """Outage windows, and how long a transfer may stall in one before it fails."""
+class SiteLinkSpec(StrictModel):
+    """A link between two sites' gateways (inter-building fibre, a radio bridge).
 
+    ``uplink`` capacity is the direction from the first site to the second.
+    """
+
+    sites: list[str] = Field(min_length=2, max_length=2)
+    link: ProfileName
+
+
+class NetworkSpec(StrictModel):
+    """Links between sites, outage windows, and how long a transfer may stall before it fails."""
+
+    site_links: list[SiteLinkSpec] = Field(default_factory=list)
     outages: list[OutageSpec] = Field(default_factory=list)
     stall_timeout: Seconds | None = None
 
@@ -197,6 +209,7 @@ class LoadedScenario:
     outages: tuple[Outage, ...]
     availability: Availability
     aggregators: dict[str, DeviceProfile]
+    site_links: tuple[tuple[str, str, LinkProfile], ...]
 
     def resolved(self) -> dict[str, Any]:
         """Everything the run used, in SI units, for the results folder."""
@@ -204,6 +217,7 @@ class LoadedScenario:
         devices |= {p.name: p for p in self.aggregators.values()}
         links = {c.link.name: c.link for c in self.clients} | {self.server_link.name: self.server_link}
         links |= {p.name: p for p in self.backhauls.values()}
+        links |= {p.name: p for _, _, p in self.site_links}
         return {
             "units": "SI base units: seconds, bit/s (links), byte/s (memory bandwidth), bytes, operations/s",
             "scenario": self.spec.model_dump(mode="json"),
@@ -281,6 +295,7 @@ def load_scenario(path: Path | str) -> LoadedScenario:
             f"asks for {spec.training.clients_per_round} clients per round but the fleet has {len(clients)}",
         )
     policy_class, options = _resolve_policy(spec, path)
+    site_links = _resolve_site_links(spec, library, path)
     outages = _resolve_outages(spec, clients, path)
     availability = _resolve_availability(spec, clients, path)
     return LoadedScenario(
@@ -295,7 +310,32 @@ def load_scenario(path: Path | str) -> LoadedScenario:
         outages=outages,
         availability=availability,
         aggregators=aggregators,
+        site_links=site_links,
     )
+
+
+def _resolve_site_links(
+    spec: ScenarioSpec, library: ProfileLibrary, path: Path
+) -> tuple[tuple[str, str, LinkProfile], ...]:
+    """Site-to-site links between gateways, and each ``via`` checked against them."""
+    gateways = {s.name for s in spec.sites if s.backhaul is not None}
+    resolved = []
+    for index, site_link in enumerate(spec.network.site_links):
+        a, b = site_link.sites
+        for name in (a, b):
+            if name not in gateways:
+                problem = f"'{name}' is no site with a gateway (a backhaul): {', '.join(sorted(gateways))}"
+                raise InputError(path, f"network.site_links[{index}].sites", problem)
+        if a == b:
+            raise InputError(path, f"network.site_links[{index}].sites", "a site link joins two different sites")
+        profile = library.link(site_link.link, referenced_from=path, key=f"network.site_links[{index}].link")
+        resolved.append((a, b, profile))
+    joined = {frozenset((a, b)) for a, b, _ in resolved}
+    for index, site in enumerate(spec.sites):
+        if site.via is not None and frozenset((site.name, site.via)) not in joined:
+            problem = f"no site link joins '{site.name}' and '{site.via}' (add one under network.site_links)"
+            raise InputError(path, f"sites[{index}].via", problem)
+    return tuple(resolved)
 
 
 def _resolve_availability(spec: ScenarioSpec, clients: list[ClientSpec], path: Path) -> Availability:

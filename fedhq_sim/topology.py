@@ -59,6 +59,8 @@ def build_graph(scenario: LoadedScenario) -> nx.Graph:
     for site, backhaul in scenario.backhauls.items():
         graph.add_node(site_node(site), kind="gateway", site=site)
         graph.add_edge(site_node(site), CORE, profile=backhaul, upper=CORE)
+    for a, b, profile in scenario.site_links:  # "uplink" runs from the first site to the second
+        graph.add_edge(site_node(a), site_node(b), profile=profile, upper=site_node(b))
     for client in scenario.clients:
         node = client_node(client.client_id)
         graph.add_node(node, kind="client", device=client.device.name, site=client.site)
@@ -88,10 +90,15 @@ def build_topology(scenario: LoadedScenario) -> Topology:
     # One Dijkstra from the server gives every client's route (a path per client would
     # make building a fleet of thousands quadratic).
     from_server = nx.single_source_dijkstra_path(graph, SERVER, weight=latency)
+    fixed = {s.name: s.via for s in scenario.spec.sites if s.via is not None}
     up: dict[int, tuple[tuple[str, str], ...]] = {}
     down: dict[int, tuple[tuple[str, str], ...]] = {}
     for client in scenario.clients:
-        path = from_server[client_node(client.client_id)][::-1]
+        if client.site in fixed:  # the scenario fixes the route: via the neighbour's gateway
+            onward = from_server[site_node(fixed[client.site])][::-1]
+            path = [client_node(client.client_id), site_node(client.site), *onward]
+        else:
+            path = from_server[client_node(client.client_id)][::-1]
         up[client.client_id] = tuple(pairwise(path))
         down[client.client_id] = tuple((b, a) for a, b in reversed(up[client.client_id]))
     return Topology(graph, links, up, down)

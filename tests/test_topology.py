@@ -49,3 +49,34 @@ def test_an_aggregator_needs_a_gateway(write_scenario, capsys):
     data["sites"][0]["aggregator"] = "rpi5"
     assert main(["validate", str(write_scenario(data))]) == 2
     assert "sites[0].aggregator: needs a gateway: give the site a backhaul" in capsys.readouterr().err
+
+
+def _with_a_bridge(via=None, bridge="ethernet_1g"):
+    data = tiny_scenario_dict()
+    data["network"] = {"site_links": [{"sites": ["yard", "hall"], "link": bridge}]}
+    if via:
+        data["sites"][1]["via"] = via
+    return data
+
+
+def test_routes_take_the_lowest_latency_path_unless_the_scenario_fixes_them(write_scenario):
+    # The yard's own backhaul is LTE (27.5 ms); the hall's fibre plus a 0.2 ms bridge is faster.
+    scenario = load_scenario(write_scenario(_with_a_bridge()))
+    yard = next(c for c in scenario.clients if c.site == "yard")
+    shortest = build_topology(scenario).uplink_routes[yard.client_id]
+    assert shortest[1:] == (("site:yard", "site:hall"), ("site:hall", "core"), ("core", "server"))
+    # A lossy bridge that is slower than the LTE backhaul is not taken by the shortest path...
+    slow = load_scenario(write_scenario(_with_a_bridge(bridge="nbiot"), "slow.yaml"))
+    assert build_topology(slow).uplink_routes[yard.client_id][1] == ("site:yard", "core")
+    # ...unless the scenario fixes the route through the neighbour.
+    fixed = load_scenario(write_scenario(_with_a_bridge(via="hall", bridge="nbiot"), "fixed.yaml"))
+    topology = build_topology(fixed)
+    assert topology.uplink_routes[yard.client_id][1:3] == (("site:yard", "site:hall"), ("site:hall", "core"))
+    assert topology.downlink_routes[yard.client_id][:2] == (("server", "core"), ("core", "site:hall"))
+
+
+def test_a_fixed_route_needs_a_site_link(write_scenario, capsys):
+    data = tiny_scenario_dict()
+    data["sites"][1]["via"] = "hall"
+    assert main(["validate", str(write_scenario(data))]) == 2
+    assert "sites[1].via: no site link joins 'yard' and 'hall'" in capsys.readouterr().err
