@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, fields
 
@@ -52,10 +53,12 @@ class _Outcome:
 
 @dataclass(frozen=True)
 class _SiteOutcome:
-    """An aggregating site's round: its members' outcomes and the one update it sent on."""
+    """An aggregating site's round: its members' outcomes, the one update it sent on, and
+    whether its gateway failed (then its members count as failed, whatever they had done)."""
 
     members: list[_Outcome]
     update: tuple[bytes, int] | None
+    gateway_failed: bool = False
 
 
 RoundCallback = Callable[[RoundRecord, float], None]
@@ -107,6 +110,8 @@ class Simulation:
             monitored=self.topology.shared_links,
             stall_timeout_s=spec.network.stall_timeout,
         )
+        self._outages_open: Counter[tuple[str, str]] = Counter()
+        self._aggregation_s: dict[tuple[str, int], float] = {}
         for outage in scenario.outages:
             self.env.process(self._outage(outage))
         self.feasibility = self._check_clients()
@@ -163,14 +168,20 @@ class Simulation:
             proc.interrupt(OFFLINE)
 
     def _outage(self, outage: Outage) -> Generator:
-        """Take both directions of a physical link down for the outage's window."""
+        """Take both directions of a physical link down for the outage's window.
+
+        Windows on one link may overlap: the link comes back when the last one ends.
+        """
         a, b = outage.nodes
         yield self.env.timeout(outage.start_s)
+        self._outages_open[outage.nodes] += 1
         for link in ((a, b), (b, a)):
             self.network.set_down(link, True)
         yield self.env.timeout(outage.end_s - outage.start_s)
-        for link in ((a, b), (b, a)):
-            self.network.set_down(link, False)
+        self._outages_open[outage.nodes] -= 1
+        if not self._outages_open[outage.nodes]:
+            for link in ((a, b), (b, a)):
+                self.network.set_down(link, False)
 
     def _candidate_strategies(self) -> tuple[Strategy, ...]:
         """fp32 and both quantized strategies at the policy's width (8 bits for ``all-fp32``)."""
@@ -260,8 +271,9 @@ class Simulation:
         """A client's round as a process, watched for going offline before ``deadline_at``."""
         client = self.scenario.clients[cid]
         proc = self.env.process(self._client_round(r, client, strategy, model_payload, *routes))
+        available = self.scenario.availability.available(cid, self.env.now)
         offline_at = self.scenario.availability.next_change(cid, self.env.now)
-        if offline_at < deadline_at:
+        if available and offline_at < deadline_at:
             self.env.process(self._offline_watch(proc, offline_at))
         return proc
 
@@ -269,6 +281,10 @@ class Simulation:
         self, r: int, client: ClientSpec, strategy: Strategy, model_payload: bytes, down: Sequence, up: Sequence
     ) -> Generator:
         cid = client.client_id
+        if not self.scenario.availability.available(cid, self.env.now):  # went off while waiting
+            reason = f"went offline at or before {self.env.now:.3f} s (shift, maintenance or trace)"
+            self._record(r, client, "download", strategy, 0, self.env.now, "failed", reason)
+            return _Outcome(cid, strategy, None)
         if strategy.label not in self.able[cid]:
             self._record(r, client, "compute", strategy, 0, self.env.now, "unable", self._reason(cid, strategy))
             return _Outcome(cid, strategy, None)
@@ -306,13 +322,25 @@ class Simulation:
         gateway = self.aggregators[site]
         down_full, up_full = self.topology.downlink_routes[members[0]], self.topology.uplink_routes[members[0]]
         procs: list[simpy.Process] = []
-        phase, start, nbytes = "download", self.env.now, len(payload)
+        phase: str | None = "download"
+        start, nbytes = self.env.now, len(payload)
         try:
             yield from self.network.transfer(down_full[:-1], nbytes)
             self._record(r, gateway, phase, FP32, nbytes, start, "completed")
+            phase = None  # collecting: the members' own rows tell that part
             for cid in members:
                 routes = (self.topology.downlink_routes[cid][-1:], self.topology.uplink_routes[cid][:1])
                 procs.append(self._start_client(r, cid, assignment[cid], payload, routes, deadline_at))
+            # Collect until the aggregate can still reach the server in time: twice the floor of
+            # aggregating and sending it (jitter and quantized updates' decoding come on top).
+            # Stragglers are cut off, not waited for.
+            upstream_s = transfer_floor_s(up_full[1:], self.topology.links, len(payload))
+            reserve_s = 2.0 * (upstream_s + self._aggregation_estimate(site, len(members), payload))
+            cutoff = max(deadline_at - reserve_s - self.env.now, 0.0)
+            yield self.env.all_of(procs) | self.env.timeout(cutoff)
+            for proc in procs:
+                if proc.is_alive:
+                    proc.interrupt("aggregator cut-off")
             yield self.env.all_of(procs)
             arrived = [p.value for p in procs if p.value.result is not None]
             if not arrived:
@@ -337,7 +365,8 @@ class Simulation:
                     proc.interrupt(stop.cause if isinstance(stop, simpy.Interrupt) else "gateway failed")
             if procs:
                 yield self.env.all_of(procs)
-            self._record(r, gateway, phase, FP32, nbytes, start, status, reason)
+            if phase is not None:
+                self._record(r, gateway, phase, FP32, nbytes, start, status, reason)
             for cid in members[len(procs) :]:  # never started: the gateway had no model for them
                 self._record(
                     r,
@@ -351,7 +380,19 @@ class Simulation:
                 )
             lost = [_Outcome(p.value.client_id, p.value.strategy, None) for p in procs]
             lost += [_Outcome(cid, assignment[cid], None) for cid in members[len(procs) :]]
-            return _SiteOutcome(lost, None)
+            return _SiteOutcome(lost, None, gateway_failed=status == "failed")
+
+    def _aggregation_estimate(self, site: str, n_updates: int, payload: bytes) -> float:
+        """Seconds the site's gateway needs to aggregate ``n_updates`` fp32 updates (traced once
+        per site and count on copies of the global model, then reused)."""
+        key = (site, n_updates)
+        if key not in self._aggregation_s:
+            spec = self.scenario.spec
+            _, work = gateway_round(
+                [(payload, 1)] * n_updates, self.global_state, spec.model, self.data.num_classes, self.data.input_shape
+            )
+            self._aggregation_s[key] = charge_seconds(work, self.aggregators[site].device)
+        return self._aggregation_s[key]
 
     def _round(self, r: int) -> Generator:
         spec = self.scenario.spec
@@ -421,6 +462,7 @@ class Simulation:
 
         unable = {p.client_id for p in self.phases[first_phase:] if p.status == "unable"}
         failed = {p.client_id for p in self.phases[first_phase:] if p.status == "failed" and p.client_id >= 0}
+        failed |= {o.client_id for s in sites if s.gateway_failed for o in s.members} - unable
         kinds = [o.strategy.kind for o in outcomes if o.client_id not in unable]
         losses = [o.result.train_loss for o in reported]
         this_round = self.phases[first_phase:]

@@ -16,6 +16,7 @@ from itertools import pairwise
 
 import networkx as nx
 
+from fedhq_sim.errors import InputError
 from fedhq_sim.network import DirectedLink
 from fedhq_sim.profiles import LinkProfile
 from fedhq_sim.scenario import LoadedScenario
@@ -74,6 +75,19 @@ def _directed(profile: LinkProfile, *, toward_server: bool) -> DirectedLink:
     return DirectedLink(capacity, profile.latency, profile.jitter, profile.loss)
 
 
+def _onward(graph: nx.Graph, site: str, via: str, latency, scenario: LoadedScenario) -> list[str]:
+    """The fixed route's rest: from the neighbour's gateway to the server, never back through
+    ``site`` (the neighbour's own ``via`` is not followed: its shortest path is)."""
+    others = graph.subgraph(n for n in graph if n != site_node(site))
+    try:
+        return nx.shortest_path(others, site_node(via), SERVER, weight=latency)
+    except nx.NetworkXNoPath:
+        index = next(i for i, s in enumerate(scenario.spec.sites) if s.name == site)
+        raise InputError(
+            scenario.path, f"sites[{index}].via", f"'{via}' reaches the server only through '{site}'"
+        ) from None
+
+
 def build_topology(scenario: LoadedScenario) -> Topology:
     """The graph of ``scenario`` with both directions of every link and every client's routes."""
     graph = build_graph(scenario)
@@ -90,13 +104,14 @@ def build_topology(scenario: LoadedScenario) -> Topology:
     # One Dijkstra from the server gives every client's route (a path per client would
     # make building a fleet of thousands quadratic).
     from_server = nx.single_source_dijkstra_path(graph, SERVER, weight=latency)
-    fixed = {s.name: s.via for s in scenario.spec.sites if s.via is not None}
+    onward = {
+        s.name: _onward(graph, s.name, s.via, latency, scenario) for s in scenario.spec.sites if s.via is not None
+    }
     up: dict[int, tuple[tuple[str, str], ...]] = {}
     down: dict[int, tuple[tuple[str, str], ...]] = {}
     for client in scenario.clients:
-        if client.site in fixed:  # the scenario fixes the route: via the neighbour's gateway
-            onward = from_server[site_node(fixed[client.site])][::-1]
-            path = [client_node(client.client_id), site_node(client.site), *onward]
+        if client.site in onward:  # the scenario fixes the route: via the neighbour's gateway
+            path = [client_node(client.client_id), site_node(client.site), *onward[client.site]]
         else:
             path = from_server[client_node(client.client_id)][::-1]
         up[client.client_id] = tuple(pairwise(path))

@@ -78,3 +78,47 @@ def test_a_gateway_cut_off_by_an_outage_fails_its_members_with_the_reason(write_
     record = result.rounds[-1]
     assert (record.failed, record.reported) == (3, 2)
     assert record.deployed_accuracy == pytest.approx(record.deployed_accuracy)  # the hall still trained
+
+
+def _one_round(data, **network):
+    data["training"]["rounds"] = 1
+    data["network"] = network
+    return data
+
+
+def test_a_straggling_member_is_cut_off_and_the_others_are_forwarded(write_scenario):
+    data = _one_round(_aggregating_yard(), outages=[{"link": "access:yard/rpi5-0", "start": "0 s", "duration": "1 h"}])
+    result = Simulation(load_scenario(write_scenario(data))).run()
+    gateway = [p for p in result.phases if p.client == "yard/aggregator"]
+    assert [(p.phase, p.status) for p in gateway] == [
+        ("download", "completed"),
+        ("compute", "completed"),
+        ("upload", "completed"),
+    ]
+    straggler = [p for p in result.phases if p.client == "yard/rpi5-0"]
+    assert straggler[-1].status == "dropped" and straggler[-1].end_s < 600
+    record = result.rounds[-1]
+    assert (record.reported, record.dropped, record.failed) == (4, 1, 0)
+
+
+def test_a_member_that_goes_offline_while_the_gateway_fetches_the_model_fails(write_scenario):
+    data = _aggregating_yard()
+    data["training"]["rounds"] = 1
+    data["availability"] = {"maintenance": [{"client": "yard/rpi5-1", "start": "1 ms", "duration": "1 h"}]}
+    result = Simulation(load_scenario(write_scenario(data))).run()
+    member = [p for p in result.phases if p.client == "yard/rpi5-1"]
+    assert [p.status for p in member] == ["failed"] and "went offline" in member[0].reason
+    assert result.rounds[-1].reported == 4
+
+
+def test_a_gateway_whose_upload_fails_fails_its_members(write_scenario):
+    data = _one_round(
+        _aggregating_yard(),
+        outages=[{"link": "backhaul:yard", "start": "100 ms", "duration": "1 h"}],
+        stall_timeout="1 s",
+    )
+    result = Simulation(load_scenario(write_scenario(data))).run()
+    gateway = [p for p in result.phases if p.client == "yard/aggregator"]
+    assert gateway[-1].phase == "upload" and gateway[-1].status == "failed"
+    record = result.rounds[-1]
+    assert (record.failed, record.reported, record.dropped) == (3, 2, 0)

@@ -220,3 +220,19 @@ def test_an_outage_on_an_unknown_link_is_an_input_error(write_scenario, capsys):
         "network.outages[0].link: 'backhaul:roof' names no link; use 'server', 'backhaul:<site>'"
         in capsys.readouterr().err
     )
+
+
+def test_overlapping_outages_keep_the_link_down_until_the_last_one_ends(write_scenario):
+    data = tiny_scenario_dict()
+    data["training"].update(rounds=1, round_deadline="30 s")
+    data["network"] = {
+        "outages": [
+            {"link": "server", "start": "0 s", "duration": "10 s"},
+            {"link": "server", "start": "5 s", "duration": "1 h"},
+        ]
+    }
+    simulation = Simulation(load_scenario(write_scenario(data)))
+    record = simulation.run().rounds[-1]
+    assert record.reported == 0 and record.dropped == record.selected
+    server = [s for s in simulation.network.samples if s.link == ("server", "core")]
+    assert all(s.rate_bps == 0 for s in server if 0 < s.time_s < 3605)

@@ -80,3 +80,13 @@ def test_a_fixed_route_needs_a_site_link(write_scenario, capsys):
     data["sites"][1]["via"] = "hall"
     assert main(["validate", str(write_scenario(data))]) == 2
     assert "sites[1].via: no site link joins 'yard' and 'hall'" in capsys.readouterr().err
+
+
+def test_a_fixed_route_never_comes_back_through_its_own_site(write_scenario):
+    data = tiny_scenario_dict()
+    data["network"] = {"site_links": [{"sites": ["hall", "yard"], "link": "fibre_1g"}]}
+    data["sites"][0]["via"] = "yard"
+    scenario = load_scenario(write_scenario(data))
+    hall = next(c for c in scenario.clients if c.site == "hall")
+    route = build_topology(scenario).uplink_routes[hall.client_id]
+    assert [hop[1] for hop in route] == ["site:hall", "site:yard", "core", "server"]
