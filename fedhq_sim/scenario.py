@@ -82,8 +82,9 @@ class TrainingSpec(StrictModel):
 class OutageSpec(StrictModel):
     """A window in which one physical link carries nothing, in either direction.
 
-    ``link`` names it: ``server`` (the server's link), ``backhaul:<site>`` or
-    ``access:<client>`` (a client's own link, e.g. ``access:assembly/rpi4-0``).
+    ``link`` names it: ``server`` (the server's link), ``backhaul:<site>``,
+    ``access:<client>`` (a client's own link, e.g. ``access:assembly/rpi4-0``) or
+    ``site_link:<site>/<site>`` (a link of ``network.site_links``).
     """
 
     link: str
@@ -375,6 +376,7 @@ def _resolve_outages(spec: ScenarioSpec, clients: list[ClientSpec], path: Path) 
     """Each outage's ``link`` as the node pair of its physical link (names as in topology.py)."""
     sites = {s.name for s in spec.sites}
     by_name = {c.name: c for c in clients}
+    bridges = {frozenset(link.sites): tuple(link.sites) for link in spec.network.site_links}
     resolved = []
     for index, outage in enumerate(spec.network.outages):
         kind, _, name = outage.link.partition(":")
@@ -382,6 +384,9 @@ def _resolve_outages(spec: ScenarioSpec, clients: list[ClientSpec], path: Path) 
             nodes = ("core", "server")
         elif kind == "backhaul" and name in {s.name for s in spec.sites if s.backhaul is not None}:
             nodes = (f"site:{name}", "core")
+        elif kind == "site_link" and frozenset(name.split("/")) in bridges:
+            a, b = bridges[frozenset(name.split("/"))]
+            nodes = (f"site:{a}", f"site:{b}")
         elif kind == "access" and name in by_name:
             site = next(s for s in spec.sites if s.name == by_name[name].site)
             nodes = (f"client:{by_name[name].client_id}", f"site:{site.name}" if site.backhaul else "core")
@@ -389,8 +394,8 @@ def _resolve_outages(spec: ScenarioSpec, clients: list[ClientSpec], path: Path) 
             raise InputError(
                 path,
                 f"network.outages[{index}].link",
-                f"'{outage.link}' names no link; use 'server', 'backhaul:<site>' (sites: {', '.join(sorted(sites))}) "
-                "or 'access:<client>' (e.g. 'access:" + next(iter(by_name)) + "')",
+                f"'{outage.link}' names no link; use 'server', 'backhaul:<site>' (sites: {', '.join(sorted(sites))}), "
+                "'site_link:<site>/<site>' or 'access:<client>' (e.g. 'access:" + next(iter(by_name)) + "')",
             )
         resolved.append(Outage(nodes, outage.start, outage.start + outage.duration))
     return tuple(resolved)

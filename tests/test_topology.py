@@ -90,3 +90,17 @@ def test_a_fixed_route_never_comes_back_through_its_own_site(write_scenario):
     hall = next(c for c in scenario.clients if c.site == "hall")
     route = build_topology(scenario).uplink_routes[hall.client_id]
     assert [hop[1] for hop in route] == ["site:hall", "site:yard", "core", "server"]
+
+
+def test_an_outage_can_cut_a_site_link(write_scenario):
+    data = tiny_scenario_dict()
+    data["training"].update(rounds=1, clients_per_round=4)
+    data["network"] = {
+        "site_links": [{"sites": ["yard", "hall"], "link": "ethernet_1g"}],
+        "outages": [{"link": "site_link:hall/yard", "start": "0 s", "duration": "30 s"}],
+    }
+    simulation = Simulation(load_scenario(write_scenario(data)))
+    record = simulation.run().rounds[-1]
+    bridge = [s for s in simulation.network.samples if s.link == ("site:yard", "site:hall")]
+    assert bridge and all(s.rate_bps == 0 for s in bridge if s.time_s < 30)
+    assert record.latency_s > 30 and record.reported == 4  # the yard's traffic waited for the bridge
