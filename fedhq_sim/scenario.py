@@ -8,8 +8,11 @@ a :class:`LoadedScenario` of plain values. Defaults live only in the model field
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
@@ -156,6 +159,7 @@ class PolicySpec(StrictModel):
 
     model_config = StrictModel.model_config | {"extra": "allow"}
     name: str
+    module: str | None = None  # a user's policy: a .py file (relative to the scenario) or a module name
 
 
 class ScenarioSpec(StrictModel):
@@ -232,7 +236,36 @@ class LoadedScenario:
         }
 
 
+_USER_MODULES: dict[str, ModuleType] = {}
+
+
+def _import_user_policies(module: str, path: Path) -> None:
+    """Run a user's module once, so that its ``@register_policy`` classes join ``POLICIES``."""
+    is_file = module.endswith(".py")
+    key = str((path.parent / module).resolve()) if is_file else module
+    if key in _USER_MODULES:
+        return
+    try:
+        if is_file:
+            if not Path(key).is_file():
+                raise InputError(path, "policy.module", f"no such file: {key}")
+            spec = importlib.util.spec_from_file_location(f"fedhq_sim_user_{Path(key).stem}", key)
+            loaded = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(loaded)
+        else:
+            loaded = importlib.import_module(module)
+    except InputError:
+        raise
+    except Exception as error:  # the user's code: report it in one line, whatever it raised
+        raise InputError(
+            path, "policy.module", f"importing '{module}' failed: {type(error).__name__}: {error}"
+        ) from None
+    _USER_MODULES[key] = loaded
+
+
 def _resolve_policy(spec: ScenarioSpec, path: Path) -> tuple[type[Policy], PolicyOptions]:
+    if spec.policy.module is not None:
+        _import_user_policies(spec.policy.module, path)
     policy_class = POLICIES.get(spec.policy.name)
     if policy_class is None:
         names = ", ".join(sorted(POLICIES))

@@ -36,3 +36,46 @@ def test_a_policy_name_cannot_be_registered_twice():
 def test_strategies_reject_unsupported_bit_widths():
     with pytest.raises(ValueError, match="supports bits"):
         Strategy("ptq", 4)
+
+
+USER_POLICY = """
+from fedhq_sim.policies import Policy, register_policy
+from fedhq_sim.quant.strategy import Strategy
+
+
+@register_policy("every-other-qat")
+class EveryOtherQAT(Policy):
+    def assign(self, ctx):
+        return {cid: Strategy("qat" if cid % 2 else "ptq", self.options.bits) for cid in ctx.selected}
+"""
+
+
+def test_a_user_defined_policy_loads_by_name_from_the_users_own_file(write_scenario, tmp_path):
+    from fedhq_sim.engine import Simulation
+    from fedhq_sim.scenario import load_scenario
+    from tests.conftest import tiny_scenario_dict
+
+    (tmp_path / "my_policies.py").write_text(USER_POLICY)
+    data = tiny_scenario_dict()
+    data["training"].update(rounds=1, clients_per_round=4)
+    data["policy"] = {"name": "every-other-qat", "module": "my_policies.py"}
+    path = write_scenario(data)
+    result = Simulation(load_scenario(path)).run()
+    strategies = {p.client_id: p.strategy for p in result.phases if p.phase == "compute"}
+    assert strategies == {0: "ptq8", 1: "qat8", 2: "ptq8", 3: "qat8"}
+    load_scenario(path)  # loading again does not register the policy twice
+
+
+def test_a_broken_user_policy_module_is_one_line_naming_its_key(write_scenario, tmp_path, capsys):
+    from fedhq_sim.cli import main
+    from tests.conftest import tiny_scenario_dict
+
+    (tmp_path / "broken.py").write_text("raise RuntimeError('half-written policy')\n")
+    data = tiny_scenario_dict()
+    data["policy"] = {"name": "nope", "module": "broken.py"}
+    assert main(["validate", str(write_scenario(data))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("policy.module: importing 'broken.py' failed: RuntimeError: half-written policy")
+    data["policy"]["module"] = "missing.py"
+    assert main(["validate", str(write_scenario(data, "m.yaml"))]) == 2
+    assert "policy.module: no such file:" in capsys.readouterr().err
