@@ -22,6 +22,7 @@ EXAMPLES = """examples:
   fedhq-sim run scenarios/quickstart.yaml
   fedhq-sim run scenarios/quickstart.yaml --out results/qs --overwrite
   fedhq-sim validate scenarios/quickstart.yaml
+  fedhq-sim analyze scenarios/quickstart.yaml
   fedhq-sim profile-device --out device_profiles/devices/my_gateway.yaml --power-idle 2.7W --power-active 6.4W
 """
 
@@ -41,6 +42,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")
     validate = commands.add_parser("validate", help="check a scenario and its profiles without running it")
     validate.add_argument("scenario", type=Path, help="scenario YAML file")
+    analyze = commands.add_parser(
+        "analyze",
+        help="print each client's predicted PTQ/QAT round, data skew and coarse initial assignment",
+    )
+    analyze.add_argument("scenario", type=Path, help="scenario YAML file")
+    analyze.add_argument("--latency-budget", type=float, default=0.1, help="coarse init: round budget (default 0.1)")
+    analyze.add_argument("--max-qat-fraction", type=float, default=0.5, help="coarse init: QAT share cap (0.5)")
+    analyze.add_argument("--out", type=Path, help="also write the table as CSV")
     profile = commands.add_parser(
         "profile-device",
         help="measure this machine and write a device profile",
@@ -153,6 +162,50 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from fedhq_sim.engine import Simulation
+    from fedhq_sim.policies.hardware_aware import coarse_assignment, ptq_critical_path
+    from fedhq_sim.scenario import load_scenario
+
+    if not (0 <= args.latency_budget <= 10 and 0 <= args.max_qat_fraction <= 1):
+        raise InputError("command line", "--latency-budget/--max-qat-fraction", "expected 0-10 and 0-1")
+    scenario = load_scenario(args.scenario)
+    simulation = Simulation(scenario)
+    bits = simulation.quantized_bits
+    ptq, qat = f"ptq{bits}", f"qat{bits}"
+    infos = simulation.policy.clients
+    choices = coarse_assignment(list(infos.values()), bits, args.latency_budget, args.max_qat_fraction)
+    rows = []
+    for client in scenario.clients:
+        a = simulation.analysis[client.client_id]
+        choice = choices[client.client_id]
+        rows.append(
+            {
+                "client": client.name,
+                "device": client.device.name,
+                "link": client.link.name,
+                "samples": a.samples,
+                "skew_jsd": round(a.skew, 3),
+                f"{ptq}_round_s": round(a.round_s(ptq), 4),
+                f"{qat}_round_s": round(a.round_s(qat), 4),
+                "initial": choice.strategy.label,
+                "why": choice.reason,
+            }
+        )
+    table = pd.DataFrame(rows)
+    with pd.option_context("display.max_colwidth", 90, "display.width", 250):
+        print(table.to_string(index=False))
+    path = ptq_critical_path(list(infos.values()), bits)
+    print(f"\nall-PTQ critical path (predicted, no other traffic): {path:.4g} s; budget x{1 + args.latency_budget:g}")
+    if args.out:
+        from fedhq_sim.results import atomic_write_text
+
+        atomic_write_text(args.out, table.to_csv(index=False))
+    return 0
+
+
 def _power_arguments(args: argparse.Namespace) -> tuple[float | None, float | None]:
     """``--power-idle``/``--power-active`` in watts: both or neither, positive, idle <= active."""
     from fedhq_sim.units import parse_power_w
@@ -218,7 +271,7 @@ def _profile_device(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script and of ``python -m fedhq_sim``."""
     args = _parser().parse_args(argv)
-    handlers = {"run": _run, "validate": _validate, "profile-device": _profile_device}
+    handlers = {"run": _run, "validate": _validate, "analyze": _analyze, "profile-device": _profile_device}
     try:
         return handlers[args.command](args)
     except InputError as error:

@@ -20,6 +20,7 @@ import numpy as np
 import simpy
 import torch
 
+from fedhq_sim.analysis import analyze
 from fedhq_sim.charge import charge_seconds, compute_joules
 from fedhq_sim.data import DATASETS, FederatedData, PartitionError, federate
 from fedhq_sim.errors import InputError, SimulationError
@@ -125,6 +126,17 @@ class Simulation:
             c.client_id: frozenset(f.strategy for f in self.feasibility if f.client_id == c.client_id and f.able)
             for c in scenario.clients
         }
+        t = spec.training
+        self.local = LocalConfig(
+            spec.model,
+            self.data.num_classes,
+            t.local_epochs,
+            t.batch_size,
+            t.learning_rate,
+            t.calibration_samples,
+            self.data.input_shape,
+        )
+        self.analysis = analyze(scenario, self.data, self.topology, self.local, self._candidate_strategies())
         infos = [
             ClientInfo(
                 c.client_id,
@@ -133,6 +145,7 @@ class Simulation:
                 c.link.name,
                 len(self.data.clients[c.client_id]),
                 self.able[c.client_id],
+                self.analysis[c.client_id],
             )
             for c in scenario.clients
         ]
@@ -145,16 +158,6 @@ class Simulation:
         if not self.eligible:
             reasons = [f.reason for f in self.feasibility if not f.able] or ["the policy assigns nothing they can run"]
             raise InputError(scenario.path, "sites", f"no client can take part: {reasons[0]}")
-        t = spec.training
-        self.local = LocalConfig(
-            spec.model,
-            self.data.num_classes,
-            t.local_epochs,
-            t.batch_size,
-            t.learning_rate,
-            t.calibration_samples,
-            self.data.input_shape,
-        )
         self.global_state = build_model(
             spec.model, self.data.num_classes, seed=spec.seed, input_shape=self.data.input_shape
         ).state_dict()
@@ -183,11 +186,15 @@ class Simulation:
             for link in ((a, b), (b, a)):
                 self.network.set_down(link, False)
 
+    @property
+    def quantized_bits(self) -> int:
+        """The bit width of the run's quantized strategies (8 for ``all-fp32``'s checks)."""
+        bits = self.scenario.policy_options.bits
+        return bits if bits in SUPPORTED_BITS else SUPPORTED_BITS[-1]
+
     def _candidate_strategies(self) -> tuple[Strategy, ...]:
         """fp32 and both quantized strategies at the policy's width (8 bits for ``all-fp32``)."""
-        bits = self.scenario.policy_options.bits
-        bits = bits if bits in SUPPORTED_BITS else SUPPORTED_BITS[-1]
-        return (FP32, Strategy("ptq", bits), Strategy("qat", bits))
+        return (FP32, Strategy("ptq", self.quantized_bits), Strategy("qat", self.quantized_bits))
 
     def _check_clients(self) -> list[Feasibility]:
         """Every client against every strategy: memory and link (see :mod:`fedhq_sim.feasibility`)."""

@@ -171,7 +171,7 @@ def test_a_client_whose_training_cannot_fit_the_deadline_is_flagged_with_the_tim
         Simulation(load_scenario(write_scenario(data)))
 
 
-@pytest.mark.parametrize("policy", ["all-fp32", "all-ptq", "all-qat", "hybrid"])
+@pytest.mark.parametrize("policy", ["all-fp32", "all-ptq", "all-qat", "hybrid", "deadline-greedy", "coarse-init"])
 def test_every_policy_runs_a_round_end_to_end(write_scenario, policy):
     data = tiny_scenario_dict()
     data["training"]["rounds"] = 1

@@ -10,12 +10,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar
 
 import numpy as np
 
 from fedhq_sim.quant.strategy import Strategy
 from fedhq_sim.schema import StrictModel
+
+if TYPE_CHECKING:  # the analysis imports the scenario, which imports the policies
+    from fedhq_sim.analysis import ClientAnalysis
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,8 @@ class ClientInfo:
     num_samples: int
     able: frozenset[str] = frozenset({"fp32", "ptq8", "qat8"})
     """Strategy labels the client's memory and link allow (see :mod:`fedhq_sim.feasibility`)."""
+    analysis: ClientAnalysis | None = None
+    """Predicted round seconds per strategy and data skew (see :mod:`fedhq_sim.analysis`)."""
 
 
 @dataclass(frozen=True)
