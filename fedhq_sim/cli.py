@@ -114,6 +114,10 @@ def _run(args: argparse.Namespace) -> int:
         {
             "host_seconds": round(time.perf_counter() - host_start, 3),
             "simulated_seconds": float(rounds["end_s"].iloc[-1]),
+            "policy_host_seconds_per_round": [round(t.policy_s, 6) for t in simulation.host_timing],
+            "policy_share_of_round_host_time_max": max(
+                (t.policy_s / t.host_s for t in simulation.host_timing if t.host_s > 0), default=0.0
+            ),
             "energy_j": {part: float(rounds[f"energy_{part}_j"].sum()) for part in ("compute", "radio", "idle")}
             | {"total": float(rounds["energy_j"].sum())},
         }

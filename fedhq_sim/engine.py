@@ -62,6 +62,16 @@ class _SiteOutcome:
     gateway_failed: bool = False
 
 
+@dataclass(frozen=True)
+class HostTiming:
+    """Host seconds of a round and of its policy decisions (assign and observe): measured on
+    this machine, so kept out of the simulated results and written to run.json only."""
+
+    round: int
+    host_s: float
+    policy_s: float
+
+
 RoundCallback = Callable[[RoundRecord, float], None]
 OFFLINE = "client offline"  # the interrupt cause of a client whose availability ended
 
@@ -163,6 +173,8 @@ class Simulation:
         ).state_dict()
         self.rounds: list[RoundRecord] = []
         self.phases: list[PhaseRecord] = []
+        self.host_timing: list[HostTiming] = []
+        self._policy_s = 0.0
 
     def _offline_watch(self, proc: simpy.Process, offline_at: float) -> Generator:
         """Fail a client's round when its availability ends before the round does."""
@@ -413,7 +425,9 @@ class Simulation:
         candidates = [cid for cid in self.eligible if availability.available(cid, self.env.now)]
         n_select = min(spec.training.clients_per_round, len(candidates))
         selected = tuple(sorted(int(i) for i in self.rng["selection"].choice(candidates, n_select, replace=False)))
+        decided = time.perf_counter()
         assignment = self.policy.assign(RoundContext(r, selected))
+        self._policy_s += time.perf_counter() - decided
         model_payload = encode_fp32(self.global_state)
         deadline_at = self.env.now + spec.training.round_deadline
         by_site: dict[str, list[int]] = {}
@@ -507,6 +521,7 @@ class Simulation:
                 deployed_accuracy=deployed_acc,
             )
         )
+        decided = time.perf_counter()
         self.policy.observe(
             [
                 ClientReport(
@@ -520,6 +535,7 @@ class Simulation:
                 for o in outcomes
             ]
         )
+        self._policy_s += time.perf_counter() - decided
 
     def _initial_round(self) -> RoundRecord:
         spec = self.scenario.spec
@@ -539,11 +555,14 @@ class Simulation:
             self.rounds.append(self._initial_round())
             for r in range(1, self.scenario.spec.training.rounds + 1):
                 host_start = time.perf_counter()
+                self._policy_s = 0.0
                 # Run until this round's process ends; stale timers (a deadline that was not
                 # needed) stay queued and fire later without effect.
                 self.env.run(until=self.env.process(self._round(r)))
+                host_s = time.perf_counter() - host_start
+                self.host_timing.append(HostTiming(r, host_s, self._policy_s))
                 if on_round is not None:
-                    on_round(self.rounds[-1], time.perf_counter() - host_start)
+                    on_round(self.rounds[-1], host_s)
         finally:
             torch.set_num_threads(threads)
         return RunResult(list(self.rounds), list(self.phases))

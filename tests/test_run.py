@@ -48,6 +48,8 @@ def test_a_run_writes_every_result_file(two_runs):
     assert {p.name for p in out.iterdir()} >= EXPECTED_FILES
     info = json.loads((out / "run.json").read_text())
     assert info["seed"] == 3 and info["versions"]["torch"].startswith("2.")
+    assert len(info["policy_host_seconds_per_round"]) == 2  # host timings live here, not in rounds.csv
+    assert 0 <= info["policy_share_of_round_host_time_max"] < 1
     rounds = pd.read_csv(out / "rounds.csv")
     assert list(rounds["round"]) == [0, 1, 2]
     events = pd.read_csv(out / "events.csv")
