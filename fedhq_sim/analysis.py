@@ -12,6 +12,7 @@ distribution, 1 for disjoint labels) and how much it holds. Policies read both t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -60,8 +61,7 @@ def label_skew(labels: np.ndarray, reference: np.ndarray) -> float:
 
 def _one_batch_work(cfg: LocalConfig, data: Samples, strategy: Strategy, payload: bytes) -> WorkProfile:
     batch = Samples(data.x[: cfg.batch_size], data.y[: cfg.batch_size])
-    one_epoch = LocalConfig(**{**cfg.__dict__, "local_epochs": 1})
-    return local_work(payload, batch, strategy, one_epoch, seed=0).work
+    return local_work(payload, batch, strategy, dataclasses.replace(cfg, local_epochs=1), seed=0).work
 
 
 def analyze(
