@@ -472,6 +472,7 @@ class Simulation:
                 self.data.num_classes,
                 self.data.server_calibration,
                 self.data.test,
+                self.quantized_bits,
             )
             self.global_state = result.state
             server_s = charge_seconds(result.work, self.scenario.server_device)
@@ -540,7 +541,12 @@ class Simulation:
     def _initial_round(self) -> RoundRecord:
         spec = self.scenario.spec
         fp32_acc, int8_acc, _ = evaluate_global(
-            self.global_state, spec.model, self.data.num_classes, self.data.server_calibration, self.data.test
+            self.global_state,
+            spec.model,
+            self.data.num_classes,
+            self.data.server_calibration,
+            self.data.test,
+            self.quantized_bits,
         )
         zeros = {f.name: 0.0 if f.type == "float" else 0 for f in fields(RoundRecord) if f.type in ("int", "float")}
         return RoundRecord(

@@ -73,7 +73,7 @@ def training_step(model_name: str, num_classes: int, strategy: Strategy, batch_s
     model = build_model(model_name, num_classes, seed=0, input_shape=batch_shape[1:])
     resident = 3 * _state_bytes(model)
     if strategy.kind == "qat":
-        model = eager.prepare_qat(model)
+        model = eager.prepare_qat(model, strategy.bits)
         resident += _state_bytes(model)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
@@ -95,7 +95,7 @@ def payload_bytes(model_name: str, num_classes: int, strategy: Strategy, input_s
     model = build_model(model_name, num_classes, seed=0, input_shape=input_shape)
     if strategy.kind == "fp32":
         return len(encode_fp32(model.state_dict()))
-    prepared = eager.prepare_ptq(model)
+    prepared = eager.prepare_ptq(model, strategy.bits)
     eager.calibrate(prepared, [torch.rand((4, *input_shape), generator=torch.Generator().manual_seed(0))])
     return len(encode_quantized(eager.convert(prepared), strategy.bits))
 

@@ -46,22 +46,27 @@ def accuracy(model: nn.Module, samples: Samples, *, int8: bool) -> float:
     return correct / len(samples)
 
 
-def deploy_int8(model: nn.Module, calibration: Samples) -> tuple[nn.Module, WorkProfile]:
-    """The int8 model the devices run (PTQ of ``model`` on the server's calibration samples)."""
-    prepared, prepare_work = eager.traced_prepare_ptq(model)
+def deploy_int8(model: nn.Module, calibration: Samples, bits: int = 8) -> tuple[nn.Module, WorkProfile]:
+    """The model the devices run: PTQ of ``model`` at ``bits`` on the server's calibration samples."""
+    prepared, prepare_work = eager.traced_prepare_ptq(model, bits)
     _, calibrate_work = traced(lambda: eager.calibrate(prepared, list(torch.split(calibration.x, EVAL_BATCH))))
     deployed, convert_work = eager.traced_convert(prepared)
     return deployed, prepare_work + calibrate_work + convert_work
 
 
 def evaluate_global(
-    state: dict[str, torch.Tensor], model_name: str, num_classes: int, calibration: Samples, test: Samples
+    state: dict[str, torch.Tensor],
+    model_name: str,
+    num_classes: int,
+    calibration: Samples,
+    test: Samples,
+    bits: int = 8,
 ) -> tuple[float, float, WorkProfile]:
     """fp32 and deployed (int8) test accuracy of a global state, with the work it took."""
     model, build_work = traced_build(model_name, num_classes, seed=0, input_shape=tuple(test.x.shape[1:]))
     load_work = traced_load(model, state)
     fp32_acc, fp32_work = traced(lambda: accuracy(model, test, int8=False))
-    deployed, deploy_work = deploy_int8(model, calibration)
+    deployed, deploy_work = deploy_int8(model, calibration, bits)
     int8_acc, int8_work = traced(lambda: accuracy(deployed, test, int8=True))
     return fp32_acc, int8_acc, build_work + load_work + fp32_work + deploy_work + int8_work
 
@@ -108,9 +113,10 @@ def server_round(
     num_classes: int,
     calibration: Samples,
     test: Samples,
+    bits: int = 8,
 ) -> ServerResult:
     """Aggregate the reported updates into ``global_state``'s parameterization and evaluate."""
     input_shape = tuple(test.x.shape[1:])
     state, work = aggregate_updates(payloads, global_state, model_name, num_classes, input_shape)
-    fp32_acc, int8_acc, eval_work = evaluate_global(state, model_name, num_classes, calibration, test)
+    fp32_acc, int8_acc, eval_work = evaluate_global(state, model_name, num_classes, calibration, test, bits)
     return ServerResult(state, fp32_acc, int8_acc, work + eval_work)

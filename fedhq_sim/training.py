@@ -101,14 +101,14 @@ def local_work(global_payload: bytes, data: Samples, strategy: Strategy, cfg: Lo
         return LocalResult(payload, len(data), loss, work + train_work + write_work)
 
     if strategy.kind == "qat":
-        model, prepare_work = eager.traced_prepare_qat(model)
+        model, prepare_work = eager.traced_prepare_qat(model, strategy.bits)
         loss, train_work = _train(model, data, cfg, strategy, seed)
         work = work + prepare_work + train_work
         batch_norm = eager.batch_norm_state(model)
     else:
         loss, train_work = _train(model, data, cfg, strategy, seed)
         batch_norm = eager.batch_norm_state(model)
-        model, prepare_work = eager.traced_prepare_ptq(model)
+        model, prepare_work = eager.traced_prepare_ptq(model, strategy.bits)
         calibration = data.x[: cfg.calibration_samples]
         batches = list(torch.split(calibration, cfg.batch_size))
         _, calibrate_work = traced(lambda: eager.calibrate(model, batches))

@@ -1,6 +1,8 @@
 """The wire format: real serialized sizes and an exact dequantization."""
 
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedhq_sim.aggregate import fedavg
 from fedhq_sim.models import build_model
@@ -73,3 +75,30 @@ def test_a_quantized_resnet_update_unfolds_to_the_clients_unfused_model():
     with torch.no_grad():
         gap = (restored(x) - client(x)).abs().max() / client(x).abs().max()
     assert gap < 0.05  # int8 weight rounding only
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-8, 7), min_size=1, max_size=50))
+def test_four_bit_values_pack_two_per_byte_and_unpack_exactly(values):
+    from fedhq_sim.quant.payload import pack_nibbles, unpack_nibbles
+
+    tensor = torch.tensor(values, dtype=torch.int8)
+    packed = pack_nibbles(tensor)
+    assert packed.dtype == torch.uint8 and packed.numel() == (len(values) + 1) // 2
+    assert torch.equal(unpack_nibbles(packed, tensor.shape), tensor)
+
+
+def test_a_four_bit_update_is_smaller_and_its_weights_use_sixteen_levels(digits_federation):
+    from fedhq_sim.quant.strategy import Strategy
+    from fedhq_sim.training import LocalConfig, local_work
+
+    cfg = LocalConfig("resnet8", 10, 1, 32, 0.05, 32, (1, 8, 8))
+    payload = encode_fp32(build_model("resnet8", 10, seed=0).state_dict())
+    data = digits_federation.clients[0]
+    eight = local_work(payload, data, Strategy("ptq", 8), cfg, seed=1).payload
+    four = local_work(payload, data, Strategy("qat", 4), cfg, seed=1).payload
+    assert len(four) < 0.75 * len(eight)
+    state = decode_to_fp32(four)
+    weight = state["block2.conv1.weight"]
+    levels = {torch.unique(weight[c]).numel() for c in range(weight.shape[0])}
+    assert max(levels) <= 16  # per output channel: at most 2**4 distinct values

@@ -35,7 +35,7 @@ def test_a_policy_name_cannot_be_registered_twice():
 
 def test_strategies_reject_unsupported_bit_widths():
     with pytest.raises(ValueError, match="supports bits"):
-        Strategy("ptq", 4)
+        Strategy("ptq", 2)
 
 
 USER_POLICY = """

@@ -4,9 +4,11 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 from fedhq_sim.cli import main
 from fedhq_sim.engine import Simulation
+from fedhq_sim.models import build_model
 from fedhq_sim.scenario import load_scenario
 from fedhq_sim.tables import latency_breakdown, phases_frame, rounds_frame
 from tests.conftest import REPO, tiny_scenario_dict
@@ -167,3 +169,35 @@ def test_resnet8_learns_with_quantized_updates(write_scenario):
     result = simulate(load_scenario(write_scenario(data)))  # hybrid: PTQ and QAT updates, folded
     assert result.rounds[0].deployed_accuracy < 0.2
     assert result.rounds[-1].deployed_accuracy > 0.5
+
+
+def test_a_four_bit_run_sends_packed_updates(write_scenario):
+    from fedhq_sim.engine import simulate
+
+    def final(bits):
+        data = tiny_scenario_dict()
+        data["training"].update(rounds=1, clients_per_round=4)
+        data["policy"] = {"name": "all-qat", "bits": bits}
+        return simulate(load_scenario(write_scenario(data, f"b{bits}.yaml"))).rounds[-1]
+
+    eight, four = final(8), final(4)
+    assert four.reported == eight.reported == 4
+    assert four.bytes_up < 0.85 * eight.bytes_up
+
+
+def test_deploying_at_four_bits_costs_accuracy_that_eight_bits_does_not(digits_federation):
+    from fedhq_sim.server_work import evaluate_global
+
+    model = build_model("small_cnn", 10, seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
+    x = torch.cat([c.x for c in digits_federation.clients])
+    y = torch.cat([c.y for c in digits_federation.clients])
+    for _ in range(3):
+        for i in range(0, len(x), 32):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[i : i + 32]), y[i : i + 32]).backward()
+            optimizer.step()
+    fed = digits_federation
+    fp32, eight, _ = evaluate_global(model.state_dict(), "small_cnn", 10, fed.server_calibration, fed.test, 8)
+    _, four, _ = evaluate_global(model.state_dict(), "small_cnn", 10, fed.server_calibration, fed.test, 4)
+    assert fp32 - eight < 0.01 < fp32 - four

@@ -59,10 +59,12 @@ class ClientReport:
 class PolicyOptions(StrictModel):
     """Options every quantizing policy has; subclasses add their own.
 
-    Only 8 bits for now: the eager torch.ao backend has int8 kernels and nothing lower.
+    8 or 4 bits: the eager torch.ao backend has int8 kernels, so 4-bit models store their
+    restricted-range values in int8 and run on them; their updates travel packed at 4 bits.
+    The server deploys the global model at the same width.
     """
 
-    bits: Literal[8] = 8
+    bits: Literal[4, 8] = 8
 
 
 class Policy(ABC):

@@ -58,7 +58,19 @@ def _fused_copy(model: nn.Module, *, for_training: bool) -> nn.Module:
     return tq.fuse_modules(prepared, groups) if groups else prepared
 
 
-def ptq_qconfig() -> tq.QConfig:
+def _ranges(bits: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Activation (unsigned) and weight (signed, symmetric) integer ranges at ``bits``.
+
+    8 bits keep the x86-safe 7-bit activations. Below 8 bits the values are stored in int8
+    and run on the int8 kernels, restricted to the narrower range: what low-bit PTQ and QAT
+    simulations do on hardware without low-bit kernels.
+    """
+    if bits == 8:
+        return (0, 127), (-128, 127)
+    return (0, 2**bits - 1), (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+
+
+def ptq_qconfig(bits: int = 8) -> tq.QConfig:
     """Min/max observers: per-tensor activations, per-channel symmetric weights.
 
     The engine's default uses a histogram observer whose range search runs tens of thousands
@@ -72,26 +84,48 @@ def ptq_qconfig() -> tq.QConfig:
     charge and its accuracy, does not depend on where the simulation runs; only the int8
     kernel library (:func:`quant_engine`) does.
     """
+    if bits == 8:
+        return tq.QConfig(
+            activation=tq.MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=True),
+            weight=tq.default_per_channel_weight_observer,
+        )
+    (a_min, a_max), (w_min, w_max) = _ranges(bits)
     return tq.QConfig(
-        activation=tq.MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=True),
-        weight=tq.default_per_channel_weight_observer,
+        activation=tq.MinMaxObserver.with_args(dtype=torch.quint8, quant_min=a_min, quant_max=a_max),
+        weight=tq.PerChannelMinMaxObserver.with_args(
+            dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=w_min, quant_max=w_max
+        ),
     )
 
 
-def qat_qconfig() -> tq.QConfig:
+def qat_qconfig(bits: int = 8) -> tq.QConfig:
     """Fused observer + fake quantization, per-channel weights; the same on every host.
 
-    It is PyTorch's x86 QAT recipe, used for every engine for the reason given in
-    :func:`ptq_qconfig`.
+    At 8 bits it is PyTorch's x86 QAT recipe, used for every engine for the reason given in
+    :func:`ptq_qconfig`; below, the same recipe on the narrower ranges.
     """
-    return tq.get_default_qat_qconfig("x86")
+    if bits == 8:
+        return tq.get_default_qat_qconfig("x86")
+    (a_min, a_max), (w_min, w_max) = _ranges(bits)
+    return tq.QConfig(
+        activation=tq.FusedMovingAvgObsFakeQuantize.with_args(
+            observer=tq.MovingAverageMinMaxObserver, quant_min=a_min, quant_max=a_max, dtype=torch.quint8
+        ),
+        weight=tq.FusedMovingAvgObsFakeQuantize.with_args(
+            observer=tq.MovingAveragePerChannelMinMaxObserver,
+            quant_min=w_min,
+            quant_max=w_max,
+            dtype=torch.qint8,
+            qscheme=torch.per_channel_symmetric,
+        ),
+    )
 
 
-def prepare_ptq(model: nn.Module) -> nn.Module:
+def prepare_ptq(model: nn.Module, bits: int = 8) -> nn.Module:
     """A fused copy of a trained fp32 model with observers, ready for calibration."""
     with eager_quantization():
         prepared = _fused_copy(model, for_training=False)
-        prepared.qconfig = ptq_qconfig()
+        prepared.qconfig = ptq_qconfig(bits)
         return tq.prepare(prepared)
 
 
@@ -102,11 +136,11 @@ def calibrate(prepared: nn.Module, batches: Iterator[torch.Tensor] | list[torch.
             prepared(x)
 
 
-def prepare_qat(model: nn.Module) -> nn.Module:
+def prepare_qat(model: nn.Module, bits: int = 8) -> nn.Module:
     """A fused copy of an fp32 model with fake quantization, ready for training."""
     with eager_quantization():
         prepared = _fused_copy(model, for_training=True)
-        prepared.qconfig = qat_qconfig()
+        prepared.qconfig = qat_qconfig(bits)
         return tq.prepare_qat(prepared)
 
 
@@ -149,15 +183,15 @@ def _module_count(model: nn.Module) -> int:
     return sum(1 for _ in model.modules())
 
 
-def traced_prepare_ptq(model: nn.Module) -> tuple[nn.Module, WorkProfile]:
+def traced_prepare_ptq(model: nn.Module, bits: int = 8) -> tuple[nn.Module, WorkProfile]:
     """:func:`prepare_ptq` with its work: the traced ops plus one marker per module rewritten."""
-    prepared, work = traced(lambda: prepare_ptq(model))
+    prepared, work = traced(lambda: prepare_ptq(model, bits))
     return prepared, work + marker("prepare_ptq", _module_count(model))
 
 
-def traced_prepare_qat(model: nn.Module) -> tuple[nn.Module, WorkProfile]:
+def traced_prepare_qat(model: nn.Module, bits: int = 8) -> tuple[nn.Module, WorkProfile]:
     """:func:`prepare_qat` with its work: the traced ops plus one marker per module rewritten."""
-    prepared, work = traced(lambda: prepare_qat(model))
+    prepared, work = traced(lambda: prepare_qat(model, bits))
     return prepared, work + marker("prepare_qat", _module_count(model))
 
 

@@ -58,8 +58,10 @@ def quantized_message(model: nn.Module, bits: int, batch_norm: dict[str, torch.T
             zero_points = torch.tensor([weight.q_zero_point()], dtype=torch.int32)
             axis = torch.tensor(-1)
         bias = layer.bias()
+        values = weight.int_repr()
         layers[name] = {
-            "weight_int": weight.int_repr().clone(),
+            "weight_int": pack_nibbles(values) if bits == 4 else values.clone(),
+            "weight_shape": torch.tensor(values.shape),
             "scales": scales,
             "zero_points": zero_points,
             "axis": axis,
@@ -75,8 +77,25 @@ def encode_quantized(model: nn.Module, bits: int, batch_norm: dict[str, torch.Te
     return _serialize(quantized_message(model, bits, batch_norm))
 
 
-def _dequantize(layer: dict[str, torch.Tensor]) -> torch.Tensor:
-    values = layer["weight_int"].to(torch.float32)
+def pack_nibbles(values: torch.Tensor) -> torch.Tensor:
+    """Signed 4-bit values (in [-8, 7], held in int8) packed two per byte (uint8)."""
+    flat = (values.flatten().to(torch.int16) + 8).to(torch.uint8)
+    if flat.numel() % 2:
+        flat = torch.cat([flat, flat.new_zeros(1)])
+    return flat[0::2] | (flat[1::2] << 4)
+
+
+def unpack_nibbles(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The int8 values :func:`pack_nibbles` packed, in ``shape``."""
+    pairs = torch.stack([packed & 0x0F, packed >> 4], dim=1).flatten()
+    count = int(torch.tensor(shape).prod())
+    return (pairs[:count].to(torch.int16) - 8).to(torch.int8).reshape(shape)
+
+
+def _dequantize(layer: dict[str, torch.Tensor], bits: int) -> torch.Tensor:
+    shape = torch.Size(layer["weight_shape"].tolist())
+    values = unpack_nibbles(layer["weight_int"], shape) if bits == 4 else layer["weight_int"]
+    values = values.to(torch.float32)
     axis = int(layer["axis"])
     if axis < 0:
         return (values - layer["zero_points"].float()) * layer["scales"]
@@ -95,7 +114,7 @@ def _message_state(message: dict) -> dict[str, torch.Tensor]:
         return message["state"]
     state: dict[str, torch.Tensor] = {}
     for name, layer in message["layers"].items():
-        state[f"{name}.weight"] = _dequantize(layer)
+        state[f"{name}.weight"] = _dequantize(layer, int(message["bits"]))
         if layer["bias"].numel():
             state[f"{name}.bias"] = layer["bias"]
     return state | message.get("batch_norm", {})

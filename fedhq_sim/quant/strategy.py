@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 StrategyKind = Literal["fp32", "ptq", "qat"]
-SUPPORTED_BITS = (8,)
+SUPPORTED_BITS = (4, 8)
 
 
 @dataclass(frozen=True, order=True)
