@@ -491,10 +491,11 @@ class Simulation:
         latency = self.env.now - start
         compute_j = sum(p.energy_j for p in this_round if p.phase == "compute")
         radio_j = sum(p.energy_j for p in this_round if p.phase != "compute")
-        idle_j = 0.0
-        for cid in selected:
-            computing = sum(p.end_s - p.start_s for p in this_round if p.client_id == cid and p.phase == "compute")
-            idle_j += self.scenario.clients[cid].device.power.idle * (latency - computing)
+        computing: Counter[int] = Counter()  # one pass: a round of thousands stays linear
+        for p in this_round:
+            if p.phase == "compute":
+                computing[p.client_id] += p.end_s - p.start_s
+        idle_j = sum(self.scenario.clients[cid].device.power.idle * (latency - computing[cid]) for cid in selected)
         self.rounds.append(
             RoundRecord(
                 round=r,
