@@ -131,8 +131,11 @@ def _feasibility_lines(simulation: Simulation) -> list[str]:
     client that is never selected."""
     lines = []
     policy = simulation.scenario.spec.policy.name
+    by_client: dict[int, list] = {}
+    for row in simulation.feasibility:
+        by_client.setdefault(row.client_id, []).append(row)
     for client in simulation.scenario.clients:
-        rows = [row for row in simulation.feasibility if row.client_id == client.client_id]
+        rows = by_client[client.client_id]
         unable = [row for row in rows if not row.able]
         if client.client_id in simulation.eligible:
             lines += [f"warning: {client.name} cannot run {row.strategy}: {row.reason}" for row in unable]

@@ -132,10 +132,11 @@ class Simulation:
             site: ClientSpec(-1 - site_index[site], f"{site}/aggregator", site, device, scenario.backhauls[site])
             for site, device in scenario.aggregators.items()
         }
-        self.able: dict[int, frozenset[str]] = {
-            c.client_id: frozenset(f.strategy for f in self.feasibility if f.client_id == c.client_id and f.able)
-            for c in scenario.clients
-        }
+        able: dict[int, set[str]] = {c.client_id: set() for c in scenario.clients}
+        for row in self.feasibility:  # one pass: building a fleet of thousands stays linear
+            if row.able:
+                able[row.client_id].add(row.strategy)
+        self.able = {cid: frozenset(labels) for cid, labels in able.items()}
         t = spec.training
         self.local = LocalConfig(
             spec.model,
