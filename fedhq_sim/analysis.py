@@ -13,7 +13,6 @@ distribution, 1 for disjoint labels) and how much it holds. Policies read both t
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,7 +60,7 @@ def label_skew(labels: np.ndarray, reference: np.ndarray) -> float:
 
 def _one_batch_work(cfg: LocalConfig, data: Samples, strategy: Strategy, payload: bytes) -> WorkProfile:
     batch = Samples(data.x[: cfg.batch_size], data.y[: cfg.batch_size])
-    return local_work(payload, batch, strategy, dataclasses.replace(cfg, local_epochs=1), seed=0).work
+    return local_work(payload, batch, strategy, dataclasses.replace(cfg, local_epochs=1, local_steps=1), seed=0).work
 
 
 def analyze(
@@ -86,7 +85,7 @@ def analyze(
     for client in scenario.clients:
         cid = client.client_id
         n = len(data.clients[cid])
-        n_steps = cfg.local_epochs * math.ceil(n / cfg.batch_size)
+        n_steps = cfg.steps(n)
         compute = {
             label: charge_seconds(fixed[label], client.device)
             + (n_steps - 1) * charge_seconds(steps[label], client.device)

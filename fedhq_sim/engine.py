@@ -29,7 +29,7 @@ from fedhq_sim.models import build_model
 from fedhq_sim.network import FlowNetwork, TransferStalledError
 from fedhq_sim.policies import ClientInfo, ClientReport, Policy, RoundContext
 from fedhq_sim.quant.payload import encode_fp32
-from fedhq_sim.quant.strategy import FP32, SUPPORTED_BITS, Strategy
+from fedhq_sim.quant.strategy import FP32, Strategy
 from fedhq_sim.records import PhaseRecord, RoundRecord
 from fedhq_sim.scenario import ClientSpec, LoadedScenario, Outage
 from fedhq_sim.server_work import evaluate_global, gateway_round, server_round
@@ -146,6 +146,7 @@ class Simulation:
             t.learning_rate,
             t.calibration_samples,
             self.data.input_shape,
+            t.local_steps,
         )
         self.analysis = analyze(scenario, self.data, self.topology, self.local, self._candidate_strategies())
         infos = [
@@ -201,12 +202,11 @@ class Simulation:
 
     @property
     def quantized_bits(self) -> int:
-        """The bit width of the run's quantized strategies (8 for ``all-fp32``'s checks)."""
-        bits = self.scenario.policy_options.bits
-        return bits if bits in SUPPORTED_BITS else SUPPORTED_BITS[-1]
+        """The bit width of the run's quantized strategies and of the deployed model."""
+        return self.scenario.policy_options.bits
 
     def _candidate_strategies(self) -> tuple[Strategy, ...]:
-        """fp32 and both quantized strategies at the policy's width (8 bits for ``all-fp32``)."""
+        """fp32 and both quantized strategies at the policy's width."""
         return (FP32, Strategy("ptq", self.quantized_bits), Strategy("qat", self.quantized_bits))
 
     def _check_clients(self) -> list[Feasibility]:
@@ -221,7 +221,11 @@ class Simulation:
             cid = client.client_id
             download_s = transfer_floor_s(self.topology.downlink_routes[cid], self.topology.links, model_nbytes)
             # Full batches only (a partial last batch costs less): the compute time stays a floor.
-            full_steps = spec.training.local_epochs * (len(self.data.clients[cid]) // spec.training.batch_size)
+            n, batch = len(self.data.clients[cid]), spec.training.batch_size
+            fixed = spec.training.local_steps
+            full_steps = (
+                (fixed if n >= batch else 0) if fixed is not None else spec.training.local_epochs * (n // batch)
+            )
             for strategy in self._candidate_strategies():
                 upload_nbytes = payload_bytes(spec.model, num_classes, strategy, sample_shape)
                 step = training_step(spec.model, num_classes, strategy, batch_shape)
@@ -534,6 +538,8 @@ class Simulation:
                     o.result is not None,
                     len(self.data.clients[o.client_id]),
                     o.result.train_loss if o.result else None,
+                    o.result.divergence if o.result else None,
+                    o.result.quantization_error if o.result else None,
                 )
                 for o in outcomes
             ]

@@ -8,8 +8,10 @@ a :class:`LoadedScenario` of plain values. Defaults live only in the model field
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -75,11 +77,20 @@ class TrainingSpec(StrictModel):
 
     rounds: int = Field(ge=1, le=100_000)
     clients_per_round: int = Field(ge=1)
-    local_epochs: int = Field(ge=1)
+    local_epochs: int = Field(default=1, ge=1)
+    local_steps: int | None = Field(default=None, ge=1, le=1_000_000)
+    """Exactly this many minibatch steps per round (reshuffling after each pass), instead of
+    ``local_epochs`` passes: every client then does the same work whatever data it holds."""
     batch_size: int = Field(ge=1)
     learning_rate: float = Field(gt=0.0, le=100.0)
     calibration_samples: int = Field(default=32, ge=1)
     round_deadline: Seconds
+
+    @model_validator(mode="after")
+    def _epochs_or_steps(self) -> TrainingSpec:
+        if self.local_steps is not None and "local_epochs" in self.model_fields_set:
+            raise ValueError("give local_epochs or local_steps, not both")
+        return self
 
 
 class OutageSpec(StrictModel):
@@ -277,10 +288,31 @@ def _resolve_policy(spec: ScenarioSpec, path: Path) -> tuple[type[Policy], Polic
 IMAGE_DATASETS = frozenset({"digits"})
 
 
-def load_scenario(path: Path | str) -> LoadedScenario:
-    """Read, validate and resolve a scenario file; any problem is an :class:`InputError`."""
+def with_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a scenario mapping with ``{"training.rounds": 5, "seed": 3}``-style values set.
+
+    A dotted key walks nested mappings, creating missing ones; the value replaces what was
+    there (a whole section when the key names one). Validation happens afterwards, as for the
+    file itself, so an override is checked exactly like a value written in the scenario.
+    """
+    result = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = result
+        for key in parents:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = node[key] = {}
+            node = child
+        node[leaf] = copy.deepcopy(value)
+    return result
+
+
+def load_scenario(path: Path | str, overrides: Mapping[str, Any] | None = None) -> LoadedScenario:
+    """Read, validate and resolve a scenario file, with optional :func:`with_overrides` values;
+    any problem is an :class:`InputError`."""
     path = Path(path)
-    spec = validate(ScenarioSpec, load_yaml_mapping(path), path)
+    spec = validate(ScenarioSpec, with_overrides(load_yaml_mapping(path), overrides or {}), path)
     try:
         library = ProfileLibrary((path.parent / spec.profiles_dir).resolve())
         is_dir = library.root.is_dir()

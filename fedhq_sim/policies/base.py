@@ -54,6 +54,11 @@ class ClientReport:
     reported: bool
     num_samples: int
     train_loss: float | None
+    divergence: float | None = None
+    """Relative L2 distance of the client's trained weights from the global model it began with."""
+    quantization_error: float | None = None
+    """PTQ only: relative distance of the client's int8 model's outputs from its float model's
+    on its calibration samples (see :class:`fedhq_sim.training.LocalResult`)."""
 
 
 class PolicyOptions(StrictModel):
@@ -104,6 +109,11 @@ class Policy(ABC):
 
     def observe(self, reports: Sequence[ClientReport]) -> None:  # noqa: B027 - optional hook
         """Learn from a finished round; fixed policies ignore it."""
+
+    def decision_log(self) -> list[dict[str, object]]:
+        """Changes of assignment made during the run, with why (written to ``policy_log.csv``);
+        fixed policies make none."""
+        return []
 
 
 P = TypeVar("P", bound=type[Policy])

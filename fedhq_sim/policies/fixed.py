@@ -8,7 +8,6 @@ the others run PTQ), which is the naive form of the hybrid idea that FedHQ refin
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -17,15 +16,10 @@ from fedhq_sim.policies.base import ClientInfo, Policy, PolicyOptions, RoundCont
 from fedhq_sim.quant.strategy import FP32, Strategy
 
 
-class FP32Options(PolicyOptions):
-    bits: Literal[32] = 32  # type: ignore[assignment] - fp32 has one width
-
-
 @register_policy("all-fp32")
 class AllFP32(Policy):
-    """Every client trains and uploads in fp32; the server still deploys the int8 model."""
-
-    Options = FP32Options
+    """Every client trains and uploads in fp32; the server still deploys the model quantized
+    at ``bits``, so its deployed accuracy compares with the quantizing policies'."""
 
     def assign(self, ctx: RoundContext) -> dict[int, Strategy]:
         return dict.fromkeys(ctx.selected, FP32)

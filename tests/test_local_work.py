@@ -1,0 +1,66 @@
+"""A client's local work: what it reports besides its update."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from fedhq_sim.models import build_model
+from fedhq_sim.quant.payload import encode_fp32
+from fedhq_sim.quant.strategy import FP32, Strategy
+from fedhq_sim.training import LocalConfig, local_work
+
+
+@pytest.fixture(scope="module")
+def start(digits_federation):
+    model = build_model("small_cnn", 10, seed=0, input_shape=(1, 8, 8))
+    cfg = LocalConfig("small_cnn", 10, 2, 16, 0.2, 32, (1, 8, 8))
+    return encode_fp32(model.state_dict()), digits_federation.clients[0].subset(np.arange(128)), cfg
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_qat_from_a_fresh_model_learns_about_as_fast_as_fp32(start, bits):
+    """A local round is a few dozen steps: fake-quant ranges that lag behind the weights
+    (PyTorch's default moving average) clamp the logits and QAT stops learning."""
+    payload, data, cfg = start
+    fp32 = local_work(payload, data, FP32, cfg, seed=1).train_loss
+    qat = local_work(payload, data, Strategy("qat", bits), cfg, seed=1).train_loss
+    assert qat < fp32 + 0.3, (qat, fp32)
+
+
+def test_only_ptq_reports_a_quantization_error_and_four_bits_err_more(start):
+    payload, data, cfg = start
+    results = {s: local_work(payload, data, s, cfg, seed=1) for s in (FP32, Strategy("qat", 4))}
+    assert all(r.quantization_error is None for r in results.values())
+    errors = {bits: local_work(payload, data, Strategy("ptq", bits), cfg, seed=1).quantization_error for bits in (8, 4)}
+    assert 0 < errors[8] < errors[4] < 1.5, errors
+
+
+def test_divergence_measures_how_far_training_moved_from_the_global_model(start):
+    payload, data, cfg = start
+    one = local_work(payload, data, FP32, cfg, seed=1).divergence
+    more = local_work(payload, data, FP32, dataclasses.replace(cfg, local_epochs=6), seed=1).divergence
+    assert 0 < one < more
+
+
+def test_local_steps_fix_the_work_whatever_the_data_held(start):
+    payload, data, cfg = start
+    fixed = dataclasses.replace(cfg, local_steps=5)
+    small, large = data.subset(np.arange(48)), data
+    works = [local_work(payload, d, Strategy("ptq", 8), fixed, seed=1).work for d in (small, large)]
+    assert fixed.steps(48) == fixed.steps(128) == 5
+    assert works[0].flops() == pytest.approx(works[1].flops(), rel=0.05)  # full batches of 16 either way
+    epochs = [local_work(payload, d, Strategy("ptq", 8), cfg, seed=1).work for d in (small, large)]
+    assert epochs[1].flops() > 2 * epochs[0].flops()
+
+
+def test_local_epochs_and_local_steps_are_exclusive(write_scenario, capsys):
+    from fedhq_sim.cli import main
+    from tests.conftest import tiny_scenario_dict
+
+    data = tiny_scenario_dict()
+    data["training"]["local_steps"] = 4
+    assert main(["validate", str(write_scenario(data))]) == 2
+    assert "training" in capsys.readouterr().err
+    del data["training"]["local_epochs"]
+    assert main(["validate", str(write_scenario(data))]) == 0
