@@ -104,3 +104,25 @@ class CoarseInit(_Fixed):
     def __init__(self, options: CoarseOptions, clients: Sequence[ClientInfo], rng: np.random.Generator) -> None:
         super().__init__(options, clients, rng)
         self.choices = coarse_assignment(clients, options.bits, options.latency_budget, options.max_qat_fraction)
+
+
+@register_policy("random-hybrid")
+class RandomHybrid(_Fixed):
+    """As many QAT clients as FedHQ's initialization picks, but drawn at random (seeded) from
+    the clients able to run QAT: the baseline that isolates the value of *which* clients."""
+
+    Options = CoarseOptions
+
+    def __init__(self, options: CoarseOptions, clients: Sequence[ClientInfo], rng: np.random.Generator) -> None:
+        super().__init__(options, clients, rng)
+        ptq, qat = Strategy("ptq", options.bits), Strategy("qat", options.bits)
+        coarse = coarse_assignment(clients, options.bits, options.latency_budget, options.max_qat_fraction)
+        n_qat = sum(choice.strategy == qat for choice in coarse.values())
+        able = [c.client_id for c in clients if qat.label in c.able]
+        drawn = {int(cid) for cid in rng.choice(able, size=min(n_qat, len(able)), replace=False)}
+        self.choices = {
+            c.client_id: Choice(qat, f"drawn at random ({n_qat} as in FedHQ's initialization)")
+            if c.client_id in drawn
+            else Choice(ptq, "not drawn")
+            for c in clients
+        }

@@ -1,0 +1,139 @@
+"""FedHQ: the coarse global initialization, then a learned fine-grained adjustment.
+
+Round 1 starts from :func:`~fedhq_sim.policies.hardware_aware.coarse_assignment`. After every
+``adjust_every`` rounds the policy asks its :class:`~fedhq_sim.policies.benefit_model.BenefitModel`
+for each client's predicted PTQ quantization error (the benefit of QAT) and moves clients:
+
+- clients with QAT "for free" keep it (it never lengthens the round);
+- only clients whose predicted QAT round fits the latency budget may run QAT, and at most
+  ``max_qat_fraction`` of the fleet does, so the budget holds after every move;
+- a PTQ client is promoted when its predicted benefit exceeds the fleet's median by the
+  ``hysteresis`` margin, into a free QAT place or in place of the QAT client with the lowest
+  benefit if its own is larger by the same margin;
+- a QAT client is demoted when its predicted benefit falls below the median by the margin;
+- nothing moves until the model has seen enough labels, and a client that moved stays put
+  for two adjustment periods.
+
+Promotion and demotion thresholds do not overlap and a swap must gain the margin, so under
+constant observations every client moves at most once (no flapping). docs/policies.md has
+the features, the label and the update rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import Field
+
+from fedhq_sim.policies.base import ClientInfo, ClientReport, Policy, RoundContext, register_policy
+from fedhq_sim.policies.benefit_model import FEATURES, BenefitModel
+from fedhq_sim.policies.hardware_aware import CoarseOptions, coarse_assignment, ptq_critical_path
+from fedhq_sim.quant.strategy import Strategy
+
+WARM_UP_LABELS_PER_FEATURE = 3
+"""No adjustment before the model has seen this many PTQ labels per coefficient: its first
+predictions, from a handful of labels, are shrunk towards the mean and would move clients
+that the next rounds move back."""
+DWELL_ADJUSTMENTS = 2
+"""A client that moved stays put for this many adjustment periods."""
+
+
+class FedHQOptions(CoarseOptions):
+    adjust_every: int = Field(default=3, ge=1, le=1000)
+    """Rounds between adjustments (K)."""
+    hysteresis: float = Field(default=0.25, ge=0.0, le=10.0)
+    """Relative margin a move must clear (see the module docstring)."""
+    forgetting: float = Field(default=0.9, gt=0.0, le=1.0)
+    ridge: float = Field(default=0.1, gt=0.0)
+
+
+@dataclass(frozen=True)
+class Move:
+    """One change of a client's strategy by the adjustment, with why."""
+
+    round: int
+    client_id: int
+    strategy: Strategy
+    reason: str
+
+
+@register_policy("fedhq")
+class FedHQ(Policy):
+    """Coarse hardware- and data-aware initialization plus the learned adjustment."""
+
+    Options = FedHQOptions
+
+    def __init__(self, options: FedHQOptions, clients: Sequence[ClientInfo], rng: np.random.Generator) -> None:
+        super().__init__(options, clients, rng)
+        bits = options.bits
+        self.ptq, self.qat = Strategy("ptq", bits), Strategy("qat", bits)
+        self.initial = coarse_assignment(clients, bits, options.latency_budget, options.max_qat_fraction)
+        self.current = {cid: choice.strategy for cid, choice in self.initial.items()}
+        path = ptq_critical_path(clients, bits)
+        limit = (1.0 + options.latency_budget) * path
+        qat_round = {
+            c.client_id: c.analysis.round_s(self.qat.label)
+            for c in clients
+            if c.analysis is not None and self.qat.label in c.able
+        }
+        self.free = frozenset(cid for cid, t in qat_round.items() if t <= path)
+        self.within_budget = frozenset(cid for cid, t in qat_round.items() if t <= limit)
+        self.max_qat = max(int(options.max_qat_fraction * len(clients)), len(self.free))
+        self.model = BenefitModel(clients, self.ptq.label, forgetting=options.forgetting, ridge=options.ridge)
+        self.moves: list[Move] = []
+        self._rounds_seen = 0
+
+    def assign(self, ctx: RoundContext) -> dict[int, Strategy]:
+        return {cid: self.current[cid] for cid in ctx.selected}
+
+    def strategies_for(self, client_id: int) -> frozenset[Strategy]:
+        if client_id in self.within_budget:
+            return frozenset({self.ptq, self.qat})
+        return frozenset({self.current[client_id]})
+
+    def observe(self, reports: Sequence[ClientReport]) -> None:
+        self.model.update(reports)
+        self._rounds_seen += 1
+        warm = self.model.labels_seen >= WARM_UP_LABELS_PER_FEATURE * len(FEATURES)
+        if warm and self._rounds_seen % self.options.adjust_every == 0:
+            self._adjust(max((r.round for r in reports), default=self._rounds_seen))
+
+    def _adjust(self, round_index: int) -> None:
+        h = self.options.hysteresis
+        benefit = self.model.predict(sorted(self.current))
+        median = float(np.median(list(benefit.values())))
+        settled = {
+            m.client_id for m in self.moves if round_index - m.round < DWELL_ADJUSTMENTS * self.options.adjust_every
+        }
+        movable = sorted(self.within_budget - self.free - settled)
+        in_qat = [cid for cid in movable if self.current[cid] == self.qat]
+        for cid in in_qat:
+            if benefit[cid] < (1.0 - h) * median:
+                self._move(round_index, cid, self.ptq, f"benefit {benefit[cid]:.3g} < (1-h) x median {median:.3g}")
+        candidates = sorted(
+            (cid for cid in movable if self.current[cid] == self.ptq and benefit[cid] > (1.0 + h) * median),
+            key=lambda cid: (-benefit[cid], cid),
+        )
+        for cid in candidates:
+            n_qat = sum(s == self.qat for s in self.current.values())
+            why = f"benefit {benefit[cid]:.3g} > (1+h) x median {median:.3g}"
+            if n_qat < self.max_qat:
+                self._move(round_index, cid, self.qat, why)
+                continue
+            qat_now = [q for q in movable if self.current[q] == self.qat]
+            weakest = min(qat_now, key=lambda q: (benefit[q], q), default=None)
+            if weakest is not None and benefit[cid] > (1.0 + h) * benefit[weakest]:
+                self._move(round_index, weakest, self.ptq, f"benefit {benefit[weakest]:.3g}: swapped out for {cid}")
+                self._move(round_index, cid, self.qat, f"{why}; swapped in for {weakest}")
+
+    def decision_log(self) -> list[dict[str, object]]:
+        return [
+            {"after_round": m.round, "client_id": m.client_id, "strategy": m.strategy.label, "reason": m.reason}
+            for m in self.moves
+        ]
+
+    def _move(self, round_index: int, client_id: int, strategy: Strategy, reason: str) -> None:
+        self.current[client_id] = strategy
+        self.moves.append(Move(round_index, client_id, strategy, reason))
