@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint clean
+.PHONY: setup run compare test lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ setup: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/fedhq-sim run scenarios/quickstart.yaml
+
+# Every policy on the FedHQ comparison scenario over seeds 1-3 (docs/results.md).
+compare: $(STAMP)
+	$(BIN)/fedhq-sim compare scenarios/fedhq_comparison.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

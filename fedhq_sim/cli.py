@@ -23,6 +23,7 @@ EXAMPLES = """examples:
   fedhq-sim run scenarios/quickstart.yaml --out results/qs --overwrite
   fedhq-sim validate scenarios/quickstart.yaml
   fedhq-sim analyze scenarios/quickstart.yaml
+  fedhq-sim compare scenarios/fedhq_comparison.yaml --seeds 1 2 3 --target 0.8 --out results/cmp
   fedhq-sim profile-device --out device_profiles/devices/my_gateway.yaml --power-idle 2.7W --power-active 6.4W
 """
 
@@ -47,9 +48,27 @@ def _parser() -> argparse.ArgumentParser:
         help="print each client's predicted PTQ/QAT round, data skew and coarse initial assignment",
     )
     analyze.add_argument("scenario", type=Path, help="scenario YAML file")
-    analyze.add_argument("--latency-budget", type=float, default=0.1, help="coarse init: round budget (default 0.1)")
-    analyze.add_argument("--max-qat-fraction", type=float, default=0.5, help="coarse init: QAT share cap (0.5)")
+    analyze.add_argument(
+        "--latency-budget", type=float, help="coarse init: round budget (default: the scenario's policy, else 0.1)"
+    )
+    analyze.add_argument(
+        "--max-qat-fraction", type=float, help="coarse init: QAT share cap (default: the scenario's policy, else 0.5)"
+    )
     analyze.add_argument("--out", type=Path, help="also write the table as CSV")
+    compare = commands.add_parser(
+        "compare",
+        help="run several policies over several seeds on one scenario; write a table and a figure",
+        description="Each (policy, seed) is a full simulation of the scenario with policy.name and seed replaced; "
+        "a policy keeps the scenario's policy options it accepts (bits, latency_budget, ...).",
+    )
+    compare.add_argument("scenario", type=Path, help="scenario YAML file")
+    compare.add_argument("--policies", nargs="+", help="registered policy names (default: all six built-ins)")
+    compare.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="seeds (default: 1 2 3)")
+    compare.add_argument("--target", type=float, default=0.8, help="deployed accuracy to reach (default 0.8)")
+    compare.add_argument("--jobs", type=int, help="runs at a time in worker processes (default: CPU count)")
+    compare.add_argument("--out", type=Path, help="results folder (default: results/<name>-compare-<date-time>)")
+    compare.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
+    compare.add_argument("--quiet", action="store_true", help="print nothing but errors")
     profile = commands.add_parser(
         "profile-device",
         help="measure this machine and write a device profile",
@@ -80,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from fedhq_sim.engine import Simulation
     from fedhq_sim.plots import plot_accuracy_vs_time, plot_latency_breakdown, plot_link_utilisation, save
-    from fedhq_sim.results import ResultsWriter, prepare_output_dir
+    from fedhq_sim.results import ResultsWriter, atomic_write_text, prepare_output_dir
     from fedhq_sim.scenario import load_scenario
     from fedhq_sim.tables import latency_breakdown, links_frame, phases_frame, rounds_frame
 
@@ -110,6 +129,9 @@ def _run(args: argparse.Namespace) -> int:
     save(plot_accuracy_vs_time(rounds), out / "accuracy_vs_time.png")
     save(plot_latency_breakdown(latency_breakdown(rounds, phases)), out / "round_latency.png")
     save(plot_link_utilisation(link_load()), out / "link_utilisation.png")
+    log = simulation.policy.decision_log()
+    if log:
+        atomic_write_text(out / "policy_log.csv", pd.DataFrame(log).to_csv(index=False))
     writer.write_run_info(
         {
             "host_seconds": round(time.perf_counter() - host_start, 3),
@@ -173,17 +195,20 @@ def _analyze(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from fedhq_sim.engine import Simulation
-    from fedhq_sim.policies.hardware_aware import coarse_assignment, ptq_critical_path
+    from fedhq_sim.policies.hardware_aware import CoarseOptions, coarse_assignment, ptq_critical_path
     from fedhq_sim.scenario import load_scenario
 
-    if not (0 <= args.latency_budget <= 10 and 0 <= args.max_qat_fraction <= 1):
-        raise InputError("command line", "--latency-budget/--max-qat-fraction", "expected 0-10 and 0-1")
     scenario = load_scenario(args.scenario)
+    defaults = CoarseOptions().model_dump() | scenario.policy_options.model_dump()
+    budget = defaults["latency_budget"] if args.latency_budget is None else args.latency_budget
+    fraction = defaults["max_qat_fraction"] if args.max_qat_fraction is None else args.max_qat_fraction
+    if not (0 <= budget <= 10 and 0 <= fraction <= 1):
+        raise InputError("command line", "--latency-budget/--max-qat-fraction", "expected 0-10 and 0-1")
     simulation = Simulation(scenario)
     bits = simulation.quantized_bits
     ptq, qat = f"ptq{bits}", f"qat{bits}"
     infos = simulation.policy.clients
-    choices = coarse_assignment(list(infos.values()), bits, args.latency_budget, args.max_qat_fraction)
+    choices = coarse_assignment(list(infos.values()), bits, budget, fraction)
     rows = []
     for client in scenario.clients:
         a = simulation.analysis[client.client_id]
@@ -205,11 +230,97 @@ def _analyze(args: argparse.Namespace) -> int:
     with pd.option_context("display.max_colwidth", 90, "display.width", 250):
         print(table.to_string(index=False))
     path = ptq_critical_path(list(infos.values()), bits)
-    print(f"\nall-PTQ critical path (predicted, no other traffic): {path:.4g} s; budget x{1 + args.latency_budget:g}")
+    print(
+        f"\nall-PTQ critical path (predicted, no other traffic): {path:.4g} s; "
+        f"budget x{1 + budget:g}, QAT share at most {fraction:g}"
+    )
     if args.out:
         from fedhq_sim.results import atomic_write_text
 
         atomic_write_text(args.out, table.to_csv(index=False))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    import pandas as pd
+
+    from fedhq_sim.compare import (
+        DEFAULT_POLICIES,
+        Variant,
+        VariantResult,
+        policy_overrides,
+        policy_table,
+        run_comparison,
+        run_summary,
+        table_markdown,
+    )
+    from fedhq_sim.plots import plot_policy_comparison, save
+    from fedhq_sim.results import atomic_write_text, package_versions, prepare_output_dir
+    from fedhq_sim.scenario import load_scenario
+
+    policies = list(dict.fromkeys(args.policies or DEFAULT_POLICIES))
+    seeds = list(dict.fromkeys(args.seeds))
+    if not 0 < args.target <= 1:
+        raise InputError("command line", "--target", f"expected a fraction in (0, 1], got {args.target}")
+    if any(seed < 0 for seed in seeds):
+        raise InputError("command line", "--seeds", "seeds must be non-negative")
+    jobs = args.jobs if args.jobs is not None else os.cpu_count() or 1
+    if jobs < 1:
+        raise InputError("command line", "--jobs", f"must be at least 1, got {jobs}")
+    for policy in policies:  # every variant must load before any runs
+        load_scenario(args.scenario, policy_overrides(args.scenario, policy) | {"seed": seeds[0]})
+    name = load_scenario(args.scenario, policy_overrides(args.scenario, policies[0])).spec.name
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = prepare_output_dir(args.out or Path("results") / f"{name}-compare-{stamp}", overwrite=args.overwrite)
+    variants = [Variant(p, s) for p in policies for s in seeds]
+    say = (lambda _text: None) if args.quiet else (lambda text: print(text, flush=True))
+    say(
+        f"{name}: {len(policies)} policies x {len(seeds)} seeds = {len(variants)} runs, "
+        f"{min(jobs, len(variants))} at a time"
+    )
+    started, done = time.perf_counter(), []
+
+    def on_done(result: VariantResult) -> None:
+        done.append(result)
+        folder = out / "runs" / f"{result.variant.policy}-seed{result.variant.seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / "rounds.csv", result.rounds.to_csv(index=False))
+        atomic_write_text(folder / "resolved.json", json.dumps(result.resolved, indent=2) + "\n")
+        if result.decision_log:
+            atomic_write_text(folder / "policy_log.csv", pd.DataFrame(result.decision_log).to_csv(index=False))
+        elapsed = time.perf_counter() - started
+        eta = elapsed / len(done) * (len(variants) - len(done))
+        last = result.rounds.iloc[-1]
+        say(
+            f"[{len(done)}/{len(variants)}] {result.variant.policy} seed {result.variant.seed}: deployed acc "
+            f"{last['deployed_accuracy']:.3f} after {last['end_s']:.2f} s simulated  "
+            f"(elapsed {elapsed:.0f} s, eta {eta:.0f} s)"
+        )
+
+    results = run_comparison(args.scenario, variants, min(jobs, len(variants)), on_done)
+    summary = pd.DataFrame([run_summary(r, args.target) for r in results])
+    runs = pd.concat([r.rounds.assign(policy=r.variant.policy, seed=r.variant.seed) for r in results])
+    table = policy_table(summary, policies)
+    atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
+    atomic_write_text(out / "rounds.csv", runs.to_csv(index=False))
+    atomic_write_text(out / "table.csv", table.to_csv(index=False))
+    atomic_write_text(out / "table.md", table_markdown(table, args.target))
+    save(plot_policy_comparison(runs, summary, args.target), out / "comparison.png")
+    info = {
+        "scenario": str(args.scenario),
+        "policies": policies,
+        "seeds": seeds,
+        "target": args.target,
+        "command": " ".join(sys.argv),
+        "versions": package_versions(),
+        "host_seconds": round(time.perf_counter() - started, 1),
+    }
+    atomic_write_text(out / "comparison.json", json.dumps(info, indent=2) + "\n")
+    say(table_markdown(table, args.target))
+    say(f"results written to {out}")
     return 0
 
 
@@ -278,7 +389,13 @@ def _profile_device(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script and of ``python -m fedhq_sim``."""
     args = _parser().parse_args(argv)
-    handlers = {"run": _run, "validate": _validate, "analyze": _analyze, "profile-device": _profile_device}
+    handlers = {
+        "run": _run,
+        "validate": _validate,
+        "analyze": _analyze,
+        "compare": _compare,
+        "profile-device": _profile_device,
+    }
     try:
         return handlers[args.command](args)
     except InputError as error:

@@ -62,6 +62,43 @@ def plot_link_utilisation(links: pd.DataFrame, *, ax: Axes | None = None) -> Axe
     return ax
 
 
+def plot_policy_comparison(runs: pd.DataFrame, summary: pd.DataFrame, target: float) -> Axes:
+    """Three panels per policy, over seeds: deployed accuracy against simulated time (median
+    curve, band from the worst to the best seed), time to the target accuracy, and the final
+    deployed accuracy (one dot per seed, a bar at the median)."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    _, (curve, reach, final) = plt.subplots(
+        1, 3, figsize=(15, 4.6), layout="constrained", gridspec_kw={"width_ratios": [2.2, 1, 1]}
+    )
+    policies = list(dict.fromkeys(summary["policy"]))
+    colours = dict(zip(policies, sns.color_palette("colorblind", len(policies)), strict=True))
+    for policy in policies:
+        per_round = runs[runs["policy"] == policy].groupby("round")
+        time_s = per_round["end_s"].median()
+        accuracy = per_round["deployed_accuracy"]
+        width = 2.6 if policy == "fedhq" else 1.4  # the policy under study stands out
+        curve.plot(time_s, accuracy.median(), label=policy, color=colours[policy], linewidth=width)
+        curve.fill_between(time_s, accuracy.min(), accuracy.max(), color=colours[policy], alpha=0.15, linewidth=0)
+    curve.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.0%}")
+    curve.set(
+        xlabel="simulated time [s] (median over seeds)",
+        ylabel="deployed accuracy [fraction]",
+        title="Deployed accuracy against time",
+    )
+    curve.legend(fontsize="small", loc="lower right")
+    for ax, column, label, title in (
+        (reach, "time_to_target_s", "simulated time [s]", f"Time to {target:.0%} (unreached: absent)"),
+        (final, "final_deployed_accuracy", "deployed accuracy [fraction]", "Final deployed accuracy"),
+    ):
+        shared = {"data": summary, "y": "policy", "x": column, "hue": "policy", "order": policies}
+        shared |= {"palette": colours, "ax": ax, "legend": False}
+        sns.barplot(**shared, estimator="median", errorbar=None, alpha=0.5)
+        sns.stripplot(**shared, size=6)
+        ax.set(xlabel=label, ylabel="", title=title)
+    final.set_xlim(max(0.0, summary["final_deployed_accuracy"].min() - 0.1), 1.0)
+    return curve
+
+
 def save(ax: Axes, path) -> None:
     """Write the figure of ``ax`` as PNG and release it."""
     ax.figure.savefig(path, dpi=120)

@@ -1,0 +1,115 @@
+"""``fedhq-sim compare``: policies over seeds, the table, the figure, and its pure summaries."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from fedhq_sim.cli import main
+from fedhq_sim.compare import policy_overrides, policy_table, time_to_target
+from fedhq_sim.scenario import load_scenario, with_overrides
+from tests.conftest import tiny_scenario_dict
+
+
+def comparison_scenario() -> dict:
+    data = tiny_scenario_dict()
+    data["training"].update(rounds=2, clients_per_round=2, local_steps=2)
+    del data["training"]["local_epochs"]
+    data["policy"] = {"name": "fedhq", "bits": 4, "latency_budget": 0.2, "max_qat_fraction": 0.5}
+    return data
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    """One comparison: 2 policies x 2 seeds, run in 2 worker processes."""
+    import yaml
+
+    from tests.conftest import PROFILES
+
+    folder = tmp_path_factory.mktemp("compare")
+    scenario = folder / "s.yaml"
+    scenario.write_text(yaml.safe_dump(comparison_scenario() | {"profiles_dir": str(PROFILES)}))
+    out = folder / "out"
+    argv = ["compare", str(scenario), "--policies", "all-ptq", "fedhq", "--seeds", "1", "2", "--target", "0.2"]
+    code = main([*argv, "--out", str(out), "--jobs", "2", "--quiet"])
+    return scenario, out, code
+
+
+def test_compare_writes_the_table_the_figure_and_every_run(compared):
+    _, out, code = compared
+    assert code == 0
+    for name in ("summary.csv", "rounds.csv", "table.csv", "table.md", "comparison.png", "comparison.json"):
+        assert (out / name).stat().st_size > 0, name
+    summary = pd.read_csv(out / "summary.csv")
+    assert sorted(zip(summary["policy"], summary["seed"], strict=True)) == [
+        ("all-ptq", 1),
+        ("all-ptq", 2),
+        ("fedhq", 1),
+        ("fedhq", 2),
+    ]
+    assert (summary.loc[summary["policy"] == "all-ptq", "qat_share"] == 0).all()
+    for policy in ("all-ptq", "fedhq"):
+        assert (out / "runs" / f"{policy}-seed1" / "rounds.csv").is_file()
+    assert "| fedhq |" in (out / "table.md").read_text()
+
+
+def test_a_comparison_in_worker_processes_equals_a_serial_run(compared, tmp_path):
+    scenario, out, _ = compared
+    serial = tmp_path / "serial"
+    argv = ["compare", str(scenario), "--policies", "all-ptq", "fedhq", "--seeds", "1", "2", "--target", "0.2"]
+    assert main([*argv, "--out", str(serial), "--jobs", "1", "--quiet"]) == 0
+    for policy in ("all-ptq", "fedhq"):
+        for seed in (1, 2):
+            run = f"runs/{policy}-seed{seed}/rounds.csv"
+            assert (serial / run).read_bytes() == (out / run).read_bytes(), run
+
+
+def test_compare_refuses_an_unknown_policy_and_a_bad_target(compared, tmp_path, capsys):
+    scenario, _, _ = compared
+    assert main(["compare", str(scenario), "--policies", "nope", "--out", str(tmp_path / "a")]) == 2
+    assert "policy.name" in capsys.readouterr().err
+    assert main(["compare", str(scenario), "--target", "1.5", "--out", str(tmp_path / "b")]) == 2
+    assert "--target" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_policy_keeps_only_the_scenario_options_it_accepts(write_scenario):
+    path = write_scenario(comparison_scenario())
+    assert policy_overrides(path, "all-ptq") == {"policy": {"name": "all-ptq", "bits": 4}}
+    hybrid = policy_overrides(path, "random-hybrid")["policy"]
+    assert hybrid == {"name": "random-hybrid", "bits": 4, "latency_budget": 0.2, "max_qat_fraction": 0.5}
+    loaded = load_scenario(path, policy_overrides(path, "all-fp32") | {"seed": 9})
+    assert loaded.spec.seed == 9 and loaded.policy_options.bits == 4  # fp32 clients, 4-bit deployment
+
+
+def test_overrides_set_nested_keys_without_touching_the_original():
+    raw = {"training": {"rounds": 3}, "seed": 1}
+    assert with_overrides(raw, {"training.rounds": 5, "data.dirichlet_alpha": 0.1}) == {
+        "training": {"rounds": 5},
+        "seed": 1,
+        "data": {"dirichlet_alpha": 0.1},
+    }
+    assert raw == {"training": {"rounds": 3}, "seed": 1}
+
+
+def test_time_to_target_is_the_first_round_that_reaches_it():
+    rounds = pd.DataFrame({"end_s": [0.0, 1.0, 2.5, 4.0], "deployed_accuracy": [0.1, 0.5, 0.82, 0.79]})
+    assert time_to_target(rounds, 0.8) == 2.5
+    assert math.isnan(time_to_target(rounds, 0.9))
+
+
+def test_the_policy_table_gives_median_and_range_over_seeds_and_counts_the_seeds_that_reached():
+    summary = pd.DataFrame(
+        {
+            "policy": ["a", "a", "a", "b"],
+            "time_to_target_s": [1.0, 3.0, math.nan, 2.0],
+            "final_deployed_accuracy": [0.8, 0.9, 0.7, 0.85],
+            "mean_round_latency_s": [1.0, 1.0, 1.0, 2.0],
+            "qat_share": [0.0, 0.0, 0.0, 0.5],
+        }
+    )
+    table = policy_table(summary, ["b", "a"]).set_index("policy")
+    assert list(table.index) == ["b", "a"]
+    assert table.loc["a", "reached"] == 2 and table.loc["a", "seeds"] == 3
+    assert table.loc["a", "time_to_target_s_median"] == 2.0
+    assert (table.loc["a", "final_deployed_accuracy_min"], table.loc["a", "final_deployed_accuracy_max"]) == (0.7, 0.9)
