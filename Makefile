@@ -21,7 +21,7 @@ run: $(STAMP)
 
 # Every policy on the FedHQ comparison scenario over seeds 1-3 (docs/results.md).
 compare: $(STAMP)
-	$(BIN)/fedhq-sim compare scenarios/fedhq_comparison.yaml
+	$(BIN)/fedhq-sim compare scenarios/fedhq_comparison.yaml --seeds 1 2 3 4 5
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

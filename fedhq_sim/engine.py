@@ -147,6 +147,7 @@ class Simulation:
             t.calibration_samples,
             self.data.input_shape,
             t.local_steps,
+            scenario.policy_class.observes_quantization_error,
         )
         self.analysis = analyze(scenario, self.data, self.topology, self.local, self._candidate_strategies())
         infos = [

@@ -39,6 +39,9 @@ class LocalConfig:
     input_shape: tuple[int, ...]
     local_steps: int | None = None
     """Fixed steps per round instead of ``local_epochs`` passes (see the scenario's training)."""
+    measure_quantization_error: bool = False
+    """PTQ clients also run their int8 model on the calibration samples to measure the
+    conversion error (for policies that observe it)."""
 
     def steps(self, n_samples: int) -> int:
         """Minibatch steps a client holding ``n_samples`` takes in a round."""
@@ -58,8 +61,9 @@ class LocalResult:
     divergence: float
     """Relative L2 distance of the trained weights from the global weights the round began with."""
     quantization_error: float | None = None
-    """PTQ only: relative L2 distance of the int8 model's outputs from the float model's on the
-    calibration samples, i.e. how much conversion distorts what the client learned."""
+    """PTQ only, when ``measure_quantization_error``: relative L2 distance of the int8 model's
+    outputs from the float model's on the calibration samples, i.e. how much conversion
+    distorts what the client learned."""
 
 
 def _train(
@@ -133,7 +137,7 @@ def local_work(global_payload: bytes, data: Samples, strategy: Strategy, cfg: Lo
         work = work + prepare_work + calibrate_work
     quantized, convert_work = eager.traced_convert(model)
     work = work + convert_work
-    if strategy.kind == "ptq":
+    if strategy.kind == "ptq" and cfg.measure_quantization_error:
         quantization_error, check_work = traced(
             lambda: _relative_distance(torch.cat([eager.run_int8(quantized, x) for x in batches]), float_outputs)
         )

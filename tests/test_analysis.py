@@ -63,6 +63,6 @@ def test_the_initialization_never_exceeds_its_latency_budget_on_predicted_times(
 def test_analyze_prints_each_client_with_its_assignment_and_why(tiny_scenario, capsys):
     assert main(["analyze", str(tiny_scenario)]) == 0
     out = capsys.readouterr().out
-    for column in ("client", "ptq8_round_s", "qat8_round_s", "skew_jsd", "initial", "why"):
+    for column in ("client", "download_s", "ptq8_compute_s", "qat8_compute_s", "upload_s", "qat8_round_s", "why"):
         assert column in out
     assert out.count("hall/rpi4-") == 2 and "all-PTQ critical path" in out

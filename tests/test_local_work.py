@@ -28,12 +28,17 @@ def test_qat_from_a_fresh_model_learns_about_as_fast_as_fp32(start, bits):
     assert qat < fp32 + 0.3, (qat, fp32)
 
 
-def test_only_ptq_reports_a_quantization_error_and_four_bits_err_more(start):
+def test_only_ptq_reports_a_quantization_error_when_asked_and_four_bits_err_more(start):
     payload, data, cfg = start
-    results = {s: local_work(payload, data, s, cfg, seed=1) for s in (FP32, Strategy("qat", 4))}
+    asked = dataclasses.replace(cfg, measure_quantization_error=True)
+    results = {s: local_work(payload, data, s, asked, seed=1) for s in (FP32, Strategy("qat", 4))}
     assert all(r.quantization_error is None for r in results.values())
-    errors = {bits: local_work(payload, data, Strategy("ptq", bits), cfg, seed=1).quantization_error for bits in (8, 4)}
+    errors = {b: local_work(payload, data, Strategy("ptq", b), asked, seed=1).quantization_error for b in (8, 4)}
     assert 0 < errors[8] < errors[4] < 1.5, errors
+    unasked = local_work(payload, data, Strategy("ptq", 4), cfg, seed=1)
+    measured = local_work(payload, data, Strategy("ptq", 4), asked, seed=1)
+    assert unasked.quantization_error is None
+    assert measured.work.flops() > unasked.work.flops()  # the measurement is charged
 
 
 def test_divergence_measures_how_far_training_moved_from_the_global_model(start):

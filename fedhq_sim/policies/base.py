@@ -57,8 +57,9 @@ class ClientReport:
     divergence: float | None = None
     """Relative L2 distance of the client's trained weights from the global model it began with."""
     quantization_error: float | None = None
-    """PTQ only: relative distance of the client's int8 model's outputs from its float model's
-    on its calibration samples (see :class:`fedhq_sim.training.LocalResult`)."""
+    """PTQ only, for policies that observe it: relative distance of the client's int8 model's
+    outputs from its float model's on its calibration samples (see
+    :class:`fedhq_sim.training.LocalResult`)."""
 
 
 class PolicyOptions(StrictModel):
@@ -87,6 +88,10 @@ class Policy(ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type[PolicyOptions]] = PolicyOptions
+    observes_quantization_error: ClassVar[bool] = False
+    """Whether PTQ clients must measure their conversion error for :meth:`observe`. The
+    measurement is real work (an int8 pass over the calibration samples), charged to the
+    clients, so only a policy that reads it asks for it."""
 
     def __init__(self, options: PolicyOptions, clients: Sequence[ClientInfo], rng: np.random.Generator) -> None:
         self.options = options

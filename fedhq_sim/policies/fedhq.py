@@ -64,6 +64,7 @@ class FedHQ(Policy):
     """Coarse hardware- and data-aware initialization plus the learned adjustment."""
 
     Options = FedHQOptions
+    observes_quantization_error = True
 
     def __init__(self, options: FedHQOptions, clients: Sequence[ClientInfo], rng: np.random.Generator) -> None:
         super().__init__(options, clients, rng)
