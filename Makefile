@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run compare test lint clean
+.PHONY: setup run compare test lint browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+# The report tests open report.html in Debian's headless Chromium.
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ "$(FEDHQ_NO_BROWSER)" = 1 ] || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "make test needs Debian's chromium: sudo apt-get install chromium (or set FEDHQ_NO_BROWSER=1)"; exit 1; fi; }
+
+test: lint browser
 	$(BIN)/pytest -q
 
 clean:

@@ -24,6 +24,9 @@ EXAMPLES = """examples:
   fedhq-sim validate scenarios/quickstart.yaml
   fedhq-sim analyze scenarios/quickstart.yaml
   fedhq-sim compare scenarios/fedhq_comparison.yaml --seeds 1 2 3 --target 0.8 --out results/cmp
+  fedhq-sim compare scenarios/quickstart.yaml --policies all-ptq hybrid --set sites[1].backhaul=fibre_1g
+  fedhq-sim sweep scenarios/quickstart.yaml --set training.clients_per_round=4,8,12 --seeds 1 2
+  fedhq-sim report results/qs
   fedhq-sim profile-device --out device_profiles/devices/my_gateway.yaml --power-idle 2.7W --power-active 6.4W
 """
 
@@ -57,18 +60,34 @@ def _parser() -> argparse.ArgumentParser:
     analyze.add_argument("--out", type=Path, help="also write the table as CSV")
     compare = commands.add_parser(
         "compare",
-        help="run several policies over several seeds on one scenario; write a table and a figure",
-        description="Each (policy, seed) is a full simulation of the scenario with policy.name and seed replaced; "
-        "a policy keeps the scenario's policy options it accepts (bits, latency_budget, ...).",
+        help="several policies (or scenarios) over several seeds: one table, one figure, one report",
+        description="Each (scenario, policy, seed) is a full simulation with policy.name and seed replaced; a "
+        "policy keeps the scenario's policy options it accepts (bits, latency_budget, ...). With several "
+        "scenarios and no --policies, each runs its own policy.",
     )
-    compare.add_argument("scenario", type=Path, help="scenario YAML file")
-    compare.add_argument("--policies", nargs="+", help="registered policy names (default: all six built-ins)")
-    compare.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="seeds (default: 1 2 3)")
-    compare.add_argument("--target", type=float, default=0.8, help="deployed accuracy to reach (default 0.8)")
-    compare.add_argument("--jobs", type=int, help="runs at a time in worker processes (default: CPU count)")
-    compare.add_argument("--out", type=Path, help="results folder (default: results/<name>-compare-<date-time>)")
-    compare.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
-    compare.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    compare.add_argument("scenarios", type=Path, nargs="+", metavar="scenario", help="scenario YAML file(s)")
+    compare.add_argument("--policies", nargs="+", help="registered policy names (default, one scenario: six built-ins)")
+    compare.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a value in every run")
+    sweep = commands.add_parser(
+        "sweep",
+        help="a grid over scenario values (fleet size, link class, QAT share, ...): capacity curves",
+        description="Every combination of the --set values, for every seed. KEY is a path into the scenario: "
+        "training.clients_per_round, sites[0].backhaul, sites[*].devices[0].count (every site), policy.qat_fraction.",
+    )
+    sweep.add_argument("scenario", type=Path, help="scenario YAML file")
+    sweep.add_argument("--set", action="append", required=True, metavar="KEY=V1,V2,...", help="a swept key")
+    for batch in (compare, sweep):
+        batch.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="seeds (default: 1 2 3)")
+        batch.add_argument("--target", type=float, default=0.8, help="deployed accuracy to reach (default 0.8)")
+        batch.add_argument("--jobs", type=int, help="runs at a time in worker processes (default: CPU count)")
+        batch.add_argument("--out", type=Path, help="results folder (default: results/<name>-<command>-<date-time>)")
+        batch.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
+        batch.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    report = commands.add_parser(
+        "report",
+        help="(re)build the self-contained report.html of a run, compare or sweep results folder",
+    )
+    report.add_argument("folder", type=Path, help="a results folder written by run, compare or sweep")
     profile = commands.add_parser(
         "profile-device",
         help="measure this machine and write a device profile",
@@ -98,10 +117,10 @@ def _run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from fedhq_sim.engine import Simulation
-    from fedhq_sim.plots import plot_accuracy_vs_time, plot_latency_breakdown, plot_link_utilisation, save
-    from fedhq_sim.results import ResultsWriter, atomic_write_text, prepare_output_dir
+    from fedhq_sim.report import write_run_report
+    from fedhq_sim.results import ResultsWriter, prepare_output_dir
     from fedhq_sim.scenario import load_scenario
-    from fedhq_sim.tables import latency_breakdown, links_frame, phases_frame, rounds_frame
+    from fedhq_sim.tables import links_frame, phases_frame, rounds_frame
 
     scenario = load_scenario(args.scenario)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -126,12 +145,9 @@ def _run(args: argparse.Namespace) -> int:
 
     result = simulation.run(on_round)
     rounds, phases = rounds_frame(result.rounds), phases_frame(result.phases)
-    save(plot_accuracy_vs_time(rounds), out / "accuracy_vs_time.png")
-    save(plot_latency_breakdown(latency_breakdown(rounds, phases)), out / "round_latency.png")
-    save(plot_link_utilisation(link_load()), out / "link_utilisation.png")
-    log = simulation.policy.decision_log()
-    if log:
-        atomic_write_text(out / "policy_log.csv", pd.DataFrame(log).to_csv(index=False))
+    writer.write_figures(rounds, phases, link_load())
+    writer.write_trace(rounds, phases, link_load())
+    writer.write_policy_log(simulation.policy.decision_log())
     writer.write_run_info(
         {
             "host_seconds": round(time.perf_counter() - host_start, 3),
@@ -144,7 +160,8 @@ def _run(args: argparse.Namespace) -> int:
             | {"total": float(rounds["energy_j"].sum())},
         }
     )
-    say(f"results written to {out}")
+    write_run_report(out)
+    say(f"results written to {out} (open report.html)")
     return 0
 
 
@@ -245,51 +262,53 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compare(args: argparse.Namespace) -> int:
-    import json
+def _jobs(args: argparse.Namespace, n_runs: int) -> int:
     import os
 
-    import pandas as pd
-
-    from fedhq_sim.compare import (
-        DEFAULT_POLICIES,
-        Variant,
-        VariantResult,
-        policy_overrides,
-        policy_table,
-        run_comparison,
-        run_summary,
-        table_markdown,
-    )
-    from fedhq_sim.plots import plot_policy_comparison, save
-    from fedhq_sim.results import atomic_write_text, package_versions, prepare_output_dir
-    from fedhq_sim.scenario import load_scenario
-
-    policies = list(dict.fromkeys(args.policies or DEFAULT_POLICIES))
-    seeds = list(dict.fromkeys(args.seeds))
-    if not 0 < args.target <= 1:
-        raise InputError("command line", "--target", f"expected a fraction in (0, 1], got {args.target}")
-    if any(seed < 0 for seed in seeds):
-        raise InputError("command line", "--seeds", "seeds must be non-negative")
     jobs = args.jobs if args.jobs is not None else os.cpu_count() or 1
     if jobs < 1:
         raise InputError("command line", "--jobs", f"must be at least 1, got {jobs}")
-    for policy in policies:  # every variant must load before any runs
-        load_scenario(args.scenario, policy_overrides(args.scenario, policy) | {"seed": seeds[0]})
-    name = load_scenario(args.scenario, policy_overrides(args.scenario, policies[0])).spec.name
+    return min(jobs, n_runs)
+
+
+def _check_batch_arguments(args: argparse.Namespace) -> list[int]:
+    if not 0 < args.target <= 1:
+        raise InputError("command line", "--target", f"expected a fraction in (0, 1], got {args.target}")
+    seeds = list(dict.fromkeys(args.seeds))
+    if any(seed < 0 for seed in seeds):
+        raise InputError("command line", "--seeds", "seeds must be non-negative")
+    return seeds
+
+
+def _execute_batch(args: argparse.Namespace, kind: str, variants: list, by: list[str]) -> int:
+    """Run the variants (each loaded once first, so bad input costs no run), then write the
+    runs, the summary and median tables, the figure and the report."""
+    import json
+
+    import pandas as pd
+
+    from fedhq_sim.batch import median_table, run_batch, run_summary, table_markdown
+    from fedhq_sim.plots import plot_capacity_curves, plot_comparison, save
+    from fedhq_sim.report import write_batch_report
+    from fedhq_sim.results import atomic_write_text, package_versions, prepare_output_dir
+    from fedhq_sim.scenario import load_scenario
+
+    names = []
+    for variant in {v.name: v for v in variants}.values():  # every variant must load before any runs
+        names.append(load_scenario(variant.scenario, {**variant.overrides, "seed": variant.seed}).spec.name)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = prepare_output_dir(args.out or Path("results") / f"{name}-compare-{stamp}", overwrite=args.overwrite)
-    variants = [Variant(p, s) for p in policies for s in seeds]
+    out = prepare_output_dir(args.out or Path("results") / f"{names[0]}-{kind}-{stamp}", overwrite=args.overwrite)
+    jobs = _jobs(args, len(variants))
     say = (lambda _text: None) if args.quiet else (lambda text: print(text, flush=True))
     say(
-        f"{name}: {len(policies)} policies x {len(seeds)} seeds = {len(variants)} runs, "
-        f"{min(jobs, len(variants))} at a time"
+        f"{kind}: {len(variants)} runs ({len(variants) // len(args.seeds)} variants x {len(args.seeds)} seeds), "
+        f"{jobs} at a time"
     )
     started, done = time.perf_counter(), []
 
-    def on_done(result: VariantResult) -> None:
+    def on_done(result) -> None:
         done.append(result)
-        folder = out / "runs" / f"{result.variant.policy}-seed{result.variant.seed}"
+        folder = out / "runs" / result.variant.folder_name
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(folder / "rounds.csv", result.rounds.to_csv(index=False))
         atomic_write_text(folder / "resolved.json", json.dumps(result.resolved, indent=2) + "\n")
@@ -299,32 +318,87 @@ def _compare(args: argparse.Namespace) -> int:
         eta = elapsed / len(done) * (len(variants) - len(done))
         last = result.rounds.iloc[-1]
         say(
-            f"[{len(done)}/{len(variants)}] {result.variant.policy} seed {result.variant.seed}: deployed acc "
+            f"[{len(done)}/{len(variants)}] {result.variant.name} seed {result.variant.seed}: deployed acc "
             f"{last['deployed_accuracy']:.3f} after {last['end_s']:.2f} s simulated  "
             f"(elapsed {elapsed:.0f} s, eta {eta:.0f} s)"
         )
 
-    results = run_comparison(args.scenario, variants, min(jobs, len(variants)), on_done)
+    results = run_batch(variants, jobs, on_done)
     summary = pd.DataFrame([run_summary(r, args.target) for r in results])
-    runs = pd.concat([r.rounds.assign(policy=r.variant.policy, seed=r.variant.seed) for r in results])
-    table = policy_table(summary, policies)
+    runs = pd.concat([r.rounds.assign(variant=r.variant.name, seed=r.variant.seed) for r in results])
+    table = median_table(summary, by)
     atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
     atomic_write_text(out / "rounds.csv", runs.to_csv(index=False))
     atomic_write_text(out / "table.csv", table.to_csv(index=False))
-    atomic_write_text(out / "table.md", table_markdown(table, args.target))
-    save(plot_policy_comparison(runs, summary, args.target), out / "comparison.png")
+    markdown = table_markdown(table, by, args.target)
+    atomic_write_text(out / "table.md", markdown)
+    figure = "comparison.png" if kind == "compare" else "capacity.png"
+    if kind == "compare":
+        save(plot_comparison(runs, summary, args.target), out / figure)
+    else:
+        save(plot_capacity_curves(summary, by, args.target), out / figure)
     info = {
-        "scenario": str(args.scenario),
-        "policies": policies,
-        "seeds": seeds,
+        "kind": kind,
+        "scenarios": sorted({str(v.scenario) for v in variants}),
+        "variants": list(dict.fromkeys(v.name for v in variants)),
+        "by": by,
+        "seeds": list(dict.fromkeys(v.seed for v in variants)),
         "target": args.target,
         "command": " ".join(sys.argv),
         "versions": package_versions(),
         "host_seconds": round(time.perf_counter() - started, 1),
     }
-    atomic_write_text(out / "comparison.json", json.dumps(info, indent=2) + "\n")
-    say(table_markdown(table, args.target))
+    atomic_write_text(out / f"{kind}.json", json.dumps(info, indent=2) + "\n")
+    write_batch_report(out)
+    say(markdown)
     say(f"results written to {out}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from fedhq_sim.batch import Variant
+    from fedhq_sim.compare import DEFAULT_POLICIES, policy_variants
+    from fedhq_sim.overrides import parse_assignment
+
+    seeds = _check_batch_arguments(args)
+    common = {}
+    for text in args.set or []:
+        key, values = parse_assignment(text)
+        if len(values) != 1:
+            raise InputError("command line", "--set", f"compare takes one value per key ({key}); sweep takes several")
+        common[key] = values[0]
+    scenarios = list(dict.fromkeys(args.scenarios))
+    policies = list(dict.fromkeys(args.policies or ([] if len(scenarios) > 1 else DEFAULT_POLICIES)))
+    variants = []
+    for scenario in scenarios:
+        if policies:
+            for variant in policy_variants(scenario, policies, seeds, common):
+                label = ({"scenario": scenario.stem} if len(scenarios) > 1 else {}) | dict(variant.label)
+                variants.append(Variant(scenario, label, variant.seed, variant.overrides))
+        else:
+            variants += [Variant(scenario, {"scenario": scenario.stem}, s, common) for s in seeds]
+    by = list(variants[0].label)
+    return _execute_batch(args, "compare", variants, by)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from fedhq_sim.overrides import parse_assignment
+    from fedhq_sim.sweep import grid_variants
+
+    seeds = _check_batch_arguments(args)
+    axes = [parse_assignment(text) for text in args.set]
+    keys = [key for key, _ in axes]
+    if len(set(keys)) != len(keys):
+        raise InputError("command line", "--set", "each key may be swept once")
+    return _execute_batch(args, "sweep", grid_variants(args.scenario, axes, seeds), keys)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from fedhq_sim.report import write_report
+
+    if not args.folder.is_dir():
+        raise InputError(args.folder, "", "no such results folder")
+    print(f"report written to {write_report(args.folder)}")
     return 0
 
 
@@ -398,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         "validate": _validate,
         "analyze": _analyze,
         "compare": _compare,
+        "sweep": _sweep,
+        "report": _report,
         "profile-device": _profile_device,
     }
     try:

@@ -62,23 +62,95 @@ def plot_link_utilisation(links: pd.DataFrame, *, ax: Axes | None = None) -> Axe
     return ax
 
 
-def plot_policy_comparison(runs: pd.DataFrame, summary: pd.DataFrame, target: float) -> Axes:
-    """Three panels per policy, over seeds: deployed accuracy against simulated time (median
-    curve, band from the worst to the best seed), time to the target accuracy, and the final
-    deployed accuracy (one dot per seed, a bar at the median)."""
+PHASE_COLOURS = dict(zip(("download", "compute", "upload"), sns.color_palette("colorblind", 3), strict=True))
+STRATEGY_HATCH = {"fp32": "", "ptq": "//", "qat": "xx"}
+
+
+def plot_client_timeline(phases: pd.DataFrame, round_index: int, *, ax: Axes | None = None) -> Axes:
+    """One row per client of a round: its download, compute and upload as bars over simulated
+    time, coloured by phase and hatched by strategy (none fp32, // PTQ, xx QAT); dropped or
+    failed phases are outlined in red."""
+    mine = phases[phases["round"] == round_index].sort_values(["client_id", "start_s"])
+    clients = list(dict.fromkeys(mine["client"]))
+    if ax is None:
+        sns.set_theme(style="whitegrid", context="notebook")
+        _, ax = plt.subplots(figsize=(10, 1.2 + 0.28 * max(len(clients), 1)), layout="constrained")
+    row = {client: i for i, client in enumerate(clients)}
+    for p in mine.itertuples():
+        kind = "".join(c for c in p.strategy if c.isalpha())
+        failed = p.status != "completed"
+        ax.barh(
+            row[p.client],
+            p.end_s - p.start_s,
+            left=p.start_s,
+            height=0.7,
+            color=PHASE_COLOURS.get(p.phase, "grey"),
+            hatch=STRATEGY_HATCH.get(kind, ""),
+            edgecolor="red" if failed else "white",
+            linewidth=1.5 if failed else 0.5,
+        )
+    ax.set_yticks(range(len(clients)), clients, fontsize="small")
+    ax.invert_yaxis()
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c, label=p) for p, c in PHASE_COLOURS.items()]
+    handles += [
+        plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="black", hatch=h, label=k)
+        for k, h in STRATEGY_HATCH.items()
+    ]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+    ax.set(xlabel="simulated time [s]", ylabel="client", title=f"Round {round_index}: who did what, when")
+    return ax
+
+
+def plot_strategy_assignment(phases: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
+    """Which strategy each client ran in each round (blank: not selected)."""
+    compute = phases[(phases["phase"] == "compute") & (phases["client_id"] >= 0)]
+    kinds = compute.assign(kind=compute["strategy"].str.extract(r"^([a-z]+)", expand=False))
+    codes = {"fp32": 0, "ptq": 1, "qat": 2}
+    grid = kinds.pivot_table(index="client", columns="round", values="kind", aggfunc="first")
+    order = compute.drop_duplicates("client").sort_values("client_id")["client"]
+    grid = grid.reindex(order).apply(lambda column: column.map(codes))
+    if ax is None:
+        sns.set_theme(style="whitegrid", context="notebook")
+        _, ax = plt.subplots(figsize=(10, 1.5 + 0.25 * max(len(grid), 1)), layout="constrained")
+    palette = sns.color_palette("colorblind", 3)
+    sns.heatmap(grid, cmap=palette, vmin=-0.5, vmax=2.5, cbar=True, ax=ax, linewidths=0.3, linecolor="white")
+    colorbar = ax.collections[0].colorbar
+    colorbar.set_ticks([0, 1, 2], labels=list(codes))
+    ax.set(xlabel="round", ylabel="client", title="Strategy assignment over rounds (blank: not selected)")
+    return ax
+
+
+def plot_energy_per_round(rounds: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
+    """Stacked bars: the fleet's compute, radio and idle energy in each round."""
+    ax = _axes(ax)
+    trained = rounds[rounds["round"] > 0]
+    bottom = pd.Series(0.0, index=trained.index)
+    for part, colour in zip(("compute", "radio", "idle"), sns.color_palette("colorblind", 3), strict=True):
+        values = trained[f"energy_{part}_j"]
+        ax.bar(trained["round"].astype(str), values, bottom=bottom, label=part, color=colour)
+        bottom += values
+    ax.set(xlabel="round", ylabel="energy [J] (selected clients)", title="Energy per round")
+    ax.legend(title="part", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return ax
+
+
+def plot_comparison(runs: pd.DataFrame, summary: pd.DataFrame, target: float) -> Axes:
+    """Three panels per variant (policy or scenario), over seeds: deployed accuracy against
+    simulated time (median curve, band from the worst to the best seed), time to the target
+    accuracy, and the final deployed accuracy (one dot per seed, a bar at the median)."""
     sns.set_theme(style="whitegrid", context="notebook")
     _, (curve, reach, final) = plt.subplots(
         1, 3, figsize=(15, 4.6), layout="constrained", gridspec_kw={"width_ratios": [2.2, 1, 1]}
     )
-    policies = list(dict.fromkeys(summary["policy"]))
-    colours = dict(zip(policies, sns.color_palette("colorblind", len(policies)), strict=True))
-    for policy in policies:
-        per_round = runs[runs["policy"] == policy].groupby("round")
+    variants = list(dict.fromkeys(summary["variant"]))
+    colours = dict(zip(variants, sns.color_palette("colorblind", len(variants)), strict=True))
+    for variant in variants:
+        per_round = runs[runs["variant"] == variant].groupby("round")
         time_s = per_round["end_s"].median()
         accuracy = per_round["deployed_accuracy"]
-        width = 2.6 if policy == "fedhq" else 1.4  # the policy under study stands out
-        curve.plot(time_s, accuracy.median(), label=policy, color=colours[policy], linewidth=width)
-        curve.fill_between(time_s, accuracy.min(), accuracy.max(), color=colours[policy], alpha=0.15, linewidth=0)
+        width = 2.6 if variant == "fedhq" else 1.4  # the policy under study stands out
+        curve.plot(time_s, accuracy.median(), label=variant, color=colours[variant], linewidth=width)
+        curve.fill_between(time_s, accuracy.min(), accuracy.max(), color=colours[variant], alpha=0.15, linewidth=0)
     curve.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.0%}")
     curve.set(
         xlabel="simulated time [s] (median over seeds)",
@@ -90,13 +162,40 @@ def plot_policy_comparison(runs: pd.DataFrame, summary: pd.DataFrame, target: fl
         (reach, "time_to_target_s", "simulated time [s]", f"Time to {target:.0%} (unreached: absent)"),
         (final, "final_deployed_accuracy", "deployed accuracy [fraction]", "Final deployed accuracy"),
     ):
-        shared = {"data": summary, "y": "policy", "x": column, "hue": "policy", "order": policies}
+        shared = {"data": summary, "y": "variant", "x": column, "hue": "variant", "order": variants}
         shared |= {"palette": colours, "ax": ax, "legend": False}
         sns.barplot(**shared, estimator="median", errorbar=None, alpha=0.5)
         sns.stripplot(**shared, size=6)
         ax.set(xlabel=label, ylabel="", title=title)
     final.set_xlim(max(0.0, summary["final_deployed_accuracy"].min() - 0.1), 1.0)
     return curve
+
+
+def plot_capacity_curves(summary: pd.DataFrame, keys: list[str], target: float) -> Axes:
+    """What a rollout is decided on: round latency, time to the target accuracy and energy
+    against the first swept key (a line per value of the others; median over seeds, band
+    from the lowest to the highest seed)."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    _, axes = plt.subplots(1, 3, figsize=(15, 4.4), layout="constrained")
+    x = keys[0]
+    data = summary.copy()
+    hue = None
+    if len(keys) > 1:
+        hue = " / ".join(k.rsplit(".", 1)[-1] for k in keys[1:])
+        data[hue] = data[keys[1:]].astype(str).agg(" / ".join, axis=1)
+    numeric = pd.api.types.is_numeric_dtype(data[x])
+    for ax, column, label, title in (
+        (axes[0], "mean_round_latency_s", "mean round latency [s]", "Round latency"),
+        (axes[1], "time_to_target_s", "simulated time [s]", f"Time to {target:.0%} deployed accuracy"),
+        (axes[2], "energy_j", "fleet energy [J]", "Energy of the run"),
+    ):
+        common = {"data": data, "x": x, "y": column, "hue": hue, "ax": ax, "estimator": "median"}
+        if numeric:
+            sns.lineplot(**common, errorbar=("pi", 100), marker="o")
+        else:
+            sns.pointplot(**common, errorbar=("pi", 100))
+        ax.set(xlabel=x, ylabel=label, title=title)
+    return axes[0]
 
 
 def save(ax: Axes, path) -> None:

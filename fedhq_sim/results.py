@@ -21,12 +21,14 @@ from typing import Any
 
 import pandas as pd
 
+from fedhq_sim import plots
 from fedhq_sim.errors import InputError
 from fedhq_sim.feasibility import Feasibility
 from fedhq_sim.quant.eager import quant_engine
 from fedhq_sim.records import PhaseRecord, RoundRecord
 from fedhq_sim.scenario import LoadedScenario
-from fedhq_sim.tables import phases_frame, rounds_frame
+from fedhq_sim.tables import latency_breakdown, phases_frame, rounds_frame
+from fedhq_sim.trace import chrome_trace
 
 PACKAGES = (
     "fedhq-sim",
@@ -91,7 +93,7 @@ class ResultsWriter:
         self.scenario = scenario
 
     def write_inputs(self) -> None:
-        atomic_write_bytes(self.out / "scenario.yaml", self.scenario.path.read_bytes())
+        atomic_write_text(self.out / "scenario.yaml", self.scenario.text())
         atomic_write_text(self.out / "resolved.json", json.dumps(self.scenario.resolved(), indent=2) + "\n")
 
     def write_feasibility(self, rows: Sequence[Feasibility]) -> None:
@@ -103,6 +105,30 @@ class ResultsWriter:
         atomic_write_text(self.out / "rounds.csv", rounds_frame(rounds).to_csv(index=False))
         atomic_write_text(self.out / "events.csv", phases_frame(phases).to_csv(index=False))
         atomic_write_text(self.out / "link_utilisation.csv", links.to_csv(index=False))
+
+    def write_frame(self, name: str, frame: pd.DataFrame) -> None:
+        atomic_write_text(self.out / name, frame.to_csv(index=False))
+
+    def write_figures(self, rounds: pd.DataFrame, phases: pd.DataFrame, links: pd.DataFrame) -> None:
+        """The run's figures; the timeline shows the slowest round, where stragglers are."""
+        trained = rounds[rounds["round"] > 0]
+        plots.save(plots.plot_accuracy_vs_time(rounds), self.out / "accuracy_vs_time.png")
+        plots.save(plots.plot_latency_breakdown(latency_breakdown(rounds, phases)), self.out / "round_latency.png")
+        plots.save(plots.plot_link_utilisation(links), self.out / "link_utilisation.png")
+        plots.save(plots.plot_energy_per_round(rounds), self.out / "energy_per_round.png")
+        if len(trained) and len(phases):
+            slowest = int(trained.loc[trained["latency_s"].idxmax(), "round"])
+            plots.save(plots.plot_client_timeline(phases, slowest), self.out / "client_timeline.png")
+            plots.save(plots.plot_strategy_assignment(phases), self.out / "strategy_assignment.png")
+
+    def write_trace(self, rounds: pd.DataFrame, phases: pd.DataFrame, links: pd.DataFrame) -> None:
+        """``trace.json``: the events in Chrome trace-event format (open it in Perfetto)."""
+        atomic_write_text(self.out / "trace.json", json.dumps(chrome_trace(rounds, phases, links)) + "\n")
+
+    def write_policy_log(self, log: Sequence[dict[str, object]]) -> None:
+        """An adaptive policy's changes of assignment, with why (nothing for fixed policies)."""
+        if log:
+            atomic_write_text(self.out / "policy_log.csv", pd.DataFrame(log).to_csv(index=False))
 
     def write_run_info(self, extra: dict[str, Any]) -> None:
         info = {

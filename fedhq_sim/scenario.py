@@ -8,20 +8,21 @@ a :class:`LoadedScenario` of plain values. Defaults live only in the model field
 
 from __future__ import annotations
 
-import copy
 import importlib
 import importlib.util
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import Field, model_validator
 
 from fedhq_sim.availability import DAY_S, Availability, ClientAvailability, Window, read_trace
 from fedhq_sim.errors import InputError
 from fedhq_sim.models import IMAGE_MODELS
+from fedhq_sim.overrides import with_overrides
 from fedhq_sim.policies import POLICIES, Policy, PolicyOptions
 from fedhq_sim.profiles import DeviceProfile, LinkProfile, ProfileLibrary
 from fedhq_sim.schema import NonNegativeSeconds, Seconds, StrictModel, validate
@@ -226,6 +227,16 @@ class LoadedScenario:
     availability: Availability
     aggregators: dict[str, DeviceProfile]
     site_links: tuple[tuple[str, str, LinkProfile], ...]
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Values set over the file's (``--set``, compare, sweep, the Python API)."""
+
+    def text(self) -> str:
+        """The scenario as run: the file itself, or with its overrides applied (as YAML)."""
+        if not self.overrides:
+            return self.path.read_text(encoding="utf-8")
+        applied = with_overrides(load_yaml_mapping(self.path), self.overrides, self.path)
+        header = "".join(f"# override: {key} = {value!r}\n" for key, value in self.overrides.items())
+        return header + yaml.safe_dump(applied, sort_keys=False, allow_unicode=True)
 
     def resolved(self) -> dict[str, Any]:
         """Everything the run used, in SI units, for the results folder."""
@@ -237,6 +248,7 @@ class LoadedScenario:
         return {
             "units": "SI base units: seconds, bit/s (links), byte/s (memory bandwidth), bytes, operations/s",
             "scenario": self.spec.model_dump(mode="json"),
+            "overrides": self.overrides,
             "policy_options": self.policy_options.model_dump(mode="json"),
             "clients": [
                 {"client_id": c.client_id, "name": c.name, "site": c.site, "device": c.device.name, "link": c.link.name}
@@ -288,31 +300,11 @@ def _resolve_policy(spec: ScenarioSpec, path: Path) -> tuple[type[Policy], Polic
 IMAGE_DATASETS = frozenset({"digits"})
 
 
-def with_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a scenario mapping with ``{"training.rounds": 5, "seed": 3}``-style values set.
-
-    A dotted key walks nested mappings, creating missing ones; the value replaces what was
-    there (a whole section when the key names one). Validation happens afterwards, as for the
-    file itself, so an override is checked exactly like a value written in the scenario.
-    """
-    result = copy.deepcopy(raw)
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = result
-        for key in parents:
-            child = node.get(key)
-            if not isinstance(child, dict):
-                child = node[key] = {}
-            node = child
-        node[leaf] = copy.deepcopy(value)
-    return result
-
-
 def load_scenario(path: Path | str, overrides: Mapping[str, Any] | None = None) -> LoadedScenario:
     """Read, validate and resolve a scenario file, with optional :func:`with_overrides` values;
     any problem is an :class:`InputError`."""
     path = Path(path)
-    spec = validate(ScenarioSpec, with_overrides(load_yaml_mapping(path), overrides or {}), path)
+    spec = validate(ScenarioSpec, with_overrides(load_yaml_mapping(path), overrides or {}, path), path)
     try:
         library = ProfileLibrary((path.parent / spec.profiles_dir).resolve())
         is_dir = library.root.is_dir()
@@ -377,6 +369,7 @@ def load_scenario(path: Path | str, overrides: Mapping[str, Any] | None = None) 
         availability=availability,
         aggregators=aggregators,
         site_links=site_links,
+        overrides=dict(overrides or {}),
     )
 
 

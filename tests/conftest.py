@@ -74,3 +74,32 @@ def write_scenario(tmp_path: Path) -> Callable[[dict[str, Any]], Path]:
 @pytest.fixture
 def tiny_scenario(write_scenario) -> Path:
     return write_scenario(tiny_scenario_dict())
+
+
+def render_in_chromium(page: Path) -> str:
+    """The DOM of ``page`` after it loaded in headless Chromium (Debian's package, which
+    ``make test`` installs). Set FEDHQ_NO_BROWSER=1 to skip browser tests on a machine
+    without it; otherwise a missing browser fails the test rather than hiding it."""
+    import os
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("FEDHQ_NO_BROWSER") == "1":
+            pytest.skip("FEDHQ_NO_BROWSER=1 and no chromium installed")
+        pytest.fail(
+            "chromium is not installed: run `make test` (it installs Debian's chromium) or set FEDHQ_NO_BROWSER=1"
+        )
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000", "--dump-dom"]
+    done = subprocess.run([browser, *flags, page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def scenario_file(folder: Path, data: dict[str, Any], name: str = "s.yaml") -> Path:
+    """Write ``data`` as a scenario in ``folder`` using the repo's profiles (for module-scoped
+    fixtures, which cannot use ``write_scenario``)."""
+    path = folder / name
+    path.write_text(yaml.safe_dump({**data, "profiles_dir": str(PROFILES)}, sort_keys=False))
+    return path

@@ -5,10 +5,11 @@ import math
 import pandas as pd
 import pytest
 
+from fedhq_sim.batch import median_table, time_to_target
 from fedhq_sim.cli import main
-from fedhq_sim.compare import policy_overrides, policy_table, time_to_target
-from fedhq_sim.scenario import load_scenario, with_overrides
-from tests.conftest import tiny_scenario_dict
+from fedhq_sim.compare import policy_overrides
+from fedhq_sim.scenario import load_scenario
+from tests.conftest import scenario_file, tiny_scenario_dict
 
 
 def comparison_scenario() -> dict:
@@ -22,13 +23,8 @@ def comparison_scenario() -> dict:
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
     """One comparison: 2 policies x 2 seeds, run in 2 worker processes."""
-    import yaml
-
-    from tests.conftest import PROFILES
-
     folder = tmp_path_factory.mktemp("compare")
-    scenario = folder / "s.yaml"
-    scenario.write_text(yaml.safe_dump(comparison_scenario() | {"profiles_dir": str(PROFILES)}))
+    scenario = scenario_file(folder, comparison_scenario())
     out = folder / "out"
     argv = ["compare", str(scenario), "--policies", "all-ptq", "fedhq", "--seeds", "1", "2", "--target", "0.2"]
     code = main([*argv, "--out", str(out), "--jobs", "2", "--quiet"])
@@ -38,7 +34,7 @@ def compared(tmp_path_factory):
 def test_compare_writes_the_table_the_figure_and_every_run(compared):
     _, out, code = compared
     assert code == 0
-    for name in ("summary.csv", "rounds.csv", "table.csv", "table.md", "comparison.png", "comparison.json"):
+    for name in ("summary.csv", "rounds.csv", "table.csv", "table.md", "comparison.png", "compare.json", "report.html"):
         assert (out / name).stat().st_size > 0, name
     summary = pd.read_csv(out / "summary.csv")
     assert sorted(zip(summary["policy"], summary["seed"], strict=True)) == [
@@ -49,8 +45,16 @@ def test_compare_writes_the_table_the_figure_and_every_run(compared):
     ]
     assert (summary.loc[summary["policy"] == "all-ptq", "qat_share"] == 0).all()
     for policy in ("all-ptq", "fedhq"):
-        assert (out / "runs" / f"{policy}-seed1" / "rounds.csv").is_file()
+        assert (out / "runs" / f"policy={policy}-seed1" / "rounds.csv").is_file()
     assert "| fedhq |" in (out / "table.md").read_text()
+
+
+def test_the_comparison_report_renders_in_a_headless_browser(compared):
+    from tests.conftest import render_in_chromium
+
+    dom = render_in_chromium(compared[1] / "report.html")
+    assert 'data-figures-loaded="1" data-figures="1"' in dom
+    assert "fedhq" in dom and "all-ptq" in dom
 
 
 def test_a_comparison_in_worker_processes_equals_a_serial_run(compared, tmp_path):
@@ -60,7 +64,7 @@ def test_a_comparison_in_worker_processes_equals_a_serial_run(compared, tmp_path
     assert main([*argv, "--out", str(serial), "--jobs", "1", "--quiet"]) == 0
     for policy in ("all-ptq", "fedhq"):
         for seed in (1, 2):
-            run = f"runs/{policy}-seed{seed}/rounds.csv"
+            run = f"runs/policy={policy}-seed{seed}/rounds.csv"
             assert (serial / run).read_bytes() == (out / run).read_bytes(), run
 
 
@@ -82,16 +86,6 @@ def test_a_policy_keeps_only_the_scenario_options_it_accepts(write_scenario):
     assert loaded.spec.seed == 9 and loaded.policy_options.bits == 4  # fp32 clients, 4-bit deployment
 
 
-def test_overrides_set_nested_keys_without_touching_the_original():
-    raw = {"training": {"rounds": 3}, "seed": 1}
-    assert with_overrides(raw, {"training.rounds": 5, "data.dirichlet_alpha": 0.1}) == {
-        "training": {"rounds": 5},
-        "seed": 1,
-        "data": {"dirichlet_alpha": 0.1},
-    }
-    assert raw == {"training": {"rounds": 3}, "seed": 1}
-
-
 def test_time_to_target_is_the_first_round_that_reaches_it():
     rounds = pd.DataFrame({"end_s": [0.0, 1.0, 2.5, 4.0], "deployed_accuracy": [0.1, 0.5, 0.82, 0.79]})
     assert time_to_target(rounds, 0.8) == 2.5
@@ -106,10 +100,11 @@ def test_the_policy_table_gives_median_and_range_over_seeds_and_counts_the_seeds
             "final_deployed_accuracy": [0.8, 0.9, 0.7, 0.85],
             "mean_round_latency_s": [1.0, 1.0, 1.0, 2.0],
             "qat_share": [0.0, 0.0, 0.0, 0.5],
+            "energy_j": [1.0, 2.0, 3.0, 4.0],
         }
     )
-    table = policy_table(summary, ["b", "a"]).set_index("policy")
-    assert list(table.index) == ["b", "a"]
+    table = median_table(summary, ["policy"]).set_index("policy")
+    assert list(table.index) == ["a", "b"]  # first-seen order
     assert table.loc["a", "reached"] == 2 and table.loc["a", "seeds"] == 3
     assert table.loc["a", "time_to_target_s_median"] == 2.0
     assert (table.loc["a", "final_deployed_accuracy_min"], table.loc["a", "final_deployed_accuracy_max"]) == (0.7, 0.9)

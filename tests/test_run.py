@@ -24,6 +24,11 @@ EXPECTED_FILES = {
     "accuracy_vs_time.png",
     "round_latency.png",
     "link_utilisation.png",
+    "energy_per_round.png",
+    "client_timeline.png",
+    "strategy_assignment.png",
+    "trace.json",
+    "report.html",
 }
 
 
@@ -73,8 +78,49 @@ def test_a_run_writes_every_result_file(two_runs):
     assert links.groupby("link")["flows"].last().eq(0).all()  # every transfer ended
 
 
+def test_the_trace_is_valid_trace_event_json_with_a_track_per_device_and_link(two_runs):
+    trace = json.loads((two_runs["a"] / "trace.json").read_text())
+    events = trace["traceEvents"]
+    assert all({"ph", "pid", "tid"} <= e.keys() for e in events)
+    assert all(e["dur"] >= 0 and "ts" in e for e in events if e["ph"] == "X")
+    names = {(e["pid"], e["args"]["name"]) for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
+    clients = pd.read_csv(two_runs["a"] / "events.csv").drop_duplicates("client")
+    for c in clients.itertuples():
+        assert (1, f"{c.client} ({c.device})") in names
+        assert (2, f"access:{c.client} ({c.link})") in names
+    phases = [e for e in events if e["ph"] == "X" and e["pid"] == 1]
+    assert len(phases) == len(pd.read_csv(two_runs["a"] / "events.csv"))
+    counters = {e["name"] for e in events if e["ph"] == "C"}
+    assert counters == set(pd.read_csv(two_runs["a"] / "link_utilisation.csv")["link"])
+    rounds = [e for e in events if e["ph"] == "X" and e["cat"] == "round"]
+    assert [e["name"] for e in rounds] == ["round 1", "round 2"]
+
+
+def test_the_run_report_renders_in_a_headless_browser_with_every_figure(two_runs):
+    import re
+
+    from tests.conftest import render_in_chromium
+
+    dom = render_in_chromium(two_runs["a"] / "report.html")
+    body = re.search(r'<body data-figures-loaded="(\d+)" data-figures="(\d+)"', dom)
+    assert body is not None, dom[:500]
+    assert body.group(1) == body.group(2) == "6"
+    for text in ("Summary", "final deployed accuracy", "Scenario", "Versions", "seed"):
+        assert text in dom
+
+
+def test_report_rebuilds_the_report_of_a_results_folder(two_runs, tmp_path, capsys):
+    report = two_runs["a"] / "report.html"
+    before = report.read_text()
+    report.unlink()
+    assert main(["report", str(two_runs["a"])]) == 0
+    assert report.read_text() == before
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a results folder" in capsys.readouterr().err
+
+
 def test_same_seed_gives_identical_files_and_another_seed_does_not(two_runs):
-    for name in ("rounds.csv", "events.csv", "feasibility.csv", "link_utilisation.csv"):
+    for name in ("rounds.csv", "events.csv", "feasibility.csv", "link_utilisation.csv", "trace.json"):
         assert (two_runs["a"] / name).read_bytes() == (two_runs["b"] / name).read_bytes()
     assert (two_runs["a"] / "events.csv").read_bytes() != (two_runs["other"] / "events.csv").read_bytes()
 

@@ -1,0 +1,170 @@
+"""Many runs of one scenario, each with some values overridden: what compare and sweep share.
+
+A :class:`Variant` is the scenario with its overrides and a seed; :func:`run_batch` runs
+variants in fresh worker processes (``spawn``: no torch state or threads inherited) or in
+this one, and gives the results in input order whatever order they finished in. A run's
+result depends only on its scenario and seed, so where it ran does not change it (tested).
+The summaries are pure functions of the rounds.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import re
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One run: ``label`` names it in tables (``{"policy": "fedhq"}`` or the swept values)."""
+
+    scenario: Path
+    label: Mapping[str, Any]
+    seed: int
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The label's values, e.g. ``fedhq`` or ``8 / lte``: one series in a figure."""
+        return " / ".join(str(value) for value in self.label.values())
+
+    @property
+    def folder_name(self) -> str:
+        """A file-system-safe name, e.g. ``policy=fedhq-seed1``."""
+        parts = [f"{key.rsplit('.', 1)[-1]}={value}" for key, value in self.label.items()]
+        return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "-".join([*parts, f"seed{self.seed}"]))
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    variant: Variant
+    rounds: pd.DataFrame
+    policy_share_max: float
+    """Largest share of a round's host time spent in the policy's decisions."""
+    resolved: dict[str, Any]
+    decision_log: list[dict[str, object]]
+
+
+def run_variant(variant: Variant) -> VariantResult:
+    """Simulate one variant (a process-pool task)."""
+    from fedhq_sim.engine import Simulation  # the workers import torch once, here
+    from fedhq_sim.scenario import load_scenario
+    from fedhq_sim.tables import rounds_frame
+
+    loaded = load_scenario(variant.scenario, {**variant.overrides, "seed": variant.seed})
+    simulation = Simulation(loaded)
+    result = simulation.run()
+    share = max((t.policy_s / t.host_s for t in simulation.host_timing if t.host_s > 0), default=0.0)
+    log = simulation.policy.decision_log()
+    return VariantResult(variant, rounds_frame(result.rounds), share, loaded.resolved(), log)
+
+
+def run_batch(
+    variants: Sequence[Variant],
+    jobs: int,
+    on_done: Callable[[VariantResult], None] | None = None,
+) -> list[VariantResult]:
+    """Run every variant, ``jobs`` at a time; results in input order."""
+    results: list[VariantResult | None] = [None] * len(variants)
+    if jobs <= 1:
+        for index, variant in enumerate(variants):
+            results[index] = run_variant(variant)
+            if on_done is not None:
+                on_done(results[index])
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = {pool.submit(run_variant, v): i for i, v in enumerate(variants)}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                if on_done is not None:
+                    on_done(results[futures[future]])
+    return [r for r in results if r is not None]
+
+
+def time_to_target(rounds: pd.DataFrame, target: float) -> float:
+    """Simulated seconds until the deployed accuracy first reaches ``target`` (NaN if never)."""
+    reached = rounds[rounds["deployed_accuracy"] >= target]
+    return float(reached["end_s"].iloc[0]) if len(reached) else math.nan
+
+
+def run_summary(result: VariantResult, target: float) -> dict[str, Any]:
+    """One row of ``summary.csv``: what a run achieved."""
+    rounds = result.rounds
+    trained = rounds[rounds["round"] > 0]
+    quantizing = trained["n_ptq"] + trained["n_qat"]
+    return {
+        **result.variant.label,
+        "variant": result.variant.name,
+        "seed": result.variant.seed,
+        "rounds": int(trained["round"].max()) if len(trained) else 0,
+        "time_to_target_s": time_to_target(rounds, target),
+        "final_deployed_accuracy": float(rounds["deployed_accuracy"].iloc[-1]),
+        "best_deployed_accuracy": float(rounds["deployed_accuracy"].max()),
+        "final_fp32_accuracy": float(rounds["fp32_accuracy"].iloc[-1]),
+        "mean_round_latency_s": float(trained["latency_s"].mean()),
+        "simulated_s": float(rounds["end_s"].iloc[-1]),
+        "qat_share": float(trained["n_qat"].sum() / quantizing.sum()) if quantizing.sum() else 0.0,
+        "energy_j": float(trained["energy_j"].sum()),
+        "policy_share_of_host_time_max": result.policy_share_max,
+        "policy_moves": len(result.decision_log),
+    }
+
+
+HEADLINE = ("time_to_target_s", "final_deployed_accuracy", "mean_round_latency_s", "qat_share", "energy_j")
+
+
+def median_table(summary: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Per group of ``by``: median, min and max over seeds of each headline figure, in the
+    groups' first-seen order. Time to target counts the seeds that reached it (``reached``)
+    and its median is over them."""
+    rows = []
+    for key, runs in summary.groupby(list(by), sort=False):
+        row: dict[str, Any] = dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True))
+        row |= {"seeds": len(runs), "reached": int(runs["time_to_target_s"].notna().sum())}
+        for column in HEADLINE:
+            values = runs[column].dropna()
+            for stat in ("median", "min", "max"):
+                row[f"{column}_{stat}"] = float(getattr(values, stat)()) if len(values) else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _range(row: pd.Series, column: str, fmt: str) -> str:
+    median, low, high = (row[f"{column}_{k}"] for k in ("median", "min", "max"))
+    if math.isnan(median):
+        return "not reached"
+    return f"{median:{fmt}} ({low:{fmt}}-{high:{fmt}})"
+
+
+def table_markdown(table: pd.DataFrame, by: Sequence[str], target: float) -> str:
+    """A :func:`median_table` as Markdown: median (min-max over seeds) per group."""
+    header = [
+        *by,
+        f"time to {target:.0%} deployed accuracy [s]",
+        "reached",
+        "final deployed accuracy",
+        "mean round latency [s]",
+        "QAT share",
+        "energy [J]",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in table.iterrows():
+        cells = [str(row[key]) for key in by]
+        cells += [
+            _range(row, "time_to_target_s", ".2f"),
+            f"{row['reached']}/{row['seeds']}",
+            _range(row, "final_deployed_accuracy", ".3f"),
+            _range(row, "mean_round_latency_s", ".3f"),
+            _range(row, "qat_share", ".2f"),
+            _range(row, "energy_j", ".0f"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
