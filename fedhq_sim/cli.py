@@ -104,12 +104,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress_line(total: int, record: RoundRecord, host_s: float) -> str:
+def _progress_line(total: int, record: RoundRecord, host_s: float, eta_s: float) -> str:
     return (
         f"round {record.round:>3}/{total}  sim {record.end_s:9.3f} s  latency {record.latency_s:8.3f} s  "
         f"reported {record.reported}/{record.selected}  energy {record.energy_j:8.1f} J  "
         f"deployed acc {record.deployed_accuracy:.3f}  "
-        f"fp32 acc {record.fp32_accuracy:.3f}  [host {host_s:.1f} s]"
+        f"fp32 acc {record.fp32_accuracy:.3f}  [host {host_s:.1f} s, eta {eta_s:.0f} s]"
     )
 
 
@@ -139,9 +139,13 @@ def _run(args: argparse.Namespace) -> int:
     def link_load() -> pd.DataFrame:
         return links_frame(simulation.network.samples, simulation.network.links)
 
+    host_per_round: list[float] = []
+
     def on_round(record: RoundRecord, host_s: float) -> None:
         writer.write_progress(simulation.rounds, simulation.phases, link_load())
-        say(_progress_line(total, record, host_s))
+        host_per_round.append(host_s)
+        eta_s = sum(host_per_round) / len(host_per_round) * (total - record.round)
+        say(_progress_line(total, record, host_s, eta_s))
 
     result = simulation.run(on_round)
     rounds, phases = rounds_frame(result.rounds), phases_frame(result.phases)

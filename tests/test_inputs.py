@@ -239,3 +239,19 @@ def test_profile_device_refuses_a_folder_or_an_existing_file_as_out(tmp_path, ca
     existing.write_text("kind: device\n")
     assert main(["profile-device", "--out", str(existing)]) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
+
+
+def test_profile_device_writes_a_profile_that_loads_like_the_librarys(tmp_path, capsys):
+    out = tmp_path / "devices" / "this_gateway.yaml"
+    out.parent.mkdir()
+    argv = ["profile-device", "--out", str(out), "--repeats", "1", "--passes", "1", "--threads", "1"]
+    assert main([*argv, "--power-idle", "2 W", "--power-active", "5 W"]) == 0
+    assert "written to" in capsys.readouterr().err
+    profile = ProfileLibrary(tmp_path).device("this_gateway", referenced_from=out, key="device")
+    assert profile.name == "this_gateway" and profile.power.idle == 2.0 and profile.power.active == 5.0
+
+
+@pytest.mark.parametrize("scenario", sorted((REPO / "scenarios").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_scenario_of_the_library_is_valid(scenario, capsys):
+    assert main(["validate", str(scenario)]) == 0
+    assert "valid" in capsys.readouterr().out
