@@ -137,7 +137,7 @@ def median_table(summary: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _range(row: pd.Series, column: str, fmt: str) -> str:
+def _range(row: Mapping[str, Any], column: str, fmt: str) -> str:
     median, low, high = (row[f"{column}_{k}"] for k in ("median", "min", "max"))
     if math.isnan(median):
         return "not reached"
@@ -156,7 +156,7 @@ def table_markdown(table: pd.DataFrame, by: Sequence[str], target: float) -> str
         "energy [J]",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for _, row in table.iterrows():
+    for row in table.to_dict("records"):  # per-column types: an int key stays an int
         cells = [str(row[key]) for key in by]
         cells += [
             _range(row, "time_to_target_s", ".2f"),

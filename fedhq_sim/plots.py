@@ -195,6 +195,8 @@ def plot_capacity_curves(summary: pd.DataFrame, keys: list[str], target: float) 
         else:
             sns.pointplot(**common, errorbar=("pi", 100))
         ax.set(xlabel=x, ylabel=label, title=title)
+        if data[column].isna().all():
+            ax.text(0.5, 0.5, "not reached in any run", transform=ax.transAxes, ha="center", color="grey")
     return axes[0]
 
 

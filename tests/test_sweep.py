@@ -42,6 +42,7 @@ def test_a_sweep_runs_every_grid_point_and_draws_capacity_curves(swept):
     assert points == set(itertools.product([2, 4], ["lte", "fibre_1g"]))
     for name in ("capacity.png", "table.md", "sweep.json", "report.html"):
         assert (out / name).stat().st_size > 0
+    assert "| 2 | lte | " in (out / "table.md").read_text()  # integer keys stay integers
     info = json.loads((out / "sweep.json").read_text())
     assert info["by"] == ["training.clients_per_round", "sites[1].backhaul"]
     runs = pd.read_csv(out / "rounds.csv")
