@@ -19,7 +19,7 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/fedhq-sim run scenarios/quickstart.yaml
 
-# Every policy on the FedHQ comparison scenario over seeds 1-3 (docs/results.md).
+# Every policy on the FedHQ comparison scenario over seeds 1-5 (docs/results.md).
 compare: $(STAMP)
 	$(BIN)/fedhq-sim compare scenarios/fedhq_comparison.yaml --seeds 1 2 3 4 5
 

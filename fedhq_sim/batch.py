@@ -83,7 +83,11 @@ def run_batch(
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
             futures = {pool.submit(run_variant, v): i for i, v in enumerate(variants)}
             for future in as_completed(futures):
-                results[futures[future]] = future.result()
+                try:
+                    results[futures[future]] = future.result()
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)  # report the first failure now, not after the rest
+                    raise
                 if on_done is not None:
                     on_done(results[futures[future]])
     return [r for r in results if r is not None]

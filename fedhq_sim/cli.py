@@ -302,12 +302,12 @@ def _execute_batch(args: argparse.Namespace, kind: str, variants: list, by: list
         names.append(load_scenario(variant.scenario, {**variant.overrides, "seed": variant.seed}).spec.name)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = prepare_output_dir(args.out or Path("results") / f"{names[0]}-{kind}-{stamp}", overwrite=args.overwrite)
+    for scenario in dict.fromkeys(v.scenario for v in variants):  # the report reads them from here
+        atomic_write_text(out / f"scenario-{scenario.stem}.yaml", scenario.read_text(encoding="utf-8"))
     jobs = _jobs(args, len(variants))
     say = (lambda _text: None) if args.quiet else (lambda text: print(text, flush=True))
-    say(
-        f"{kind}: {len(variants)} runs ({len(variants) // len(args.seeds)} variants x {len(args.seeds)} seeds), "
-        f"{jobs} at a time"
-    )
+    n_seeds = len({v.seed for v in variants})
+    say(f"{kind}: {len(variants)} runs ({len(variants) // n_seeds} variants x {n_seeds} seeds), {jobs} at a time")
     started, done = time.perf_counter(), []
 
     def on_done(result) -> None:
@@ -348,6 +348,7 @@ def _execute_batch(args: argparse.Namespace, kind: str, variants: list, by: list
         "by": by,
         "seeds": list(dict.fromkeys(v.seed for v in variants)),
         "target": args.target,
+        "set": args.set or [],
         "command": " ".join(sys.argv),
         "versions": package_versions(),
         "host_seconds": round(time.perf_counter() - started, 1),
@@ -394,6 +395,8 @@ def _sweep(args: argparse.Namespace) -> int:
     keys = [key for key, _ in axes]
     if len(set(keys)) != len(keys):
         raise InputError("command line", "--set", "each key may be swept once")
+    if "seed" in keys:
+        raise InputError("command line", "--set", "sweep seeds with --seeds, not --set seed=...")
     return _execute_batch(args, "sweep", grid_variants(args.scenario, axes, seeds), keys)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from fedhq_sim.batch import Variant
 from fedhq_sim.errors import InputError
 from fedhq_sim.policies import POLICIES
+from fedhq_sim.scenario import import_user_policies
 from fedhq_sim.yamlio import load_yaml_mapping
 
 DEFAULT_POLICIES = ("all-fp32", "all-ptq", "all-qat", "random-hybrid", "deadline-greedy", "fedhq")
@@ -24,6 +25,8 @@ def policy_overrides(scenario: Path, policy: str) -> dict[str, Any]:
     """The ``policy`` section for ``policy``: the scenario's options that its class accepts."""
     section = load_yaml_mapping(scenario).get("policy")
     section = section if isinstance(section, dict) else {}
+    if isinstance(section.get("module"), str):  # a user's policy registers on import
+        import_user_policies(section["module"], scenario)
     cls = POLICIES.get(policy)
     if cls is None:
         names = ", ".join(sorted(POLICIES))
@@ -37,9 +40,10 @@ def policy_overrides(scenario: Path, policy: str) -> dict[str, Any]:
 def policy_variants(
     scenario: Path, policies: Sequence[str], seeds: Sequence[int], common: Mapping[str, Any] | None = None
 ) -> list[Variant]:
-    """Every (policy, seed), each with ``common`` overrides too (a what-if shared by all)."""
+    """Every (policy, seed), each with ``common`` overrides too (a what-if shared by all,
+    applied after the policy section, so ``policy.bits=8`` holds for every policy)."""
     return [
-        Variant(scenario, {"policy": p}, s, {**(common or {}), **policy_overrides(scenario, p)})
+        Variant(scenario, {"policy": p}, s, {**policy_overrides(scenario, p), **(common or {})})
         for p in policies
         for s in seeds
     ]

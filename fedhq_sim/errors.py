@@ -19,6 +19,10 @@ class InputError(Exception):
         self.problem = problem
         super().__init__(str(self))
 
+    def __reduce__(self) -> tuple:
+        """Rebuild from the three parts: a worker process's error reaches the CLI intact."""
+        return (InputError, (self.file, self.key_path, self.problem))
+
     def __str__(self) -> str:
         where = self.file or "<input>"
         if self.key_path:

@@ -2,7 +2,8 @@
 
 A key path walks the scenario mapping with dots for mapping keys and ``[i]`` for list items;
 ``[*]`` sets the value in every item (``sites[*].devices[0].count=8``: eight of the first
-device class on every site). Missing mapping keys are created; a list index must exist.
+device class on every site). Missing mapping keys are created; a list index must exist; the
+value ``null`` removes a mapping key, so its default applies again.
 The overridden mapping is validated afterwards exactly like the file, so an override is
 checked like a value written in the scenario.
 """
@@ -47,7 +48,10 @@ def _set(node: Any, steps: list[Step], value: Any, done: str, source: Path | str
         if not isinstance(node, dict):
             raise InputError(source, key, f"'{done}' is not a mapping, so it has no key '{step}'")
         if not rest:
-            node[step] = copy.deepcopy(value)
+            if value is None:  # KEY=null: back to the default (e.g. local_epochs for local_steps)
+                node.pop(step, None)
+            else:
+                node[step] = copy.deepcopy(value)
             return
         if step not in node:
             node[step] = {}
@@ -94,7 +98,7 @@ def parse_assignment(text: str) -> tuple[str, list[Any]]:
             value = yaml.safe_load(item.strip())
         except yaml.YAMLError:
             raise InputError("command line", "--set", f"'{item}' is not a value") from None
-        if isinstance(value, dict | list) or value is None:
+        if isinstance(value, dict | list):
             raise InputError("command line", "--set", f"'{item.strip()}' is not a single value")
         parsed.append(value)
     return key, parsed

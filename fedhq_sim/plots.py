@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display is ever needed
@@ -200,7 +203,13 @@ def plot_capacity_curves(summary: pd.DataFrame, keys: list[str], target: float) 
     return axes[0]
 
 
-def save(ax: Axes, path) -> None:
-    """Write the figure of ``ax`` as PNG and release it."""
-    ax.figure.savefig(path, dpi=120)
-    plt.close(ax.figure)
+def save(ax: Axes, path: Path) -> None:
+    """Write the figure of ``ax`` as PNG (atomically: write, then rename) and release it."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        ax.figure.savefig(partial, dpi=120, format="png")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+        plt.close(ax.figure)

@@ -1,6 +1,7 @@
 """One self-contained HTML report per results folder (a run, a compare or a sweep).
 
-The report is built only from the files in the folder, so ``fedhq-sim report DIR`` can
+The report is built only from the files in the folder (a compare or sweep keeps a copy of
+each scenario it ran as ``scenario-<name>.yaml``), so ``fedhq-sim report DIR`` can
 rebuild it later; every figure is embedded as a base64 PNG, so the file can be mailed or
 attached to a rollout decision on its own. A tiny inline script marks ``<body>`` with how
 many figures decoded (``data-figures-loaded``), which the headless-browser test reads.
@@ -74,10 +75,24 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise InputError(path, "", f"cannot read the results file ({error})") from None
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise InputError(path, "", f"cannot read the results file ({error.strerror})") from None
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError) as error:
+        raise InputError(path, "", f"cannot read the results file ({error})") from None
+
+
 def write_run_report(out: Path) -> Path:
     """``report.html`` of one run's folder: summary, figures, scenario, versions and seed."""
     info = _read_json(out / "run.json")
-    rounds = pd.read_csv(out / "rounds.csv")
+    rounds = _read_csv(out / "rounds.csv")
     last = rounds.iloc[-1]
     summary = {
         "rounds": int(last["round"]),
@@ -96,7 +111,7 @@ def write_run_report(out: Path) -> Path:
         "<h2>Rounds</h2>",
         rounds.round(4).to_html(index=False, border=0),
         "<h2>Scenario</h2>",
-        f"<pre>{html.escape((out / 'scenario.yaml').read_text(encoding='utf-8'))}</pre>",
+        f"<pre>{html.escape(_read_text(out / 'scenario.yaml'))}</pre>",
         "<h2>Run</h2>",
         _meta({k: info[k] for k in ("scenario", "seed", "command", "platform", "quantization_engine") if k in info}),
         "<h2>Versions</h2>",
@@ -111,23 +126,26 @@ def write_batch_report(out: Path) -> Path:
     """``report.html`` of a compare or sweep folder: the median table, figures, scenarios."""
     kind = "compare" if (out / "compare.json").is_file() else "sweep"
     info = _read_json(out / f"{kind}.json")
-    table = pd.read_csv(out / "table.csv")
+    table = _read_csv(out / "table.csv")
     figures = [("comparison.png", "Policies compared")] if kind == "compare" else [("capacity.png", "Capacity curves")]
-    scenarios = [Path(p) for p in info.get("scenarios", [])]
+    scenarios = sorted(out.glob("scenario-*.yaml"))
     body = [
         "<h2>Summary (median and range over seeds)</h2>",
         table.round(4).to_html(index=False, border=0),
         "<h2>Figures</h2>",
         *(_figure(out / name, caption) for name, caption in figures if (out / name).is_file()),
         "<h2>Setup</h2>",
-        _meta({k: info[k] for k in ("variants", "by", "seeds", "target", "command", "host_seconds") if k in info}),
+        _meta(
+            {k: info[k] for k in ("variants", "by", "set", "seeds", "target", "command", "host_seconds") if k in info}
+        ),
     ]
     for scenario in scenarios:
-        text = scenario.read_text(encoding="utf-8") if scenario.is_file() else "(file no longer present)"
-        body += [f"<h2>Scenario {html.escape(scenario.name)}</h2>", f"<pre>{html.escape(text)}</pre>"]
+        title = f"Scenario {scenario.stem.removeprefix('scenario-')} (as given; --set values above)"
+        body += [f"<h2>{html.escape(title)}</h2>", f"<pre>{html.escape(scenario.read_text(encoding='utf-8'))}</pre>"]
     body += ["<h2>Versions</h2>", _meta(info.get("versions", {}))]
     path = out / "report.html"
-    atomic_write_text(path, _page(f"fedhq-sim {kind}: {', '.join(s.stem for s in scenarios)}", body))
+    names = ", ".join(s.stem.removeprefix("scenario-") for s in scenarios)
+    atomic_write_text(path, _page(f"fedhq-sim {kind}: {names}", body))
     return path
 
 

@@ -262,7 +262,7 @@ class LoadedScenario:
 _USER_MODULES: dict[str, ModuleType] = {}
 
 
-def _import_user_policies(module: str, path: Path) -> None:
+def import_user_policies(module: str, path: Path) -> None:
     """Run a user's module once, so that its ``@register_policy`` classes join ``POLICIES``."""
     is_file = module.endswith(".py")
     key = str((path.parent / module).resolve()) if is_file else module
@@ -288,7 +288,7 @@ def _import_user_policies(module: str, path: Path) -> None:
 
 def _resolve_policy(spec: ScenarioSpec, path: Path) -> tuple[type[Policy], PolicyOptions]:
     if spec.policy.module is not None:
-        _import_user_policies(spec.policy.module, path)
+        import_user_policies(spec.policy.module, path)
     policy_class = POLICIES.get(spec.policy.name)
     if policy_class is None:
         names = ", ".join(sorted(POLICIES))

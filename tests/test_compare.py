@@ -86,6 +86,44 @@ def test_a_policy_keeps_only_the_scenario_options_it_accepts(write_scenario):
     assert loaded.spec.seed == 9 and loaded.policy_options.bits == 4  # fp32 clients, 4-bit deployment
 
 
+def test_a_set_policy_value_holds_for_every_policy(write_scenario):
+    from fedhq_sim.compare import policy_variants
+
+    path = write_scenario(comparison_scenario())
+    for variant in policy_variants(path, ["all-ptq", "fedhq"], [1], {"policy.bits": 8}):
+        assert load_scenario(path, variant.overrides).policy_options.bits == 8
+
+
+USER_POLICY = """
+from fedhq_sim.policies import Policy, register_policy
+from fedhq_sim.quant.strategy import Strategy
+
+
+@register_policy("compare-user-policy")
+class EveryoneQAT(Policy):
+    def assign(self, ctx):
+        return {cid: Strategy("qat", self.options.bits) for cid in ctx.selected}
+"""
+
+
+def test_compare_finds_a_user_policy_from_the_scenarios_module(write_scenario, tmp_path):
+    (tmp_path / "mine.py").write_text(USER_POLICY)
+    data = comparison_scenario()
+    data["policy"] = {"name": "all-ptq", "module": "mine.py", "bits": 8}
+    path = write_scenario(data)
+    overrides = policy_overrides(path, "compare-user-policy")
+    assert overrides == {"policy": {"name": "compare-user-policy", "bits": 8, "module": "mine.py"}}
+
+
+def test_an_input_error_survives_the_trip_back_from_a_worker_process():
+    import pickle
+
+    from fedhq_sim.errors import InputError
+
+    error = pickle.loads(pickle.dumps(InputError("s.yaml", "data", "no Dirichlet draw")))
+    assert str(error) == "s.yaml: data: no Dirichlet draw" and error.key_path == "data"
+
+
 def test_time_to_target_is_the_first_round_that_reaches_it():
     rounds = pd.DataFrame({"end_s": [0.0, 1.0, 2.5, 4.0], "deployed_accuracy": [0.1, 0.5, 0.82, 0.79]})
     assert time_to_target(rounds, 0.8) == 2.5

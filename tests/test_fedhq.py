@@ -69,13 +69,15 @@ def test_no_client_flaps_under_constant_observations(seed):
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_the_assignment_settles_when_qat_clients_are_only_predicted(seed):
-    """Clients on QAT report no PTQ error, so moving one can reveal its error and move it
-    back once; but with constant hidden errors the assignment settles and stays."""
+    """Clients on QAT report no PTQ error, so they are only predicted; moving one reveals its
+    error and may move it back. With constant hidden errors the assignment still settles."""
     policy = make(TEN, max_qat_fraction=0.5, adjust_every=1)
     errors = {cid: float(e) for cid, e in enumerate(np.random.default_rng(seed).uniform(0.0, 0.6, 10))}
-    for r in range(1, 121):
+    for r in range(1, 201):
         policy.observe(reports(policy, r, errors))
-    assert not [m for m in policy.moves if m.round > 60], policy.moves
+    assert not [m for m in policy.moves if m.round > 100], policy.moves
+    moved = [m.client_id for m in policy.moves]
+    assert all(moved.count(cid) <= 3 for cid in set(moved)), policy.moves
 
 
 def test_equal_observations_move_nobody():
@@ -104,11 +106,13 @@ def test_the_adjustment_never_exceeds_the_latency_budget_on_predicted_times(qat_
     infos = fleet(qat_rounds, [0.1 * i for i in range(6)])
     policy = make(infos, latency_budget=budget, max_qat_fraction=0.5, adjust_every=1)
     path = max(i.analysis.round_s("ptq4") for i in infos)
-    for r in range(1, 6):
+    free = sum(t <= path for t in qat_rounds)
+    for r in range(1, 21):  # past the warm-up (24 labels), so the adjustment acts
         policy.observe(reports(policy, r, dict(enumerate(errors))))
         assigned = policy.assign(RoundContext(r + 1, tuple(range(6))))
         predicted = max(infos[cid].analysis.round_s(s.label) for cid, s in assigned.items())
         assert predicted <= (1 + budget) * path * (1 + 1e-12)
+        assert sum(s == QAT for s in assigned.values()) <= max(3, free)  # the QAT share
 
 
 def test_the_benefit_model_learns_a_clients_persistent_error():

@@ -31,6 +31,12 @@ def test_overrides_set_nested_keys_and_list_items_without_touching_the_original(
     assert RAW["training"] == {"rounds": 3} and RAW["sites"][1]["backhaul"] == "lte"
 
 
+def test_null_removes_a_key_so_its_default_applies():
+    result = with_overrides(RAW, {"training.rounds": None, "training.local_steps": 4})
+    assert result["training"] == {"local_steps": 4}
+    assert parse_assignment("training.local_epochs=null") == ("training.local_epochs", [None])
+
+
 def test_a_star_sets_every_item():
     result = with_overrides(RAW, {"sites[*].devices[0].count": 8})
     assert [s["devices"][0]["count"] for s in result["sites"]] == [8, 8]
@@ -51,6 +57,6 @@ def test_assignments_read_values_as_yaml_scalars():
     assert parse_assignment("training.clients_per_round=4,8, 16") == ("training.clients_per_round", [4, 8, 16])
     assert parse_assignment("sites[0].backhaul=lte,fibre_1g") == ("sites[0].backhaul", ["lte", "fibre_1g"])
     assert parse_assignment("training.round_deadline=30 s") == ("training.round_deadline", ["30 s"])
-    for bad in ("rounds", "=3", "training.rounds=", "a..b=1", "x=[1, 2]"):
+    for bad in ("rounds", "=3", "training.rounds=", "a..b=1", "x=[1, 2]", "x={a: 1}"):
         with pytest.raises(InputError):
             parse_assignment(bad)

@@ -75,6 +75,7 @@ def test_grid_variants_take_every_combination_for_every_seed(tmp_path):
         (["--set", "sites[9].backhaul=lte"], "sites[9].backhaul"),
         (["--set", "training.rounds=0"], "training.rounds"),
         (["--set", "a=1", "--set", "a=2"], "once"),
+        (["--set", "seed=1,2"], "--seeds"),
     ],
 )
 def test_a_bad_sweep_fails_before_any_run_with_one_line(write_scenario, tmp_path, capsys, argv, problem):

@@ -36,6 +36,10 @@ FEATURES = (
 )
 
 
+FALLBACK_FIELDS = ("divergence", "train_loss", "ptq_error")
+"""Observations a client may not have yet; it takes the fleet's mean of them."""
+
+
 @dataclass
 class _Observed:
     """Exponentially smoothed observations of one client (``None`` until first seen)."""
@@ -84,7 +88,7 @@ class BenefitModel:
             c.client_id: (
                 c.analysis.skew if c.analysis is not None else 0.0,
                 math.log10(max(c.num_samples, 1)),
-                math.log(compute[c.client_id] / median) if c.client_id in compute and median > 0 else 0.0,
+                math.log(compute[c.client_id] / median) if compute.get(c.client_id, 0) > 0 and median > 0 else 0.0,
             )
             for c in clients
         }
@@ -100,8 +104,9 @@ class BenefitModel:
         return float(np.mean(values)) if values else 0.0
 
     def features(self, client_id: int, fallback: Mapping[str, float] | None = None) -> np.ndarray:
-        """The feature vector of a client now (unobserved values take the fleet's mean)."""
-        fallback = fallback or {f: self._fleet_mean(f) for f in ("divergence", "train_loss")}
+        """The feature vector of a client now (unobserved values take the fleet's mean, so a
+        client never seen on PTQ is predicted like the average client, not like an error-free one)."""
+        fallback = fallback or {f: self._fleet_mean(f) for f in FALLBACK_FIELDS}
         skew, log_samples, log_slowness = self._static[client_id]
         seen = self._observed[client_id]
         return np.array(
@@ -112,7 +117,7 @@ class BenefitModel:
                 seen.train_loss if seen.train_loss is not None else fallback["train_loss"],
                 log_samples,
                 log_slowness,
-                seen.ptq_error if seen.ptq_error is not None else 0.0,
+                seen.ptq_error if seen.ptq_error is not None else fallback["ptq_error"],
                 0.0 if seen.ptq_error is None else 1.0,
             ]
         )
@@ -124,7 +129,7 @@ class BenefitModel:
         what a prediction for the next round can use too.
         """
         reported = [r for r in reports if r.reported]
-        fallback = {f: self._fleet_mean(f) for f in ("divergence", "train_loss")}
+        fallback = {f: self._fleet_mean(f) for f in FALLBACK_FIELDS}
         labelled = [
             (self.features(r.client_id, fallback), r.quantization_error)
             for r in reported
@@ -147,5 +152,5 @@ class BenefitModel:
 
     def predict(self, client_ids: Sequence[int]) -> dict[int, float]:
         """Predicted PTQ quantization error (the benefit of QAT) per client, clipped at 0."""
-        fallback = {f: self._fleet_mean(f) for f in ("divergence", "train_loss")}
+        fallback = {f: self._fleet_mean(f) for f in FALLBACK_FIELDS}
         return {cid: max(0.0, float(self.features(cid, fallback) @ self.coefficients)) for cid in client_ids}
