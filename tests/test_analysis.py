@@ -60,8 +60,12 @@ def test_the_initialization_never_exceeds_its_latency_budget_on_predicted_times(
     assert len(skew_picked) <= int(fraction * len(infos))
 
 
-def test_analyze_prints_each_client_with_its_assignment_and_why(tiny_scenario, capsys):
-    assert main(["analyze", str(tiny_scenario)]) == 0
+def test_analyze_prints_each_client_with_its_assignment_and_why(tiny_scenario, capsys, tmp_path):
+    import pandas as pd
+
+    assert main(["analyze", str(tiny_scenario), "--out", str(tmp_path / "analysis.csv")]) == 0
+    table = pd.read_csv(tmp_path / "analysis.csv")
+    assert len(table) == 4 and (table["qat8_round_s"] > table["ptq8_round_s"]).all()
     out = capsys.readouterr().out
     for column in ("client", "download_s", "ptq8_compute_s", "qat8_compute_s", "upload_s", "qat8_round_s", "why"):
         assert column in out
