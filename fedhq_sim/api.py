@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from fedhq_sim import plots
 from fedhq_sim.batch import Variant, median_table, run_batch, run_summary
 from fedhq_sim.compare import policy_variants
 from fedhq_sim.engine import Simulation
+from fedhq_sim.executors import ProcessExecutor
 from fedhq_sim.report import write_run_report
 from fedhq_sim.results import ResultsWriter, prepare_output_dir
 from fedhq_sim.scenario import LoadedScenario, load_scenario
@@ -114,13 +116,15 @@ class Result:
         return folder
 
 
-def simulate(scenario: Scenario | str | Path) -> Result:
-    """Run a scenario in this process and return its results."""
+def simulate(scenario: Scenario | str | Path, *, workers: int = 1) -> Result:
+    """Run a scenario and return its results; ``workers > 1`` runs each round's client work
+    on that many processes (same results, less wall time)."""
     if not isinstance(scenario, Scenario):
         scenario = Scenario(Path(scenario))
     started = time.perf_counter()
-    simulation = Simulation(scenario.load())
-    run = simulation.run()
+    with ProcessExecutor(workers) if workers > 1 else nullcontext() as executor:
+        simulation = Simulation(scenario.load(), executor)
+        run = simulation.run()
     return Result(
         simulation.scenario,
         rounds_frame(run.rounds),

@@ -17,6 +17,8 @@ from fedhq_sim.records import RoundRecord
 
 if TYPE_CHECKING:  # the engine imports torch; the CLI loads it only for commands that need it
     from fedhq_sim.engine import Simulation
+    from fedhq_sim.executors import WorkExecutor
+    from fedhq_sim.scenario import LoadedScenario
 
 EXAMPLES = """examples:
   fedhq-sim run scenarios/quickstart.yaml
@@ -44,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="results folder (default: results/<name>-<date-time>)")
     run.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    run.add_argument(
+        "--workers",
+        type=int,
+        help="processes that run the clients' real work of a round (default: one per CPU core; 1: this process)",
+    )
     validate = commands.add_parser("validate", help="check a scenario and its profiles without running it")
     validate.add_argument("scenario", type=Path, help="scenario YAML file")
     analyze = commands.add_parser(
@@ -114,22 +121,37 @@ def _progress_line(total: int, record: RoundRecord, host_s: float, eta_s: float)
 
 
 def _run(args: argparse.Namespace) -> int:
+    import os
+    from contextlib import nullcontext
+
+    from fedhq_sim.executors import ProcessExecutor
+    from fedhq_sim.results import prepare_output_dir
+    from fedhq_sim.scenario import load_scenario
+
+    workers = args.workers if args.workers is not None else os.cpu_count() or 1
+    if workers < 1:
+        raise InputError("command line", "--workers", f"must be at least 1, got {workers}")
+    scenario = load_scenario(args.scenario)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = prepare_output_dir(args.out or Path("results") / f"{scenario.spec.name}-{stamp}", overwrite=args.overwrite)
+    with ProcessExecutor(workers) if workers > 1 else nullcontext() as executor:
+        return _simulate_into(args, scenario, out, executor)
+
+
+def _simulate_into(args: argparse.Namespace, scenario: LoadedScenario, out: Path, executor: WorkExecutor | None) -> int:
+    """The body of ``run``: simulate with ``executor`` and write the results folder."""
     import pandas as pd
 
     from fedhq_sim.engine import Simulation
     from fedhq_sim.report import write_run_report
-    from fedhq_sim.results import ResultsWriter, prepare_output_dir
-    from fedhq_sim.scenario import load_scenario
+    from fedhq_sim.results import ResultsWriter
     from fedhq_sim.tables import links_frame, phases_frame, rounds_frame
 
-    scenario = load_scenario(args.scenario)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = prepare_output_dir(args.out or Path("results") / f"{scenario.spec.name}-{stamp}", overwrite=args.overwrite)
     say = (lambda _text: None) if args.quiet else (lambda text: print(text, flush=True))
     writer = ResultsWriter(out, scenario)
     writer.write_inputs()
     host_start = time.perf_counter()
-    simulation = Simulation(scenario)
+    simulation = Simulation(scenario, executor)
     writer.write_feasibility(simulation.feasibility)
     total = scenario.spec.training.rounds
     say(f"{scenario.spec.name}: {len(scenario.clients)} clients, {total} rounds, policy {scenario.spec.policy.name}")

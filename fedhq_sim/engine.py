@@ -24,6 +24,7 @@ from fedhq_sim.analysis import analyze
 from fedhq_sim.charge import charge_seconds, compute_joules
 from fedhq_sim.data import DATASETS, FederatedData, PartitionError, federate
 from fedhq_sim.errors import InputError, SimulationError
+from fedhq_sim.executors import SerialExecutor, WorkExecutor, WorkTask
 from fedhq_sim.feasibility import Feasibility, check_client, payload_bytes, training_step, transfer_floor_s
 from fedhq_sim.models import build_model
 from fedhq_sim.network import FlowNetwork, TransferStalledError
@@ -34,7 +35,7 @@ from fedhq_sim.records import PhaseRecord, RoundRecord
 from fedhq_sim.scenario import ClientSpec, LoadedScenario, Outage
 from fedhq_sim.server_work import evaluate_global, gateway_round, server_round
 from fedhq_sim.topology import Topology, build_topology
-from fedhq_sim.training import LocalConfig, LocalResult, local_work
+from fedhq_sim.training import LocalConfig, LocalResult
 
 
 @dataclass(frozen=True)
@@ -107,9 +108,11 @@ def federated_data(scenario: LoadedScenario, rng: np.random.Generator | None = N
 class Simulation:
     """One run of a loaded scenario."""
 
-    def __init__(self, scenario: LoadedScenario) -> None:
+    def __init__(self, scenario: LoadedScenario, executor: WorkExecutor | None = None) -> None:
         spec = scenario.spec
         self.scenario = scenario
+        self.executor: WorkExecutor = executor if executor is not None else SerialExecutor()
+        self._work: dict[int, LocalResult] = {}  # this round's local work, computed up front
         self.env = simpy.Environment()
         self.rng = _streams(spec.seed)
         self.data = federated_data(scenario, self.rng["partition"])
@@ -319,8 +322,7 @@ class Simulation:
             self._record(r, client, phase, strategy, nbytes, start, "completed")
 
             phase, start, nbytes = "compute", self.env.now, 0
-            seed = client_seed(self.scenario.spec.seed, r, cid)
-            result = local_work(model_payload, self.data.clients[cid], strategy, self.local, seed)
+            result = self._work[cid]  # computed for real at the round's start (see _compute_round_work)
             yield self.env.timeout(charge_seconds(result.work, client.device))
             self._record(r, client, phase, strategy, nbytes, start, "completed")
 
@@ -419,6 +421,26 @@ class Simulation:
             self._aggregation_s[key] = charge_seconds(work, self.aggregators[site].device)
         return self._aggregation_s[key]
 
+    def _compute_round_work(self, r: int, assignment: dict[int, Strategy], model_payload: bytes) -> None:
+        """Run every selected client's local work now, on the executor, in client order.
+
+        It depends on nothing that happens during the round, so computing it up front gives
+        the same results as computing it when each client's download ends; a client that
+        never gets that far (deadline, outage, shift end) just wasted host time.
+        """
+        able = [cid for cid in sorted(assignment) if assignment[cid].label in self.able[cid]]
+        tasks = [
+            WorkTask(
+                model_payload,
+                self.data.clients[cid],
+                assignment[cid],
+                self.local,
+                client_seed(self.scenario.spec.seed, r, cid),
+            )
+            for cid in able
+        ]
+        self._work = dict(zip(able, self.executor.map(tasks), strict=True))
+
     def _round(self, r: int) -> Generator:
         spec = self.scenario.spec
         start = self.env.now
@@ -435,6 +457,7 @@ class Simulation:
         assignment = self.policy.assign(RoundContext(r, selected))
         self._policy_s += time.perf_counter() - decided
         model_payload = encode_fp32(self.global_state)
+        self._compute_round_work(r, assignment, model_payload)
         deadline_at = self.env.now + spec.training.round_deadline
         by_site: dict[str, list[int]] = {}
         procs = []
@@ -583,6 +606,8 @@ class Simulation:
         return RunResult(list(self.rounds), list(self.phases))
 
 
-def simulate(scenario: LoadedScenario, on_round: RoundCallback | None = None) -> RunResult:
-    """Run ``scenario`` from start to end."""
-    return Simulation(scenario).run(on_round)
+def simulate(
+    scenario: LoadedScenario, on_round: RoundCallback | None = None, executor: WorkExecutor | None = None
+) -> RunResult:
+    """Run ``scenario`` from start to end (client work on ``executor``; default: this process)."""
+    return Simulation(scenario, executor).run(on_round)

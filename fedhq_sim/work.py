@@ -210,6 +210,9 @@ def _dense_kind(name: str, precision: Precision) -> OpKind | None:
     return "fake_quant" if precision == "fake_quant" else None
 
 
+_GATHER_OPS = frozenset({"aten.index.Tensor", "aten.index_select.default"})
+
+
 def op_cost(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCost:
     """The cost of one executed operation (see the module docstring for the counting rules)."""
     name = str(func)
@@ -219,7 +222,13 @@ def op_cost(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) 
     if isinstance(func, torch._ops.OpOverload) and _is_view(func):
         return OpCost(name, "view", precision, 0.0, 0.0)
     kind: OpKind = _dense_kind(name, precision) or "elementwise"
-    nbytes = float(sum(t.numel() * t.element_size() for t in flat_in + flat_out))
+    if name in _GATHER_OPS:
+        # A gather reads the rows it returns (and the index), not the whole source: counting
+        # the source would make a minibatch's cost depend on how much data the client holds.
+        indices = _tensors(tree_flatten((args[1:], kwargs))[0])
+        nbytes = float(sum(t.numel() * t.element_size() for t in indices + flat_out + flat_out))
+    else:
+        nbytes = float(sum(t.numel() * t.element_size() for t in flat_in + flat_out))
     packet = getattr(func, "_overloadpacket", None)
     if packet in flop_registry:
         flops = float(flop_registry[packet](*args, **kwargs, out_val=out))

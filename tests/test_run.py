@@ -119,6 +119,14 @@ def test_report_rebuilds_the_report_of_a_results_folder(two_runs, tmp_path, caps
     assert "not a results folder" in capsys.readouterr().err
 
 
+def test_client_work_on_a_process_pool_gives_the_files_of_a_serial_run(two_runs, tmp_path):
+    scenario = two_runs["a"].parent / "a.yaml"
+    assert main(["run", str(scenario), "--out", str(tmp_path / "serial"), "--quiet", "--workers", "1"]) == 0
+    assert main(["run", str(scenario), "--out", str(tmp_path / "pool"), "--quiet", "--workers", "2"]) == 0
+    for name in ("rounds.csv", "events.csv", "link_utilisation.csv", "trace.json"):
+        assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "pool" / name).read_bytes(), name
+
+
 def test_same_seed_gives_identical_files_and_another_seed_does_not(two_runs):
     for name in ("rounds.csv", "events.csv", "feasibility.csv", "link_utilisation.csv", "trace.json"):
         assert (two_runs["a"] / name).read_bytes() == (two_runs["b"] / name).read_bytes()

@@ -283,3 +283,13 @@ def test_fp16_work_uses_fp16_units_where_the_device_has_them_and_fp32_units_else
     assert orin.kernels.fp16_matmul is not None and host.kernels.fp16_matmul is None
     assert kernel_for(matmul, orin) == orin.kernels.fp16_matmul
     assert kernel_for(matmul, host) == host.kernels.matmul
+
+
+def test_a_gather_costs_the_rows_it_reads_whatever_the_size_of_its_source():
+    """A minibatch drawn from a small or a large client costs the same, so a cached step is
+    the same whichever client traced it first (and a worker process charges what this one does)."""
+    index = torch.arange(16)
+    small, large = torch.rand(20, 64), torch.rand(2000, 64)
+    (_, one), (_, other) = traced(lambda: small[index]), traced(lambda: large[index])
+    assert one == other
+    assert one.nbytes == 2 * 16 * 64 * 4 + 16 * 8  # rows read and written, and the index
