@@ -21,6 +21,7 @@ the features, the label and the update rule.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -84,6 +85,7 @@ class FedHQ(Policy):
         self.max_qat = max(int(options.max_qat_fraction * len(clients)), len(self.free))
         self.model = BenefitModel(clients, self.ptq.label, forgetting=options.forgetting, ridge=options.ridge)
         self.moves: list[Move] = []
+        self._last_moved: dict[int, int] = {}
         self._rounds_seen = 0
 
     def assign(self, ctx: RoundContext) -> dict[int, Strategy]:
@@ -102,32 +104,36 @@ class FedHQ(Policy):
             self._adjust(max((r.round for r in reports), default=self._rounds_seen))
 
     def _adjust(self, round_index: int) -> None:
+        """One adjustment: O(n log n) in the fleet, so it stays cheap for large fleets."""
         h = self.options.hysteresis
         benefit = self.model.predict(sorted(self.current))
         median = float(np.median(list(benefit.values())))
-        settled = {
-            m.client_id for m in self.moves if round_index - m.round < DWELL_ADJUSTMENTS * self.options.adjust_every
-        }
-        movable = sorted(self.within_budget - self.free - settled)
-        in_qat = [cid for cid in movable if self.current[cid] == self.qat]
-        for cid in in_qat:
-            if benefit[cid] < (1.0 - h) * median:
+        settled_after = round_index - DWELL_ADJUSTMENTS * self.options.adjust_every
+        movable = sorted(
+            cid for cid in self.within_budget - self.free if self._last_moved.get(cid, settled_after) <= settled_after
+        )
+        for cid in movable:
+            if self.current[cid] == self.qat and benefit[cid] < (1.0 - h) * median:
                 self._move(round_index, cid, self.ptq, f"benefit {benefit[cid]:.3g} < (1-h) x median {median:.3g}")
         candidates = sorted(
             (cid for cid in movable if self.current[cid] == self.ptq and benefit[cid] > (1.0 + h) * median),
             key=lambda cid: (-benefit[cid], cid),
         )
+        n_qat = sum(s == self.qat for s in self.current.values())
+        weakest_first = [(benefit[q], q) for q in movable if self.current[q] == self.qat]
+        heapq.heapify(weakest_first)
         for cid in candidates:
-            n_qat = sum(s == self.qat for s in self.current.values())
             why = f"benefit {benefit[cid]:.3g} > (1+h) x median {median:.3g}"
             if n_qat < self.max_qat:
                 self._move(round_index, cid, self.qat, why)
-                continue
-            qat_now = [q for q in movable if self.current[q] == self.qat]
-            weakest = min(qat_now, key=lambda q: (benefit[q], q), default=None)
-            if weakest is not None and benefit[cid] > (1.0 + h) * benefit[weakest]:
+                n_qat += 1
+            elif weakest_first and benefit[cid] > (1.0 + h) * weakest_first[0][0]:
+                _, weakest = heapq.heappop(weakest_first)
                 self._move(round_index, weakest, self.ptq, f"benefit {benefit[weakest]:.3g}: swapped out for {cid}")
                 self._move(round_index, cid, self.qat, f"{why}; swapped in for {weakest}")
+            else:
+                continue
+            heapq.heappush(weakest_first, (benefit[cid], cid))
 
     def decision_log(self) -> list[dict[str, object]]:
         return [
@@ -137,4 +143,5 @@ class FedHQ(Policy):
 
     def _move(self, round_index: int, client_id: int, strategy: Strategy, reason: str) -> None:
         self.current[client_id] = strategy
+        self._last_moved[client_id] = round_index
         self.moves.append(Move(round_index, client_id, strategy, reason))
