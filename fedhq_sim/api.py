@@ -31,7 +31,6 @@ from fedhq_sim.batch import Variant, median_table, run_batch, run_summary
 from fedhq_sim.compare import policy_variants
 from fedhq_sim.engine import Simulation
 from fedhq_sim.executors import ProcessExecutor
-from fedhq_sim.report import write_run_report
 from fedhq_sim.results import ResultsWriter, prepare_output_dir
 from fedhq_sim.scenario import LoadedScenario, load_scenario
 from fedhq_sim.sweep import grid_variants
@@ -108,11 +107,8 @@ class Result:
             ("link_utilisation.csv", self.links),
         ):
             writer.write_frame(name, frame)
-        writer.write_figures(self.rounds, self.events, self.links)
-        writer.write_trace(self.rounds, self.events, self.links)
-        writer.write_policy_log(self.policy_log.to_dict("records"))
-        writer.write_run_info({"host_seconds": round(self.host_seconds, 3), "command": "fedhq_sim.api"})
-        write_run_report(folder)
+        run_info = {"host_seconds": round(self.host_seconds, 3), "command": "fedhq_sim.api"}
+        writer.write_final(self.rounds, self.events, self.links, self.policy_log.to_dict("records"), run_info)
         return folder
 
 

@@ -61,9 +61,8 @@ def run_variant(variant: Variant) -> VariantResult:
     loaded = load_scenario(variant.scenario, {**variant.overrides, "seed": variant.seed})
     simulation = Simulation(loaded)
     result = simulation.run()
-    share = max((t.policy_s / t.host_s for t in simulation.host_timing if t.host_s > 0), default=0.0)
     log = simulation.policy.decision_log()
-    return VariantResult(variant, rounds_frame(result.rounds), share, loaded.resolved(), log)
+    return VariantResult(variant, rounds_frame(result.rounds), simulation.policy_share_max(), loaded.resolved(), log)
 
 
 def run_batch(

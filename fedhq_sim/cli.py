@@ -143,7 +143,6 @@ def _simulate_into(args: argparse.Namespace, scenario: LoadedScenario, out: Path
     import pandas as pd
 
     from fedhq_sim.engine import Simulation
-    from fedhq_sim.report import write_run_report
     from fedhq_sim.results import ResultsWriter
     from fedhq_sim.tables import links_frame, phases_frame, rounds_frame
 
@@ -170,23 +169,17 @@ def _simulate_into(args: argparse.Namespace, scenario: LoadedScenario, out: Path
         say(_progress_line(total, record, host_s, eta_s))
 
     result = simulation.run(on_round)
-    rounds, phases = rounds_frame(result.rounds), phases_frame(result.phases)
-    writer.write_figures(rounds, phases, link_load())
-    writer.write_trace(rounds, phases, link_load())
-    writer.write_policy_log(simulation.policy.decision_log())
-    writer.write_run_info(
+    writer.write_final(
+        rounds_frame(result.rounds),
+        phases_frame(result.phases),
+        link_load(),
+        simulation.policy.decision_log(),
         {
             "host_seconds": round(time.perf_counter() - host_start, 3),
-            "simulated_seconds": float(rounds["end_s"].iloc[-1]),
             "policy_host_seconds_per_round": [round(t.policy_s, 6) for t in simulation.host_timing],
-            "policy_share_of_round_host_time_max": max(
-                (t.policy_s / t.host_s for t in simulation.host_timing if t.host_s > 0), default=0.0
-            ),
-            "energy_j": {part: float(rounds[f"energy_{part}_j"].sum()) for part in ("compute", "radio", "idle")}
-            | {"total": float(rounds["energy_j"].sum())},
-        }
+            "policy_share_of_round_host_time_max": simulation.policy_share_max(),
+        },
     )
-    write_run_report(out)
     say(f"results written to {out} (open report.html)")
     return 0
 

@@ -182,6 +182,10 @@ class Simulation:
         self.host_timing: list[HostTiming] = []
         self._policy_s = 0.0
 
+    def policy_share_max(self) -> float:
+        """The largest share of a round's host time spent in the policy's decisions so far."""
+        return max((t.policy_s / t.host_s for t in self.host_timing if t.host_s > 0), default=0.0)
+
     def _offline_watch(self, proc: simpy.Process, offline_at: float) -> Generator:
         """Fail a client's round when its availability ends before the round does."""
         yield self.env.timeout(offline_at - self.env.now)

@@ -130,6 +130,31 @@ class ResultsWriter:
         if log:
             atomic_write_text(self.out / "policy_log.csv", pd.DataFrame(log).to_csv(index=False))
 
+    def write_final(
+        self,
+        rounds: pd.DataFrame,
+        phases: pd.DataFrame,
+        links: pd.DataFrame,
+        policy_log: Sequence[dict[str, object]],
+        run_info: dict[str, Any],
+    ) -> None:
+        """Everything a finished run adds to its folder: figures, trace, policy log, run.json
+        (``run_info`` plus the simulated time and energy totals) and the report."""
+        from fedhq_sim.report import write_run_report  # the report reads the folder back
+
+        self.write_figures(rounds, phases, links)
+        self.write_trace(rounds, phases, links)
+        self.write_policy_log(policy_log)
+        energy = {part: float(rounds[f"energy_{part}_j"].sum()) for part in ("compute", "radio", "idle")}
+        self.write_run_info(
+            run_info
+            | {
+                "simulated_seconds": float(rounds["end_s"].iloc[-1]),
+                "energy_j": energy | {"total": float(rounds["energy_j"].sum())},
+            }
+        )
+        write_run_report(self.out)
+
     def write_run_info(self, extra: dict[str, Any]) -> None:
         info = {
             "scenario": self.scenario.spec.name,
