@@ -26,7 +26,7 @@ from fedhq_sim.quant import eager
 from fedhq_sim.quant.payload import encode_fp32
 from fedhq_sim.quant.strategy import FP32, Strategy
 from fedhq_sim.scenario import load_scenario
-from fedhq_sim.server_work import server_round
+from fedhq_sim.server_work import Update, server_round
 from fedhq_sim.training import LocalConfig, local_work
 
 SCENARIO = "scenarios/fedhq_comparison.yaml"
@@ -34,7 +34,7 @@ SCENARIO = "scenarios/fedhq_comparison.yaml"
 
 def range_averaging() -> None:
     simulation = Simulation(load_scenario(SCENARIO, {"training.local_epochs": 2, "training.local_steps": None}))
-    payload = encode_fp32(simulation.global_state)
+    payload = encode_fp32(simulation.work.global_state)
     data = max(simulation.data.clients, key=len)
     fp32 = local_work(payload, data, FP32, simulation.local, seed=1).train_loss
     print(f"1. client of {len(data)} samples, 2 epochs from a fresh model: fp32 loss {fp32:.2f}")
@@ -68,7 +68,8 @@ def deployment(model_name: str) -> None:
     accuracies = []
     for strategy in (FP32, Strategy("ptq", 4), Strategy("qat", 4)):
         update = local_work(encode_fp32(state), train, strategy, cfg, seed=1)
-        result = server_round([(update.payload, len(train))], state, model_name, classes, calibration, test, 4)
+        sent = Update(update.payload, len(train), strategy.label, len(update.payload))
+        result = server_round([sent], state, model_name, classes, calibration, test, 4)
         accuracies.append(f"{strategy.label} {result.deployed_accuracy:.3f}")
     print(f"2. {model_name}: deployed 4-bit accuracy after one more epoch of " + ", ".join(accuracies))
 

@@ -24,18 +24,17 @@ from fedhq_sim.analysis import analyze
 from fedhq_sim.charge import charge_seconds, compute_joules
 from fedhq_sim.data import DATASETS, FederatedData, PartitionError, federate
 from fedhq_sim.errors import InputError, SimulationError
-from fedhq_sim.executors import SerialExecutor, WorkExecutor, WorkTask
+from fedhq_sim.executors import WorkExecutor
 from fedhq_sim.feasibility import Feasibility, check_client, payload_bytes, training_step, transfer_floor_s
-from fedhq_sim.models import build_model
 from fedhq_sim.network import FlowNetwork, TransferStalledError
 from fedhq_sim.policies import ClientInfo, ClientReport, Policy, RoundContext
-from fedhq_sim.quant.payload import encode_fp32
 from fedhq_sim.quant.strategy import FP32, Strategy
 from fedhq_sim.records import PhaseRecord, RoundRecord
+from fedhq_sim.round_work import ClientResult, ExecutedWork, ProfiledWork, RoundWork
 from fedhq_sim.scenario import ClientSpec, LoadedScenario, Outage
-from fedhq_sim.server_work import evaluate_global, gateway_round, server_round
+from fedhq_sim.server_work import Update
 from fedhq_sim.topology import Topology, build_topology
-from fedhq_sim.training import LocalConfig, LocalResult
+from fedhq_sim.training import LocalConfig
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ class RunResult:
 class _Outcome:
     client_id: int
     strategy: Strategy
-    result: LocalResult | None
+    result: ClientResult | None
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ class _SiteOutcome:
     whether its gateway failed (then its members count as failed, whatever they had done)."""
 
     members: list[_Outcome]
-    update: tuple[bytes, int] | None
+    update: Update | None
     gateway_failed: bool = False
 
 
@@ -83,11 +82,6 @@ def _streams(seed: int) -> dict[str, np.random.Generator]:
     return {name: np.random.default_rng(child) for name, child in zip(names, children, strict=True)}
 
 
-def client_seed(seed: int, round_index: int, client_id: int) -> int:
-    """A client's training seed for a round, independent of the order clients run in."""
-    return int(np.random.SeedSequence([seed, round_index, client_id]).generate_state(1)[0])
-
-
 def federated_data(scenario: LoadedScenario, rng: np.random.Generator | None = None) -> FederatedData:
     """The scenario's data split; a split that cannot satisfy the scenario is an input error."""
     d = scenario.spec.data
@@ -106,13 +100,33 @@ def federated_data(scenario: LoadedScenario, rng: np.random.Generator | None = N
 
 
 class Simulation:
-    """One run of a loaded scenario."""
+    """One run of a loaded scenario.
 
-    def __init__(self, scenario: LoadedScenario, executor: WorkExecutor | None = None) -> None:
+    Parameters
+    ----------
+    scenario
+        The loaded scenario.
+    executor
+        Where the real client work runs (default: this process); full mode only.
+    timing_only
+        Price every computation from its work profile instead of running it: the same
+        simulated timings as a full run, no accuracy (see :mod:`fedhq_sim.round_work`).
+    """
+
+    def __init__(
+        self, scenario: LoadedScenario, executor: WorkExecutor | None = None, *, timing_only: bool = False
+    ) -> None:
         spec = scenario.spec
         self.scenario = scenario
-        self.executor: WorkExecutor = executor if executor is not None else SerialExecutor()
-        self._work: dict[int, LocalResult] = {}  # this round's local work, computed up front
+        self.timing_only = timing_only
+        if timing_only and scenario.policy_class.observes_training:
+            raise InputError(
+                scenario.path,
+                "policy.name",
+                f"policy '{spec.policy.name}' learns from real training (losses, divergence, quantization error), "
+                "which timing-only mode does not produce, so its timings would not be those of a full run; "
+                "use coarse-init (FedHQ's initialization, kept fixed) or run in full mode",
+            )
         self.env = simpy.Environment()
         self.rng = _streams(spec.seed)
         self.data = federated_data(scenario, self.rng["partition"])
@@ -174,9 +188,12 @@ class Simulation:
         if not self.eligible:
             reasons = [f.reason for f in self.feasibility if not f.able] or ["the policy assigns nothing they can run"]
             raise InputError(scenario.path, "sites", f"no client can take part: {reasons[0]}")
-        self.global_state = build_model(
-            spec.model, self.data.num_classes, seed=spec.seed, input_shape=self.data.input_shape
-        ).state_dict()
+        bits = self.quantized_bits
+        self.work: RoundWork = (
+            ProfiledWork(self.data, self.local, spec.seed, bits)
+            if timing_only
+            else ExecutedWork(self.data, self.local, spec.seed, bits, executor)
+        )
         self.rounds: list[RoundRecord] = []
         self.phases: list[PhaseRecord] = []
         self.host_timing: list[HostTiming] = []
@@ -296,13 +313,13 @@ class Simulation:
         r: int,
         cid: int,
         strategy: Strategy,
-        model_payload: bytes,
+        model_nbytes: int,
         routes: tuple[Sequence, Sequence],
         deadline_at: float,
     ) -> simpy.Process:
         """A client's round as a process, watched for going offline before ``deadline_at``."""
         client = self.scenario.clients[cid]
-        proc = self.env.process(self._client_round(r, client, strategy, model_payload, *routes))
+        proc = self.env.process(self._client_round(r, client, strategy, model_nbytes, *routes))
         available = self.scenario.availability.available(cid, self.env.now)
         offline_at = self.scenario.availability.next_change(cid, self.env.now)
         if available and offline_at < deadline_at:
@@ -310,7 +327,7 @@ class Simulation:
         return proc
 
     def _client_round(
-        self, r: int, client: ClientSpec, strategy: Strategy, model_payload: bytes, down: Sequence, up: Sequence
+        self, r: int, client: ClientSpec, strategy: Strategy, model_nbytes: int, down: Sequence, up: Sequence
     ) -> Generator:
         cid = client.client_id
         if not self.scenario.availability.available(cid, self.env.now):  # went off while waiting
@@ -320,17 +337,17 @@ class Simulation:
         if strategy.label not in self.able[cid]:
             self._record(r, client, "compute", strategy, 0, self.env.now, "unable", self._reason(cid, strategy))
             return _Outcome(cid, strategy, None)
-        phase, start, nbytes = "download", self.env.now, len(model_payload)
+        phase, start, nbytes = "download", self.env.now, model_nbytes
         try:
             yield from self.network.transfer(down, nbytes)
             self._record(r, client, phase, strategy, nbytes, start, "completed")
 
             phase, start, nbytes = "compute", self.env.now, 0
-            result = self._work[cid]  # computed for real at the round's start (see _compute_round_work)
+            result = self.work.client(cid)  # made ready at the round's start (RoundWork.begin_round)
             yield self.env.timeout(charge_seconds(result.work, client.device))
             self._record(r, client, phase, strategy, nbytes, start, "completed")
 
-            phase, start, nbytes = "upload", self.env.now, len(result.payload)
+            phase, start, nbytes = "upload", self.env.now, result.update.nbytes
             yield from self.network.transfer(up, nbytes)
             self._record(r, client, phase, strategy, nbytes, start, "completed")
             return _Outcome(cid, strategy, result)
@@ -346,7 +363,13 @@ class Simulation:
             return _Outcome(cid, strategy, None)
 
     def _site_round(
-        self, r: int, site: str, members: list[int], assignment: dict[int, Strategy], payload: bytes, deadline_at: float
+        self,
+        r: int,
+        site: str,
+        members: list[int],
+        assignment: dict[int, Strategy],
+        model_nbytes: int,
+        deadline_at: float,
     ) -> Generator:
         """An aggregating site: the gateway fetches the model once, its clients train and upload
         to it over their access links, and it aggregates and sends one update upstream."""
@@ -354,19 +377,19 @@ class Simulation:
         down_full, up_full = self.topology.downlink_routes[members[0]], self.topology.uplink_routes[members[0]]
         procs: list[simpy.Process] = []
         phase: str | None = "download"
-        start, nbytes = self.env.now, len(payload)
+        start, nbytes = self.env.now, model_nbytes
         try:
             yield from self.network.transfer(down_full[:-1], nbytes)
             self._record(r, gateway, phase, FP32, nbytes, start, "completed")
             phase = None  # collecting: the members' own rows tell that part
             for cid in members:
                 routes = (self.topology.downlink_routes[cid][-1:], self.topology.uplink_routes[cid][:1])
-                procs.append(self._start_client(r, cid, assignment[cid], payload, routes, deadline_at))
+                procs.append(self._start_client(r, cid, assignment[cid], model_nbytes, routes, deadline_at))
             # Collect until the aggregate can still reach the server in time: twice the floor of
             # aggregating and sending it (jitter and quantized updates' decoding come on top).
             # Stragglers are cut off, not waited for.
-            upstream_s = transfer_floor_s(up_full[1:], self.topology.links, len(payload))
-            reserve_s = 2.0 * (upstream_s + self._aggregation_estimate(site, len(members), payload))
+            upstream_s = transfer_floor_s(up_full[1:], self.topology.links, model_nbytes)
+            reserve_s = 2.0 * (upstream_s + self._aggregation_estimate(site, len(members)))
             cutoff = max(deadline_at - reserve_s - self.env.now, 0.0)
             yield self.env.all_of(procs) | self.env.timeout(cutoff)
             for proc in procs:
@@ -377,17 +400,13 @@ class Simulation:
             if not arrived:
                 return _SiteOutcome([p.value for p in procs], None)
             phase, start, nbytes = "compute", self.env.now, 0
-            updates = [(o.result.payload, o.result.num_samples) for o in arrived]
-            spec = self.scenario.spec
-            update, work = gateway_round(
-                updates, self.global_state, spec.model, self.data.num_classes, self.data.input_shape
-            )
+            update, work = self.work.gateway([o.result.update for o in arrived])
             yield self.env.timeout(charge_seconds(work, gateway.device))
             self._record(r, gateway, phase, FP32, nbytes, start, "completed")
-            phase, start, nbytes = "upload", self.env.now, len(update)
+            phase, start, nbytes = "upload", self.env.now, update.nbytes
             yield from self.network.transfer(up_full[1:], nbytes)
             self._record(r, gateway, phase, FP32, nbytes, start, "completed")
-            return _SiteOutcome([p.value for p in procs], (update, sum(n for _, n in updates)))
+            return _SiteOutcome([p.value for p in procs], update)
         except (simpy.Interrupt, TransferStalledError) as stop:
             status = "failed" if isinstance(stop, TransferStalledError) else "dropped"
             reason = str(stop) if status == "failed" else ""
@@ -413,37 +432,14 @@ class Simulation:
             lost += [_Outcome(cid, assignment[cid], None) for cid in members[len(procs) :]]
             return _SiteOutcome(lost, None, gateway_failed=status == "failed")
 
-    def _aggregation_estimate(self, site: str, n_updates: int, payload: bytes) -> float:
-        """Seconds the site's gateway needs to aggregate ``n_updates`` fp32 updates (traced once
-        per site and count on copies of the global model, then reused)."""
+    def _aggregation_estimate(self, site: str, n_updates: int) -> float:
+        """Seconds the site's gateway needs to aggregate ``n_updates`` fp32 updates (once per
+        site and count, then reused)."""
         key = (site, n_updates)
         if key not in self._aggregation_s:
-            spec = self.scenario.spec
-            _, work = gateway_round(
-                [(payload, 1)] * n_updates, self.global_state, spec.model, self.data.num_classes, self.data.input_shape
-            )
+            work = self.work.gateway_estimate(n_updates)
             self._aggregation_s[key] = charge_seconds(work, self.aggregators[site].device)
         return self._aggregation_s[key]
-
-    def _compute_round_work(self, r: int, assignment: dict[int, Strategy], model_payload: bytes) -> None:
-        """Run every selected client's local work now, on the executor, in client order.
-
-        It depends on nothing that happens during the round, so computing it up front gives
-        the same results as computing it when each client's download ends; a client that
-        never gets that far (deadline, outage, shift end) just wasted host time.
-        """
-        able = [cid for cid in sorted(assignment) if assignment[cid].label in self.able[cid]]
-        tasks = [
-            WorkTask(
-                model_payload,
-                self.data.clients[cid],
-                assignment[cid],
-                self.local,
-                client_seed(self.scenario.spec.seed, r, cid),
-            )
-            for cid in able
-        ]
-        self._work = dict(zip(able, self.executor.map(tasks), strict=True))
 
     def _round(self, r: int) -> Generator:
         spec = self.scenario.spec
@@ -460,8 +456,8 @@ class Simulation:
         decided = time.perf_counter()
         assignment = self.policy.assign(RoundContext(r, selected))
         self._policy_s += time.perf_counter() - decided
-        model_payload = encode_fp32(self.global_state)
-        self._compute_round_work(r, assignment, model_payload)
+        able = {cid: assignment[cid] for cid in selected if assignment[cid].label in self.able[cid]}
+        model_nbytes = self.work.begin_round(r, able)
         deadline_at = self.env.now + spec.training.round_deadline
         by_site: dict[str, list[int]] = {}
         procs = []
@@ -471,9 +467,9 @@ class Simulation:
                 by_site.setdefault(site, []).append(cid)
             else:
                 routes = (self.topology.downlink_routes[cid], self.topology.uplink_routes[cid])
-                procs.append(self._start_client(r, cid, assignment[cid], model_payload, routes, deadline_at))
+                procs.append(self._start_client(r, cid, assignment[cid], model_nbytes, routes, deadline_at))
         for site, members in by_site.items():
-            procs.append(self.env.process(self._site_round(r, site, members, assignment, model_payload, deadline_at)))
+            procs.append(self.env.process(self._site_round(r, site, members, assignment, model_nbytes, deadline_at)))
         yield self.env.all_of(procs) | self.env.timeout(spec.training.round_deadline)
         collect_end = self.env.now
         # The deadline is inclusive: work that ends at this very instant (an upload whose last
@@ -488,7 +484,7 @@ class Simulation:
         values = [p.value for p in procs]
         direct = [v for v in values if isinstance(v, _Outcome)]
         sites = [v for v in values if isinstance(v, _SiteOutcome)]
-        updates = [(o.result.payload, o.result.num_samples) for o in direct if o.result is not None]
+        updates = [o.result.update for o in direct if o.result is not None]
         updates += [s.update for s in sites if s.update is not None]
         # A member's update reached the server only if its aggregator's did.
         outcomes = direct + [
@@ -498,19 +494,10 @@ class Simulation:
         reported = [o for o in outcomes if o.result is not None]
         server_s = 0.0
         if updates:
-            result = server_round(
-                updates,
-                self.global_state,
-                spec.model,
-                self.data.num_classes,
-                self.data.server_calibration,
-                self.data.test,
-                self.quantized_bits,
-            )
-            self.global_state = result.state
-            server_s = charge_seconds(result.work, self.scenario.server_device)
+            outcome = self.work.server(updates)
+            server_s = charge_seconds(outcome.work, self.scenario.server_device)
             yield self.env.timeout(server_s)
-            fp32_acc, deployed_acc = result.fp32_accuracy, result.deployed_accuracy
+            fp32_acc, deployed_acc = outcome.fp32_accuracy, outcome.deployed_accuracy
         else:
             previous = self.rounds[-1]
             fp32_acc, deployed_acc = previous.fp32_accuracy, previous.deployed_accuracy
@@ -519,7 +506,7 @@ class Simulation:
         failed = {p.client_id for p in self.phases[first_phase:] if p.status == "failed" and p.client_id >= 0}
         failed |= {o.client_id for s in sites if s.gateway_failed for o in s.members} - unable
         kinds = [o.strategy.kind for o in outcomes if o.client_id not in unable]
-        losses = [o.result.train_loss for o in reported]
+        losses = [o.result.train_loss for o in reported if o.result.train_loss is not None]
         this_round = self.phases[first_phase:]
         latency = self.env.now - start
         compute_j = sum(p.energy_j for p in this_round if p.phase == "compute")
@@ -575,15 +562,7 @@ class Simulation:
         self._policy_s += time.perf_counter() - decided
 
     def _initial_round(self) -> RoundRecord:
-        spec = self.scenario.spec
-        fp32_acc, int8_acc, _ = evaluate_global(
-            self.global_state,
-            spec.model,
-            self.data.num_classes,
-            self.data.server_calibration,
-            self.data.test,
-            self.quantized_bits,
-        )
+        fp32_acc, int8_acc = self.work.initial_accuracy()
         zeros = {f.name: 0.0 if f.type == "float" else 0 for f in fields(RoundRecord) if f.type in ("int", "float")}
         return RoundRecord(
             **zeros | {"train_loss": float("nan"), "fp32_accuracy": fp32_acc, "deployed_accuracy": int8_acc}

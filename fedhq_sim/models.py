@@ -16,6 +16,9 @@ from torch.ao.quantization import DeQuantStub, QuantStub
 
 from fedhq_sim.work import WorkProfile, marker, traced
 
+Arch = tuple[str, int, tuple[int, ...]]
+"""A model as its operations see it: name, number of classes, input shape (a cache-key part)."""
+
 IMAGE_SHAPE = (1, 8, 8)
 """The input shape the convolutional models are sized for (the digits)."""
 

@@ -16,11 +16,11 @@ from torch import nn
 
 from fedhq_sim.aggregate import fedavg
 from fedhq_sim.data import Samples
-from fedhq_sim.models import traced_build, traced_load
+from fedhq_sim.models import Arch, traced_build, traced_load
 from fedhq_sim.quant import eager
 from fedhq_sim.quant.folding import unfold_batch_norm
 from fedhq_sim.quant.payload import fp32_message, traced_decode, traced_serialize
-from fedhq_sim.work import WorkProfile, traced
+from fedhq_sim.work import WORK_CACHE, WorkProfile, traced
 
 EVAL_BATCH = 256
 
@@ -54,6 +54,10 @@ def deploy_int8(model: nn.Module, calibration: Samples, bits: int = 8) -> tuple[
     return deployed, prepare_work + calibrate_work + convert_work
 
 
+def evaluate_key(model_name: str, num_classes: int, calibration: Samples, test: Samples, bits: int) -> tuple:
+    return ("evaluate", model_name, num_classes, tuple(calibration.x.shape), tuple(test.x.shape), bits)
+
+
 def evaluate_global(
     state: dict[str, torch.Tensor],
     model_name: str,
@@ -63,51 +67,94 @@ def evaluate_global(
     bits: int = 8,
 ) -> tuple[float, float, WorkProfile]:
     """fp32 and deployed (int8) test accuracy of a global state, with the work it took."""
-    model, build_work = traced_build(model_name, num_classes, seed=0, input_shape=tuple(test.x.shape[1:]))
-    load_work = traced_load(model, state)
-    fp32_acc, fp32_work = traced(lambda: accuracy(model, test, int8=False))
-    deployed, deploy_work = deploy_int8(model, calibration, bits)
-    int8_acc, int8_work = traced(lambda: accuracy(deployed, test, int8=True))
-    return fp32_acc, int8_acc, build_work + load_work + fp32_work + deploy_work + int8_work
+
+    def run() -> tuple[tuple[float, float], WorkProfile]:
+        model, build_work = traced_build(model_name, num_classes, seed=0, input_shape=tuple(test.x.shape[1:]))
+        load_work = traced_load(model, state)
+        fp32_acc, fp32_work = traced(lambda: accuracy(model, test, int8=False))
+        deployed, deploy_work = deploy_int8(model, calibration, bits)
+        int8_acc, int8_work = traced(lambda: accuracy(deployed, test, int8=True))
+        return (fp32_acc, int8_acc), build_work + load_work + fp32_work + deploy_work + int8_work
+
+    (fp32_acc, int8_acc), work = WORK_CACHE.once(evaluate_key(model_name, num_classes, calibration, test, bits), run)
+    return fp32_acc, int8_acc, work
+
+
+@dataclass(frozen=True)
+class Update:
+    """An update as the server (or a site's gateway) receives it.
+
+    ``label`` is the strategy it was written with (``fp32``, ``ptq8``, ...), which fixes its
+    format and so the work of reading it; ``payload`` is its bytes, absent in timing-only mode.
+    """
+
+    payload: bytes | None
+    num_samples: int
+    label: str
+    nbytes: int
+
+
+def server_model_key(arch: Arch) -> tuple:
+    """Building the aggregator's model and loading the global state into it."""
+    return ("server-model", arch)
+
+
+def read_key(arch: Arch, label: str) -> tuple:
+    """Decoding one update of a format and bringing it into the global model's form."""
+    return ("read-update", arch, label)
+
+
+def fedavg_key(arch: Arch, n_updates: int) -> tuple:
+    return ("fedavg", arch, n_updates)
+
+
+def gateway_write_key(arch: Arch) -> tuple:
+    return ("gateway-write", arch)
 
 
 def aggregate_updates(
-    payloads: Sequence[tuple[bytes, int]],
-    global_state: dict[str, torch.Tensor],
-    model_name: str,
-    num_classes: int,
-    input_shape: tuple[int, ...],
+    updates: Sequence[Update], global_state: dict[str, torch.Tensor], arch: Arch
 ) -> tuple[dict[str, torch.Tensor], WorkProfile]:
     """Decode the updates, bring them into ``global_state``'s parameterization, FedAvg them."""
-    decoded = [(traced_decode(p), n) for p, n in payloads]
-    decode_work = sum((work for (_, work), _ in decoded), WorkProfile())
-    model, build_work = traced_build(model_name, num_classes, seed=0, input_shape=input_shape)
-    load_work = traced_load(model, global_state)
+    model_name, num_classes, input_shape = arch
 
-    def in_global_form(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def build() -> tuple[nn.Module, WorkProfile]:
+        model, build_work = traced_build(model_name, num_classes, seed=0, input_shape=input_shape)
+        return model, build_work + traced_load(model, global_state)
+
+    model, work = WORK_CACHE.once(server_model_key(arch), build)
+
+    def read(payload: bytes) -> tuple[dict[str, torch.Tensor], WorkProfile]:
+        state, decode_work = traced_decode(payload)
         # A quantized update of a batch-norm model comes folded (see quant/folding.py).
-        return state if state.keys() == global_state.keys() else unfold_batch_norm(model, state)
+        same_form = state.keys() == global_state.keys()
+        unfolded, unfold_work = traced(lambda: state if same_form else unfold_batch_norm(model, state))
+        return unfolded, decode_work + unfold_work
 
-    updates, unfold_work = traced(lambda: [(in_global_form(state), n) for (state, _), n in decoded])
-    state, aggregate_work = traced(lambda: fedavg(updates))
-    return state, decode_work + build_work + load_work + unfold_work + aggregate_work
+    states = []
+    for update in updates:
+        if update.payload is None:
+            raise ValueError("aggregating needs the updates' bytes (they are absent in timing-only mode)")
+        state, read_work = WORK_CACHE.once(read_key(arch, update.label), lambda p=update.payload: read(p))
+        states.append((state, update.num_samples))
+        work = work + read_work
+    state, aggregate_work = WORK_CACHE.run(fedavg_key(arch, len(states)), lambda: fedavg(states))
+    return state, work + aggregate_work
 
 
 def gateway_round(
-    payloads: Sequence[tuple[bytes, int]],
-    global_state: dict[str, torch.Tensor],
-    model_name: str,
-    num_classes: int,
-    input_shape: tuple[int, ...],
+    updates: Sequence[Update], global_state: dict[str, torch.Tensor], arch: Arch
 ) -> tuple[bytes, WorkProfile]:
     """A site gateway's work: aggregate its clients' updates into one fp32 update to send on."""
-    state, work = aggregate_updates(payloads, global_state, model_name, num_classes, input_shape)
-    payload, write_work = traced_serialize(lambda: fp32_message(state))
+    state, work = aggregate_updates(updates, global_state, arch)
+    payload, write_work = WORK_CACHE.once(
+        gateway_write_key(arch), lambda: traced_serialize(lambda: fp32_message(state))
+    )
     return payload, work + write_work
 
 
 def server_round(
-    payloads: Sequence[tuple[bytes, int]],
+    updates: Sequence[Update],
     global_state: dict[str, torch.Tensor],
     model_name: str,
     num_classes: int,
@@ -116,7 +163,7 @@ def server_round(
     bits: int = 8,
 ) -> ServerResult:
     """Aggregate the reported updates into ``global_state``'s parameterization and evaluate."""
-    input_shape = tuple(test.x.shape[1:])
-    state, work = aggregate_updates(payloads, global_state, model_name, num_classes, input_shape)
+    arch = (model_name, num_classes, tuple(test.x.shape[1:]))
+    state, work = aggregate_updates(updates, global_state, arch)
     fp32_acc, int8_acc, eval_work = evaluate_global(state, model_name, num_classes, calibration, test, bits)
     return ServerResult(state, fp32_acc, int8_acc, work + eval_work)

@@ -17,13 +17,11 @@ from torch import nn
 from torch.nn.functional import cross_entropy
 
 from fedhq_sim.data import Samples
-from fedhq_sim.models import traced_build, traced_load
+from fedhq_sim.models import Arch, traced_build, traced_load
 from fedhq_sim.quant import eager
 from fedhq_sim.quant.payload import fp32_message, quantized_message, traced_decode, traced_serialize
 from fedhq_sim.quant.strategy import Strategy
-from fedhq_sim.work import StepCache, WorkProfile, step_markers, traced
-
-STEP_CACHE = StepCache()
+from fedhq_sim.work import WORK_CACHE, WorkProfile, step_markers, traced
 
 
 @dataclass(frozen=True)
@@ -42,6 +40,11 @@ class LocalConfig:
     measure_quantization_error: bool = False
     """PTQ clients also run their int8 model on the calibration samples to measure the
     conversion error (for policies that observe it)."""
+
+    @property
+    def arch(self) -> Arch:
+        """The model as its operations see it (part of every work-cache key)."""
+        return (self.model_name, self.num_classes, tuple(self.input_shape))
 
     def steps(self, n_samples: int) -> int:
         """Minibatch steps a client holding ``n_samples`` takes in a round."""
@@ -66,6 +69,61 @@ class LocalResult:
     distorts what the client learned."""
 
 
+def step_plan(n_samples: int, cfg: LocalConfig) -> list[list[int]]:
+    """The minibatch sizes of a client's round, pass by pass (each pass reshuffles the data).
+
+    Full batches, then the last partial one; with ``local_steps`` the last pass stops early.
+    This one plan drives the real training and the timing-only profile alike.
+    """
+    if n_samples < 1:
+        raise ValueError("a client without samples has no minibatches")
+    total, plan, taken = cfg.steps(n_samples), [], 0
+    while taken < total:
+        sizes = [min(cfg.batch_size, n_samples - start) for start in range(0, n_samples, cfg.batch_size)]
+        plan.append(sizes[: total - taken])
+        taken += len(plan[-1])
+    return plan
+
+
+def head_key(cfg: LocalConfig, strategy: Strategy) -> tuple:
+    """Reading the global model, building and loading the local one, preparing QAT."""
+    return ("local-head", cfg.arch, strategy)
+
+
+def step_key(cfg: LocalConfig, strategy: Strategy, batch: int) -> tuple:
+    return ("train-step", cfg.arch, strategy, batch)
+
+
+def shuffle_key(n_samples: int) -> tuple:
+    return ("shuffle", n_samples)
+
+
+def shuffled(n_samples: int, generator: torch.Generator) -> tuple[torch.Tensor, WorkProfile]:
+    """A pass's order of the samples, and its work."""
+    return WORK_CACHE.run(shuffle_key(n_samples), lambda: torch.randperm(n_samples, generator=generator))
+
+
+def calibration_batches(n_samples: int, cfg: LocalConfig) -> tuple[int, ...]:
+    """Sizes of the calibration batches a PTQ client runs (its first ``calibration_samples``)."""
+    held = min(n_samples, cfg.calibration_samples)
+    return tuple(min(cfg.batch_size, held - start) for start in range(0, held, cfg.batch_size))
+
+
+def tail_key(cfg: LocalConfig, strategy: Strategy, n_samples: int) -> tuple:
+    """Measuring the divergence, quantizing (calibration batches for PTQ) and writing the update."""
+    batches = calibration_batches(n_samples, cfg) if strategy.kind == "ptq" else ()
+    return ("local-tail", cfg.arch, strategy, batches, cfg.measure_quantization_error)
+
+
+def _sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, data: Samples, index: torch.Tensor) -> float:
+    x, y = data.x[index], data.y[index]
+    optimizer.zero_grad(set_to_none=True)
+    loss = cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
 def _train(
     model: nn.Module, data: Samples, cfg: LocalConfig, strategy: Strategy, seed: int
 ) -> tuple[float, WorkProfile]:
@@ -75,58 +133,57 @@ def _train(
     generator = torch.Generator().manual_seed(seed)
     model.train()
     work = WorkProfile()
-
-    def step(index: torch.Tensor) -> float:
-        x, y = data.x[index], data.y[index]
-        optimizer.zero_grad(set_to_none=True)
-        loss = cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())
-
     # Steps of one batch shape execute the same operations: count them and add their work
     # once per shape at the end, so that bookkeeping stays off the per-step path.
-    steps: Counter[tuple] = Counter()
-    step_work: dict[tuple, WorkProfile] = {}
-    per_pass = math.ceil(len(data) / cfg.batch_size)
+    steps: Counter[int] = Counter()
+    step_work: dict[int, WorkProfile] = {}
     losses: list[float] = []
-    while len(losses) < cfg.steps(len(data)):  # passes over the data, each reshuffled
-        order, shuffle_work = traced(lambda: torch.randperm(len(data), generator=generator))
+    n = len(data)
+    for sizes in step_plan(n, cfg):
+        order, shuffle_work = shuffled(n, generator)
         work = work + shuffle_work
-        for start in range(0, len(data), cfg.batch_size):
-            if len(losses) == cfg.steps(len(data)):
-                break
-            index = order[start : start + cfg.batch_size]
-            key = (cfg.model_name, cfg.num_classes, strategy, "train-step", (len(index), *data.x.shape[1:]))
-            loss, step_work[key] = STEP_CACHE.run(key, lambda index=index: step(index))
-            steps[key] += 1
+        for start, size in zip(range(0, n, cfg.batch_size), sizes, strict=False):
+            index = order[start : start + size]
+            loss, step_work[size] = WORK_CACHE.run(
+                step_key(cfg, strategy, size), lambda index=index: _sgd_step(model, optimizer, data, index)
+            )
+            steps[size] += 1
             losses.append(loss)
-    for key, count in steps.items():
-        work = work + (step_work[key] + step_markers(step_work[key])).times(count)
-    last_pass = losses[-per_pass:]
+    for size, count in steps.items():
+        work = work + (step_work[size] + step_markers(step_work[size])).times(count)
+    last_pass = losses[-math.ceil(n / cfg.batch_size) :]
     return sum(last_pass) / len(last_pass), work
 
 
-def local_work(global_payload: bytes, data: Samples, strategy: Strategy, cfg: LocalConfig, seed: int) -> LocalResult:
-    """Run one client's round of work for ``strategy``, starting from the downloaded model.
-
-    Everything a device would do is executed and traced: reading the global model, training,
-    quantizing, and writing the update it will upload.
-    """
+def _head(
+    global_payload: bytes, strategy: Strategy, cfg: LocalConfig
+) -> tuple[tuple[nn.Module, torch.Tensor], WorkProfile]:
+    """Read the global model into a fresh local one (prepared for QAT if asked); snapshot it."""
     global_state, read_work = traced_decode(global_payload)
     model, build_work = traced_build(cfg.model_name, cfg.num_classes, seed=0, input_shape=cfg.input_shape)
-    load_work = traced_load(model, global_state)
-    work = read_work + build_work + load_work
+    work = read_work + build_work + traced_load(model, global_state)
     if strategy.kind == "qat":
         model, prepare_work = eager.traced_prepare_qat(model, strategy.bits)
         work = work + prepare_work
     start, snapshot_work = traced(lambda: _flat_parameters(model))
-    loss, train_work = _train(model, data, cfg, strategy, seed)
-    divergence, divergence_work = traced(lambda: _relative_distance(_flat_parameters(model), start))
-    work = work + snapshot_work + train_work + divergence_work
+    return (model, start), work + snapshot_work
+
+
+@dataclass(frozen=True)
+class _Finished:
+    payload: bytes
+    divergence: float
+    quantization_error: float | None
+
+
+def _tail(
+    model: nn.Module, start: torch.Tensor, data: Samples, strategy: Strategy, cfg: LocalConfig
+) -> tuple[_Finished, WorkProfile]:
+    """Measure how far training moved, quantize by the strategy, and write the update."""
+    divergence, work = traced(lambda: _relative_distance(_flat_parameters(model), start))
     if strategy.kind == "fp32":
         payload, write_work = traced_serialize(lambda: fp32_message(model.state_dict()))
-        return LocalResult(payload, len(data), loss, work + write_work, divergence)
+        return _Finished(payload, divergence, None), work + write_work
 
     batch_norm = eager.batch_norm_state(model)
     quantization_error = None
@@ -143,7 +200,23 @@ def local_work(global_payload: bytes, data: Samples, strategy: Strategy, cfg: Lo
         )
         work = work + check_work
     payload, write_work = traced_serialize(lambda: quantized_message(quantized, strategy.bits, batch_norm))
-    return LocalResult(payload, len(data), loss, work + write_work, divergence, quantization_error)
+    return _Finished(payload, divergence, quantization_error), work + write_work
+
+
+def local_work(global_payload: bytes, data: Samples, strategy: Strategy, cfg: LocalConfig, seed: int) -> LocalResult:
+    """Run one client's round of work for ``strategy``, starting from the downloaded model.
+
+    Everything a device would do is executed: reading the global model, training, quantizing,
+    and writing the update it will upload. Each piece is traced the first time its key is
+    seen in this process and charged its cached profile after that (:class:`WorkCache`).
+    """
+    (model, start), head_work = WORK_CACHE.once(head_key(cfg, strategy), lambda: _head(global_payload, strategy, cfg))
+    loss, train_work = _train(model, data, cfg, strategy, seed)
+    done, tail_work = WORK_CACHE.once(
+        tail_key(cfg, strategy, len(data)), lambda: _tail(model, start, data, strategy, cfg)
+    )
+    work = head_work + train_work + tail_work
+    return LocalResult(done.payload, len(data), loss, work, done.divergence, done.quantization_error)
 
 
 def _flat_parameters(model: nn.Module) -> torch.Tensor:

@@ -323,24 +323,50 @@ def traced(fn: Callable[[], T]) -> tuple[T, WorkProfile]:
     return result, tracer.profile
 
 
-class StepCache:
-    """Work profiles of repeated identical steps, traced once per key and reused.
+class WorkCache:
+    """Work profiles of repeated identical computations, traced once per key and reused.
 
-    A training step executes the same operations on the same shapes every time, so its
-    profile is traced on its first real execution and reused for later ones; the key must
-    hold everything the operations depend on (model, strategy, batch shape).
+    A training step, or reading the global model, or calibrating and converting a trained
+    model, executes the same operations on the same shapes every time it runs: which
+    operations run, and on which shapes, depends on the model, the strategy and the batch
+    shapes, never on the values. So each piece is traced on its first real execution and,
+    from then on, executed untraced (at bare PyTorch speed) and charged its cached profile.
+    The key must hold everything the operations depend on; ``tests/test_work_and_charge.py``
+    checks that a cached profile equals a fresh trace on other data.
     """
 
     def __init__(self) -> None:
         self._profiles: dict[tuple[Any, ...], WorkProfile] = {}
 
-    def run(self, key: tuple[Any, ...], fn: Callable[[], T]) -> tuple[T, WorkProfile]:
+    def once(self, key: tuple[Any, ...], traced_fn: Callable[[], tuple[T, WorkProfile]]) -> tuple[T, WorkProfile]:
+        """Run ``traced_fn`` (which returns its result and its traced work) for real; trace it
+        only the first time ``key`` is seen, and return the cached profile after that."""
         cached = self._profiles.get(key)
-        if cached is not None or not _TRACING.get():
-            return fn(), cached or WorkProfile()
-        result, profile = traced(fn)
+        if cached is not None:
+            with untraced():
+                result, _ = traced_fn()
+            return result, cached
+        if not _TRACING.get():
+            return traced_fn()
+        result, profile = traced_fn()
         self._profiles[key] = profile
         return result, profile
 
+    def run(self, key: tuple[Any, ...], fn: Callable[[], T]) -> tuple[T, WorkProfile]:
+        """:meth:`once` for a plain function: trace ``fn`` itself."""
+        return self.once(key, lambda: traced(fn))
+
+    def get(self, key: tuple[Any, ...]) -> WorkProfile | None:
+        """The cached profile of ``key``, if it was traced."""
+        return self._profiles.get(key)
+
+    def clear(self) -> None:
+        """Forget every profile: the next execution of each piece is traced again."""
+        self._profiles.clear()
+
     def __len__(self) -> int:
         return len(self._profiles)
+
+
+WORK_CACHE = WorkCache()
+"""This process's cache: shared by every run in it, which is valid because keys are complete."""

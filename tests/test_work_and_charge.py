@@ -4,19 +4,19 @@ import dataclasses
 import multiprocessing
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.nn.functional import cross_entropy
 
-from fedhq_sim import training
 from fedhq_sim.charge import charge_seconds, compute_joules
 from fedhq_sim.models import MLP, build_model
 from fedhq_sim.profiles import ProfileLibrary
 from fedhq_sim.quant import eager
 from fedhq_sim.quant.payload import encode_fp32
 from fedhq_sim.quant.strategy import FP32, Strategy
-from fedhq_sim.training import LocalConfig, local_work
-from fedhq_sim.work import StepCache, step_markers, traced
+from fedhq_sim.training import LocalConfig, local_work, step_key, step_plan
+from fedhq_sim.work import WORK_CACHE, WorkCache, step_markers, traced
 from tests.conftest import PROFILES
 
 CFG = LocalConfig(
@@ -142,13 +142,35 @@ def test_smallcnn_forward_flops_match_the_analytic_count():
     assert dense == conv1 + conv2 + fc
 
 
-def test_local_work_with_a_warm_step_cache_charges_what_a_cold_one_does(client_data, global_payload, monkeypatch):
+def test_local_work_with_a_warm_cache_charges_what_a_cold_one_does(client_data, global_payload):
     strategy = Strategy("qat", 8)
-    monkeypatch.setattr(training, "STEP_CACHE", StepCache())
+    WORK_CACHE.clear()
     cold = local_work(global_payload, client_data, strategy, CFG, seed=5)
-    warm = local_work(global_payload, client_data, strategy, CFG, seed=5)  # every step a cache hit
-    assert len(training.STEP_CACHE) == 2  # full batches and the last, partial one
+    warm = local_work(global_payload, client_data, strategy, CFG, seed=5)  # every piece a cache hit
+    sizes = {size for sizes in step_plan(len(client_data), CFG) for size in sizes}
+    assert len(sizes) == 2  # full batches and the last, partial one: a step traced for each
+    assert all(WORK_CACHE.get(step_key(CFG, strategy, size)) is not None for size in sizes)
     assert warm.work == cold.work and warm.payload == cold.payload
+
+
+@pytest.mark.parametrize("model_name", ["small_cnn", "resnet8", "mlp"])
+@pytest.mark.parametrize("label", ["fp32", "ptq8", "qat4"])
+def test_a_piece_cached_from_one_client_costs_what_a_fresh_trace_on_another_client_does(
+    model_name, label, digits_federation
+):
+    """The law behind the cache: which operations run, on which shapes, does not depend on
+    the values, so a profile traced on one client's data holds for every client's."""
+    strategy = Strategy.from_label(label)
+    cfg = dataclasses.replace(CFG, model_name=model_name, measure_quantization_error=True)
+    first, other = digits_federation.clients[0], digits_federation.clients[1]
+    other = other.subset(np.arange(len(first)))  # the same number of samples, other values
+    payload = encode_fp32(build_model(model_name, 10, seed=1).state_dict())
+    WORK_CACHE.clear()
+    local_work(payload, first, strategy, cfg, seed=5)
+    warm = local_work(payload, other, strategy, cfg, seed=6)
+    WORK_CACHE.clear()
+    cold = local_work(payload, other, strategy, cfg, seed=6)
+    assert warm.work == cold.work
 
 
 def test_work_profiles_see_each_precision_and_kernel_class(results):
@@ -194,7 +216,7 @@ def test_int8_inference_is_traced_as_int8_with_real_flops(client_data):
 
 def test_a_cache_hit_does_not_change_the_profile(client_data):
     model = build_model("small_cnn", 10, seed=1)
-    cache = StepCache()
+    cache = WorkCache()
     x = client_data.x[:8]
     _, first = cache.run(("k",), lambda: model(x))
     _, again = cache.run(("k",), lambda: model(x))
@@ -220,12 +242,12 @@ def _burn_cpu(seconds: float) -> None:
         a = (a @ a).clamp(-1, 1)
 
 
-def test_the_charge_does_not_depend_on_host_load(client_data, global_payload, monkeypatch):
+def test_the_charge_does_not_depend_on_host_load(client_data, global_payload):
     device = DEVICES["rpi4"]
     strategy = Strategy("qat", 8)
-    monkeypatch.setattr(training, "STEP_CACHE", StepCache())
+    WORK_CACHE.clear()
     quiet = local_work(global_payload, client_data, strategy, CFG, seed=5)
-    monkeypatch.setattr(training, "STEP_CACHE", StepCache())  # trace everything again, under load
+    WORK_CACHE.clear()  # trace everything again, under load
     burners = [multiprocessing.get_context("spawn").Process(target=_burn_cpu, args=(3.0,)) for _ in range(2)]
     for burner in burners:
         burner.start()

@@ -92,6 +92,10 @@ class Policy(ABC):
     """Whether PTQ clients must measure their conversion error for :meth:`observe`. The
     measurement is real work (an int8 pass over the calibration samples), charged to the
     clients, so only a policy that reads it asks for it."""
+    observes_training: ClassVar[bool] = False
+    """Whether :meth:`observe` reads what real training produces (losses, divergence,
+    quantization error) to change later assignments. Timing-only mode produces none of it,
+    so it refuses such a policy rather than report timings a full run would not have."""
 
     def __init__(self, options: PolicyOptions, clients: Sequence[ClientInfo], rng: np.random.Generator) -> None:
         self.options = options

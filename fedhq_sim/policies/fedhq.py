@@ -66,6 +66,7 @@ class FedHQ(Policy):
 
     Options = FedHQOptions
     observes_quantization_error = True
+    observes_training = True
 
     def __init__(self, options: FedHQOptions, clients: Sequence[ClientInfo], rng: np.random.Generator) -> None:
         super().__init__(options, clients, rng)

@@ -27,5 +27,15 @@ class Strategy:
         """Short name used in tables and plots: ``fp32``, ``ptq8``, ``qat8``."""
         return "fp32" if self.kind == "fp32" else f"{self.kind}{self.bits}"
 
+    @classmethod
+    def from_label(cls, label: str) -> Strategy:
+        """The strategy a :attr:`label` names: ``ptq8`` -> ``Strategy("ptq", 8)``."""
+        if label == "fp32":
+            return cls("fp32", 32)
+        kind, bits = label[:3], label[3:]
+        if kind not in ("ptq", "qat") or not bits.isdigit():
+            raise ValueError(f"not a strategy label: {label!r}")
+        return cls(kind, int(bits))  # type: ignore[arg-type]
+
 
 FP32 = Strategy("fp32", 32)

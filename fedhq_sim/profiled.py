@@ -1,0 +1,200 @@
+"""Work profiles without the work: what a client's local round, and aggregating updates,
+cost, assembled from the pieces that the real computations trace.
+
+Timing-only mode, and a site gateway's cut-off estimate, need the work profile of a client's
+round for a strategy and a number of samples, and of aggregating updates of given formats,
+without running them. Each real computation is a sum of keyed pieces, traced once and
+cached (:class:`fedhq_sim.work.WorkCache`):
+
+- local work (:func:`fedhq_sim.training.local_work`): the head (read the global model, build,
+  prepare for QAT), one shuffle per pass and one step per minibatch of the round's
+  :func:`~fedhq_sim.training.step_plan`, and the tail (quantize, write the update);
+- aggregation (:func:`fedhq_sim.server_work.aggregate_updates`): the aggregator's model, one
+  read per update by its format, and FedAvg; the server adds its evaluation, a gateway the
+  writing of its fp32 update.
+
+A piece not cached yet is traced by running the real code once on representative inputs
+(the first rows of the largest client's data; the initial global model), so the sum is the
+profile that the real computation has. FedAvg of ``n`` updates is affine in ``n`` (each
+update adds one multiply and one add per tensor): :class:`AggregationProfiles` checks that
+on real traces of one, two and three updates, so that ten thousand updates need no trace of
+ten thousand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Sequence
+
+import torch
+
+from fedhq_sim.data import Samples
+from fedhq_sim.models import Arch
+from fedhq_sim.quant.strategy import Strategy
+from fedhq_sim.server_work import (
+    Update,
+    aggregate_updates,
+    evaluate_global,
+    evaluate_key,
+    fedavg_key,
+    gateway_round,
+    gateway_write_key,
+    read_key,
+    server_model_key,
+)
+from fedhq_sim.training import (
+    LocalConfig,
+    head_key,
+    local_work,
+    shuffled,
+    step_key,
+    step_plan,
+    tail_key,
+)
+from fedhq_sim.work import WORK_CACHE, WorkProfile, step_markers
+
+
+def _cached(key: tuple) -> WorkProfile:
+    profile = WORK_CACHE.get(key)
+    if profile is None:  # the representative run did not trace the piece it was meant to
+        raise RuntimeError(f"no work profile was traced for {key}")
+    return profile
+
+
+class LocalProfiles:
+    """The work profile of a client's local round for ``(strategy, samples held)``.
+
+    Parameters
+    ----------
+    cfg
+        The run's local-training settings.
+    global_payload
+        A global model as the clients download it (its values do not matter).
+    sample
+        Real client data; its first rows are what representative runs train on, so it must
+        hold at least as many samples as the largest client.
+    """
+
+    def __init__(self, cfg: LocalConfig, global_payload: bytes, sample: Samples) -> None:
+        self.cfg = cfg
+        self.global_payload = global_payload
+        self.sample = sample
+        self._profiles: dict[tuple[Strategy, int], WorkProfile] = {}
+        self.payloads: dict[str, bytes] = {}
+        """A real update of each strategy label traced so far (for :class:`AggregationProfiles`)."""
+
+    def _trace(self, strategy: Strategy, rows: int) -> None:
+        """Run the real local work once, one step on the sample's first ``rows``: that traces
+        the head, a shuffle of ``rows``, a step of ``rows`` (at most a batch) and the tail of a
+        client that holds ``rows`` samples."""
+        one_step = dataclasses.replace(self.cfg, local_steps=1)
+        data = Samples(self.sample.x[:rows], self.sample.y[:rows])
+        result = local_work(self.global_payload, data, strategy, one_step, seed=0)
+        self.payloads.setdefault(strategy.label, result.payload)
+
+    def _piece(self, key: tuple, strategy: Strategy, rows: int) -> WorkProfile:
+        if WORK_CACHE.get(key) is None:
+            self._trace(strategy, rows)
+        return _cached(key)
+
+    def profile(self, strategy: Strategy, n_samples: int) -> WorkProfile:
+        """What :func:`~fedhq_sim.training.local_work` of a client holding ``n_samples`` traces."""
+        key = (strategy, n_samples)
+        if key not in self._profiles:
+            if n_samples > len(self.sample):
+                raise ValueError(f"the sample holds {len(self.sample)} rows, fewer than a client's {n_samples}")
+            cfg = self.cfg
+            plan = step_plan(n_samples, cfg)
+            work = self._piece(head_key(cfg, strategy), strategy, min(n_samples, cfg.batch_size))
+            _, shuffle = shuffled(n_samples, torch.Generator())
+            work = work + shuffle.times(len(plan))
+            for size, count in Counter(size for sizes in plan for size in sizes).items():
+                step = self._piece(step_key(cfg, strategy, size), strategy, size)
+                work = work + (step + step_markers(step)).times(count)
+            tail = tail_key(cfg, strategy, n_samples)
+            work = work + self._piece(tail, strategy, min(n_samples, cfg.calibration_samples))
+            self._profiles[key] = work
+        return self._profiles[key]
+
+    def payload(self, strategy: Strategy) -> bytes:
+        """A real update written with ``strategy`` (traced on first use)."""
+        if strategy.label not in self.payloads:
+            self._trace(strategy, min(len(self.sample), self.cfg.batch_size))
+        return self.payloads[strategy.label]
+
+
+class AggregationProfiles:
+    """The work profiles of aggregating updates, by their formats, and of what follows.
+
+    Parameters
+    ----------
+    arch
+        The model (name, classes, input shape).
+    global_state
+        A global model's state (its values do not matter).
+    local
+        Where real updates of each format come from, to trace reading them.
+    """
+
+    def __init__(self, arch: Arch, global_state: dict[str, torch.Tensor], local: LocalProfiles) -> None:
+        self.arch = arch
+        self.global_state = global_state
+        self.local = local
+        self._fedavg_step: WorkProfile | None = None
+
+    def _update(self, label: str) -> Update:
+        payload = self.local.payload(Strategy.from_label(label))
+        return Update(payload, 1, label, len(payload))
+
+    def _read(self, label: str) -> WorkProfile:
+        key = read_key(self.arch, label)
+        if WORK_CACHE.get(key) is None:
+            aggregate_updates([self._update(label)], self.global_state, self.arch)
+        return _cached(key)
+
+    def _fedavg(self, n_updates: int) -> WorkProfile:
+        """FedAvg of ``n_updates``: the trace of one, plus the difference between two and one
+        for each further update (checked against the real trace of three). The peak memory
+        of more than three is taken as that of three: aggregation memory is not checked."""
+        if self._fedavg_step is None:
+            update = self._update("fp32")
+            traced = {}
+            for n in (1, 2, 3):
+                if WORK_CACHE.get(fedavg_key(self.arch, n)) is None:
+                    aggregate_updates([update] * n, self.global_state, self.arch)
+                traced[n] = _cached(fedavg_key(self.arch, n))
+            step = WorkProfile(traced[2].counts - traced[1].counts, traced[3].peak_bytes)
+            if any((traced[1] + step.times(n - 1)).counts != traced[n].counts for n in (2, 3)):
+                raise RuntimeError("FedAvg's work is not affine in the number of updates; it cannot be extrapolated")
+            self._fedavg_step = step
+        if n_updates <= 3:
+            return _cached(fedavg_key(self.arch, n_updates))
+        return _cached(fedavg_key(self.arch, 1)) + self._fedavg_step.times(n_updates - 1)
+
+    def aggregate(self, labels: Sequence[str]) -> WorkProfile:
+        """Reading and averaging updates written with these strategy labels."""
+        if not labels:
+            raise ValueError("aggregating needs at least one update")
+        key = server_model_key(self.arch)
+        if WORK_CACHE.get(key) is None:
+            self._read(labels[0])
+        work = _cached(key)
+        for label, count in Counter(labels).items():
+            work = work + self._read(label).times(count)
+        return work + self._fedavg(len(labels))
+
+    def gateway(self, labels: Sequence[str]) -> WorkProfile:
+        """A site gateway's round: aggregate, then write one fp32 update."""
+        key = gateway_write_key(self.arch)
+        if WORK_CACHE.get(key) is None:
+            gateway_round([self._update("fp32")], self.global_state, self.arch)
+        return self.aggregate(labels) + _cached(key)
+
+    def server(self, labels: Sequence[str], calibration: Samples, test: Samples, bits: int) -> WorkProfile:
+        """The server's round: aggregate, then evaluate the new global model fp32 and deployed."""
+        model_name, num_classes, _ = self.arch
+        key = evaluate_key(model_name, num_classes, calibration, test, bits)
+        if WORK_CACHE.get(key) is None:
+            evaluate_global(self.global_state, model_name, num_classes, calibration, test, bits)
+        return self.aggregate(labels) + _cached(key)

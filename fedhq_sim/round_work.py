@@ -1,0 +1,181 @@
+"""Where a round's work comes from: executed for real (full mode) or priced from work
+profiles without running it (timing-only mode).
+
+The engine asks both modes the same questions: how large the global model is, what each
+selected client's local work costs and sends, what a site gateway's and the server's
+aggregation cost, and charges the answers on the simulated clock. :class:`ExecutedWork`
+answers by running the real PyTorch work (client work on an executor) and reports the
+accuracy it reaches. :class:`ProfiledWork` answers from work profiles assembled from traced
+pieces (:mod:`fedhq_sim.profiled`): nothing runs per round, so a fleet of thousands costs
+event-loop time only, and no accuracy is reported. Both give the same work profiles and
+byte counts, so both modes' simulated timings are equal (``tests/test_timing_only.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from fedhq_sim.data import FederatedData
+from fedhq_sim.executors import SerialExecutor, WorkExecutor, WorkTask
+from fedhq_sim.models import build_model
+from fedhq_sim.profiled import AggregationProfiles, LocalProfiles
+from fedhq_sim.quant.payload import encode_fp32
+from fedhq_sim.quant.strategy import Strategy
+from fedhq_sim.server_work import Update, evaluate_global, gateway_round, server_round
+from fedhq_sim.training import LocalConfig
+from fedhq_sim.work import WorkProfile
+
+
+@dataclass(frozen=True)
+class ClientResult:
+    """What the engine charges and forwards of one client's local work in a round; the
+    training observations are ``None`` in timing-only mode."""
+
+    work: WorkProfile
+    update: Update
+    train_loss: float | None
+    divergence: float | None
+    quantization_error: float | None = None
+
+
+@dataclass(frozen=True)
+class ServerOutcome:
+    work: WorkProfile
+    fp32_accuracy: float
+    deployed_accuracy: float
+
+
+class RoundWork(Protocol):
+    """The work of a run's rounds, as the engine sees it."""
+
+    reports_accuracy: bool
+
+    def begin_round(self, r: int, assignment: Mapping[int, Strategy]) -> int:
+        """Get the round's local work ready for the clients in ``assignment`` (those able to
+        run their strategy); return the global model's size in bytes."""
+
+    def client(self, client_id: int) -> ClientResult:
+        """A client's local work this round (after :meth:`begin_round`)."""
+
+    def gateway(self, updates: Sequence[Update]) -> tuple[Update, WorkProfile]:
+        """A site gateway's aggregate of its members' updates, and its work."""
+
+    def gateway_estimate(self, n_updates: int) -> WorkProfile:
+        """The work of aggregating ``n_updates`` fp32 updates (a gateway's cut-off estimate)."""
+
+    def server(self, updates: Sequence[Update]) -> ServerOutcome:
+        """Aggregate the round's updates into the global model and evaluate it."""
+
+    def initial_accuracy(self) -> tuple[float, float]:
+        """fp32 and deployed accuracy of the initial global model."""
+
+
+def client_seed(seed: int, round_index: int, client_id: int) -> int:
+    """A client's training seed for a round, independent of the order clients run in."""
+    return int(np.random.SeedSequence([seed, round_index, client_id]).generate_state(1)[0])
+
+
+class ExecutedWork:
+    """Full mode: every computation runs for real; client work on ``executor``."""
+
+    reports_accuracy = True
+
+    def __init__(
+        self, data: FederatedData, cfg: LocalConfig, seed: int, bits: int, executor: WorkExecutor | None = None
+    ) -> None:
+        self.data, self.cfg, self.seed, self.bits = data, cfg, seed, bits
+        self.executor: WorkExecutor = executor if executor is not None else SerialExecutor()
+        model = build_model(cfg.model_name, cfg.num_classes, seed=seed, input_shape=cfg.input_shape)
+        self.global_state = model.state_dict()
+        self._payload = encode_fp32(self.global_state)
+        self._results: dict[int, ClientResult] = {}
+
+    def begin_round(self, r: int, assignment: Mapping[int, Strategy]) -> int:
+        """Run every client's local work now, in client order. It depends on nothing that
+        happens during the round, so computing it up front gives the same results as
+        computing it when each client's download ends; a client that never gets that far
+        (deadline, outage, shift end) just wasted host time."""
+        self._payload = encode_fp32(self.global_state)
+        ids = sorted(assignment)
+        tasks = [
+            WorkTask(self._payload, self.data.clients[cid], assignment[cid], self.cfg, client_seed(self.seed, r, cid))
+            for cid in ids
+        ]
+        self._results = {}
+        for cid, result in zip(ids, self.executor.map(tasks), strict=True):
+            update = Update(result.payload, result.num_samples, assignment[cid].label, len(result.payload))
+            self._results[cid] = ClientResult(
+                result.work, update, result.train_loss, result.divergence, result.quantization_error
+            )
+        return len(self._payload)
+
+    def client(self, client_id: int) -> ClientResult:
+        return self._results[client_id]
+
+    def gateway(self, updates: Sequence[Update]) -> tuple[Update, WorkProfile]:
+        payload, work = gateway_round(updates, self.global_state, self.cfg.arch)
+        return Update(payload, sum(u.num_samples for u in updates), "fp32", len(payload)), work
+
+    def gateway_estimate(self, n_updates: int) -> WorkProfile:
+        model = Update(self._payload, 1, "fp32", len(self._payload))
+        return gateway_round([model] * n_updates, self.global_state, self.cfg.arch)[1]
+
+    def server(self, updates: Sequence[Update]) -> ServerOutcome:
+        d = self.data
+        result = server_round(
+            updates, self.global_state, self.cfg.model_name, d.num_classes, d.server_calibration, d.test, self.bits
+        )
+        self.global_state = result.state
+        return ServerOutcome(result.work, result.fp32_accuracy, result.deployed_accuracy)
+
+    def initial_accuracy(self) -> tuple[float, float]:
+        d = self.data
+        fp32, deployed, _ = evaluate_global(
+            self.global_state, self.cfg.model_name, d.num_classes, d.server_calibration, d.test, self.bits
+        )
+        return fp32, deployed
+
+
+class ProfiledWork:
+    """Timing-only mode: every computation is priced from its work profile, none runs per
+    round; the global model never changes and no accuracy is reported (NaN)."""
+
+    reports_accuracy = False
+
+    def __init__(self, data: FederatedData, cfg: LocalConfig, seed: int, bits: int) -> None:
+        self.data, self.cfg, self.bits = data, cfg, bits
+        state = build_model(cfg.model_name, cfg.num_classes, seed=seed, input_shape=cfg.input_shape).state_dict()
+        self._model_nbytes = len(payload := encode_fp32(state))
+        self.local = LocalProfiles(cfg, payload, max(data.clients, key=len))
+        self.aggregation = AggregationProfiles(cfg.arch, state, self.local)
+        self._assignment: Mapping[int, Strategy] = {}
+
+    def begin_round(self, r: int, assignment: Mapping[int, Strategy]) -> int:
+        self._assignment = assignment
+        return self._model_nbytes
+
+    def client(self, client_id: int) -> ClientResult:
+        strategy = self._assignment[client_id]
+        n = len(self.data.clients[client_id])
+        nbytes = len(self.local.payload(strategy))
+        return ClientResult(self.local.profile(strategy, n), Update(None, n, strategy.label, nbytes), None, None)
+
+    def gateway(self, updates: Sequence[Update]) -> tuple[Update, WorkProfile]:
+        work = self.aggregation.gateway([u.label for u in updates])
+        return Update(None, sum(u.num_samples for u in updates), "fp32", self._model_nbytes), work
+
+    def gateway_estimate(self, n_updates: int) -> WorkProfile:
+        return self.aggregation.gateway(["fp32"] * n_updates)
+
+    def server(self, updates: Sequence[Update]) -> ServerOutcome:
+        d = self.data
+        work = self.aggregation.server([u.label for u in updates], d.server_calibration, d.test, self.bits)
+        return ServerOutcome(work, math.nan, math.nan)
+
+    def initial_accuracy(self) -> tuple[float, float]:
+        return math.nan, math.nan
