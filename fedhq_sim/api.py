@@ -16,6 +16,7 @@ exactly like the file (a bad one raises :class:`~fedhq_sim.errors.InputError` na
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
@@ -70,6 +71,8 @@ class Result:
     links: pd.DataFrame
     policy_log: pd.DataFrame
     host_seconds: float
+    timing_only: bool = False
+    """Priced from work profiles, not executed: accuracy columns are NaN."""
 
     def latency_breakdown(self) -> pd.DataFrame:
         """Each round's latency split into download, compute, upload, waiting and server."""
@@ -99,7 +102,7 @@ class Result:
     def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
         """Write the folder ``fedhq-sim run`` writes (CSVs, figures, trace, report)."""
         folder = prepare_output_dir(Path(out), overwrite=overwrite)
-        writer = ResultsWriter(folder, self.scenario)
+        writer = ResultsWriter(folder, self.scenario, timing_only=self.timing_only)
         writer.write_inputs()
         for name, frame in (
             ("rounds.csv", self.rounds),
@@ -112,14 +115,15 @@ class Result:
         return folder
 
 
-def simulate(scenario: Scenario | str | Path, *, workers: int = 1) -> Result:
+def simulate(scenario: Scenario | str | Path, *, workers: int = 1, timing_only: bool = False) -> Result:
     """Run a scenario and return its results; ``workers > 1`` runs each round's client work
-    on that many processes (same results, less wall time)."""
+    on that many processes (same results, less wall time); ``timing_only`` prices the work
+    from its traced profiles instead of running it (the same timings, no accuracy)."""
     if not isinstance(scenario, Scenario):
         scenario = Scenario(Path(scenario))
     started = time.perf_counter()
-    with ProcessExecutor(workers) if workers > 1 else nullcontext() as executor:
-        simulation = Simulation(scenario.load(), executor)
+    with ProcessExecutor(workers) if workers > 1 and not timing_only else nullcontext() as executor:
+        simulation = Simulation(scenario.load(), executor, timing_only=timing_only)
         run = simulation.run()
     return Result(
         simulation.scenario,
@@ -128,10 +132,14 @@ def simulate(scenario: Scenario | str | Path, *, workers: int = 1) -> Result:
         links_frame(simulation.network.samples, simulation.network.links),
         pd.DataFrame(simulation.policy.decision_log()),
         time.perf_counter() - started,
+        timing_only,
     )
 
 
-def _summaries(variants: list[Variant], target: float, jobs: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _summaries(
+    variants: list[Variant], target: float, jobs: int, timing_only: bool
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    variants = [dataclasses.replace(v, timing_only=timing_only) for v in variants]
     summary = pd.DataFrame([run_summary(r, target) for r in run_batch(variants, jobs)])
     return summary, median_table(summary, list(variants[0].label))
 
@@ -143,10 +151,12 @@ def compare(
     *,
     target: float = 0.8,
     jobs: int = 1,
+    timing_only: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every policy over every seed: ``(summary per run, median table per policy)``."""
     scenario = scenario if isinstance(scenario, Scenario) else Scenario(Path(scenario))
-    return _summaries(policy_variants(scenario.path, policies, seeds, scenario.overrides), target, jobs)
+    variants = policy_variants(scenario.path, policies, seeds, scenario.overrides)
+    return _summaries(variants, target, jobs, timing_only)
 
 
 def sweep(
@@ -156,6 +166,7 @@ def sweep(
     *,
     target: float = 0.8,
     jobs: int = 1,
+    timing_only: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every combination of ``grid``'s values over every seed: ``(summary, median table)``."""
     scenario = scenario if isinstance(scenario, Scenario) else Scenario(Path(scenario))
@@ -163,4 +174,4 @@ def sweep(
         Variant(v.scenario, v.label, v.seed, {**scenario.overrides, **v.overrides})
         for v in grid_variants(scenario.path, list(grid.items()), seeds)
     ]
-    return _summaries(variants, target, jobs)
+    return _summaries(variants, target, jobs, timing_only)

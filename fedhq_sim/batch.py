@@ -29,6 +29,8 @@ class Variant:
     label: Mapping[str, Any]
     seed: int
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    timing_only: bool = False
+    """Price the work from its profiles instead of running it (no accuracy)."""
 
     @property
     def name(self) -> str:
@@ -59,7 +61,7 @@ def run_variant(variant: Variant) -> VariantResult:
     from fedhq_sim.tables import rounds_frame
 
     loaded = load_scenario(variant.scenario, {**variant.overrides, "seed": variant.seed})
-    simulation = Simulation(loaded)
+    simulation = Simulation(loaded, timing_only=variant.timing_only)
     result = simulation.run()
     log = simulation.policy.decision_log()
     return VariantResult(variant, rounds_frame(result.rounds), simulation.policy_share_max(), loaded.resolved(), log)
@@ -140,15 +142,17 @@ def median_table(summary: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _range(row: Mapping[str, Any], column: str, fmt: str) -> str:
+def _range(row: Mapping[str, Any], column: str, fmt: str, missing: str = "not reached") -> str:
     median, low, high = (row[f"{column}_{k}"] for k in ("median", "min", "max"))
     if math.isnan(median):
-        return "not reached"
+        return missing
     return f"{median:{fmt}} ({low:{fmt}}-{high:{fmt}})"
 
 
-def table_markdown(table: pd.DataFrame, by: Sequence[str], target: float) -> str:
-    """A :func:`median_table` as Markdown: median (min-max over seeds) per group."""
+def table_markdown(table: pd.DataFrame, by: Sequence[str], target: float, *, accuracy_reported: bool = True) -> str:
+    """A :func:`median_table` as Markdown: median (min-max over seeds) per group; without
+    accuracy (timing-only runs) its columns say so."""
+    unreached = "not reached" if accuracy_reported else "not reported (timing-only)"
     header = [
         *by,
         f"time to {target:.0%} deployed accuracy [s]",
@@ -162,9 +166,9 @@ def table_markdown(table: pd.DataFrame, by: Sequence[str], target: float) -> str
     for row in table.to_dict("records"):  # per-column types: an int key stays an int
         cells = [str(row[key]) for key in by]
         cells += [
-            _range(row, "time_to_target_s", ".2f"),
-            f"{row['reached']}/{row['seeds']}",
-            _range(row, "final_deployed_accuracy", ".3f"),
+            _range(row, "time_to_target_s", ".2f", unreached),
+            f"{row['reached']}/{row['seeds']}" if accuracy_reported else "-",
+            _range(row, "final_deployed_accuracy", ".3f", unreached),
             _range(row, "mean_round_latency_s", ".3f"),
             _range(row, "qat_share", ".2f"),
             _range(row, "energy_j", ".0f"),

@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 bad input (one line naming file, key path and problem),
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from datetime import datetime
@@ -33,6 +34,12 @@ EXAMPLES = """examples:
 """
 
 
+TIMING_ONLY_HELP = (
+    "price every computation from its traced work profile instead of running it: the timings of a full run, "
+    "for fleets of thousands, and no accuracy"
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedhq-sim",
@@ -51,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="processes that run the clients' real work of a round (default: one per CPU core; 1: this process)",
     )
+    run.add_argument("--timing-only", action="store_true", help=TIMING_ONLY_HELP)
     validate = commands.add_parser("validate", help="check a scenario and its profiles without running it")
     validate.add_argument("scenario", type=Path, help="scenario YAML file")
     analyze = commands.add_parser(
@@ -90,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         batch.add_argument("--out", type=Path, help="results folder (default: results/<name>-<command>-<date-time>)")
         batch.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
         batch.add_argument("--quiet", action="store_true", help="print nothing but errors")
+        batch.add_argument("--timing-only", action="store_true", help=TIMING_ONLY_HELP)
     report = commands.add_parser(
         "report",
         help="(re)build the self-contained report.html of a run, compare or sweep results folder",
@@ -112,12 +121,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _progress_line(total: int, record: RoundRecord, host_s: float, eta_s: float) -> str:
+    accuracy = (
+        ""
+        if record.deployed_accuracy != record.deployed_accuracy  # NaN: timing-only
+        else f"deployed acc {record.deployed_accuracy:.3f}  fp32 acc {record.fp32_accuracy:.3f}  "
+    )
     return (
         f"round {record.round:>3}/{total}  sim {record.end_s:9.3f} s  latency {record.latency_s:8.3f} s  "
         f"reported {record.reported}/{record.selected}  energy {record.energy_j:8.1f} J  "
-        f"deployed acc {record.deployed_accuracy:.3f}  "
-        f"fp32 acc {record.fp32_accuracy:.3f}  [host {host_s:.1f} s, eta {eta_s:.0f} s]"
+        f"{accuracy}[host {host_s:.1f} s, eta {eta_s:.0f} s]"
     )
+
+
+TIMING_ONLY_NOTE = (
+    "timing-only: client, gateway and server work is priced from traced work profiles and not executed; "
+    "timings equal a full run's, accuracy is not reported"
+)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -131,6 +150,10 @@ def _run(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else os.cpu_count() or 1
     if workers < 1:
         raise InputError("command line", "--workers", f"must be at least 1, got {workers}")
+    if args.timing_only:
+        if args.workers is not None and args.workers > 1:
+            raise InputError("command line", "--workers", "timing-only mode runs no client work to spread over workers")
+        workers = 1
     scenario = load_scenario(args.scenario)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = prepare_output_dir(args.out or Path("results") / f"{scenario.spec.name}-{stamp}", overwrite=args.overwrite)
@@ -147,13 +170,15 @@ def _simulate_into(args: argparse.Namespace, scenario: LoadedScenario, out: Path
     from fedhq_sim.tables import links_frame, phases_frame, rounds_frame
 
     say = (lambda _text: None) if args.quiet else (lambda text: print(text, flush=True))
-    writer = ResultsWriter(out, scenario)
-    writer.write_inputs()
     host_start = time.perf_counter()
-    simulation = Simulation(scenario, executor)
+    simulation = Simulation(scenario, executor, timing_only=args.timing_only)
+    writer = ResultsWriter(out, scenario, timing_only=args.timing_only)
+    writer.write_inputs()
     writer.write_feasibility(simulation.feasibility)
     total = scenario.spec.training.rounds
     say(f"{scenario.spec.name}: {len(scenario.clients)} clients, {total} rounds, policy {scenario.spec.policy.name}")
+    if args.timing_only:
+        say(TIMING_ONLY_NOTE)
     for line in _feasibility_lines(simulation):
         say(line)
 
@@ -310,11 +335,16 @@ def _execute_batch(args: argparse.Namespace, kind: str, variants: list, by: list
     from fedhq_sim.plots import plot_capacity_curves, plot_comparison, save
     from fedhq_sim.report import write_batch_report
     from fedhq_sim.results import atomic_write_text, package_versions, prepare_output_dir
-    from fedhq_sim.scenario import load_scenario
+    from fedhq_sim.scenario import check_timing_only, load_scenario
 
+    if args.timing_only:
+        variants = [dataclasses.replace(v, timing_only=True) for v in variants]
     names = []
     for variant in {v.name: v for v in variants}.values():  # every variant must load before any runs
-        names.append(load_scenario(variant.scenario, {**variant.overrides, "seed": variant.seed}).spec.name)
+        loaded = load_scenario(variant.scenario, {**variant.overrides, "seed": variant.seed})
+        if args.timing_only:
+            check_timing_only(loaded)
+        names.append(loaded.spec.name)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = prepare_output_dir(args.out or Path("results") / f"{names[0]}-{kind}-{stamp}", overwrite=args.overwrite)
     for scenario in dict.fromkeys(v.scenario for v in variants):  # the report reads them from here
@@ -323,6 +353,8 @@ def _execute_batch(args: argparse.Namespace, kind: str, variants: list, by: list
     say = (lambda _text: None) if args.quiet else (lambda text: print(text, flush=True))
     n_seeds = len({v.seed for v in variants})
     say(f"{kind}: {len(variants)} runs ({len(variants) // n_seeds} variants x {n_seeds} seeds), {jobs} at a time")
+    if args.timing_only:
+        say(TIMING_ONLY_NOTE)
     started, done = time.perf_counter(), []
 
     def on_done(result) -> None:
@@ -336,10 +368,10 @@ def _execute_batch(args: argparse.Namespace, kind: str, variants: list, by: list
         elapsed = time.perf_counter() - started
         eta = elapsed / len(done) * (len(variants) - len(done))
         last = result.rounds.iloc[-1]
+        reached = "" if args.timing_only else f"deployed acc {last['deployed_accuracy']:.3f} "
         say(
-            f"[{len(done)}/{len(variants)}] {result.variant.name} seed {result.variant.seed}: deployed acc "
-            f"{last['deployed_accuracy']:.3f} after {last['end_s']:.2f} s simulated  "
-            f"(elapsed {elapsed:.0f} s, eta {eta:.0f} s)"
+            f"[{len(done)}/{len(variants)}] {result.variant.name} seed {result.variant.seed}: {reached}"
+            f"{last['end_s']:.2f} s simulated  (elapsed {elapsed:.0f} s, eta {eta:.0f} s)"
         )
 
     results = run_batch(variants, jobs, on_done)
@@ -349,15 +381,16 @@ def _execute_batch(args: argparse.Namespace, kind: str, variants: list, by: list
     atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
     atomic_write_text(out / "rounds.csv", runs.to_csv(index=False))
     atomic_write_text(out / "table.csv", table.to_csv(index=False))
-    markdown = table_markdown(table, by, args.target)
+    markdown = table_markdown(table, by, args.target, accuracy_reported=not args.timing_only)
     atomic_write_text(out / "table.md", markdown)
     figure = "comparison.png" if kind == "compare" else "capacity.png"
     if kind == "compare":
-        save(plot_comparison(runs, summary, args.target), out / figure)
+        save(plot_comparison(runs, summary, args.target, timing_only=args.timing_only), out / figure)
     else:
-        save(plot_capacity_curves(summary, by, args.target), out / figure)
+        save(plot_capacity_curves(summary, by, args.target, timing_only=args.timing_only), out / figure)
     info = {
         "kind": kind,
+        "mode": "timing-only" if args.timing_only else "full",
         "scenarios": sorted({str(v.scenario) for v in variants}),
         "variants": list(dict.fromkeys(v.name for v in variants)),
         "by": by,
@@ -377,7 +410,7 @@ def _execute_batch(args: argparse.Namespace, kind: str, variants: list, by: list
 
 def _compare(args: argparse.Namespace) -> int:
     from fedhq_sim.batch import Variant
-    from fedhq_sim.compare import DEFAULT_POLICIES, policy_variants
+    from fedhq_sim.compare import DEFAULT_POLICIES, TIMING_ONLY_POLICIES, policy_variants
     from fedhq_sim.overrides import parse_assignment
 
     seeds = _check_batch_arguments(args)
@@ -388,7 +421,8 @@ def _compare(args: argparse.Namespace) -> int:
             raise InputError("command line", "--set", f"compare takes one value per key ({key}); sweep takes several")
         common[key] = values[0]
     scenarios = list(dict.fromkeys(args.scenarios))
-    policies = list(dict.fromkeys(args.policies or ([] if len(scenarios) > 1 else DEFAULT_POLICIES)))
+    defaults = TIMING_ONLY_POLICIES if args.timing_only else DEFAULT_POLICIES
+    policies = list(dict.fromkeys(args.policies or ([] if len(scenarios) > 1 else defaults)))
     variants = []
     for scenario in scenarios:
         if policies:

@@ -19,6 +19,9 @@ from fedhq_sim.scenario import import_user_policies
 from fedhq_sim.yamlio import load_yaml_mapping
 
 DEFAULT_POLICIES = ("all-fp32", "all-ptq", "all-qat", "random-hybrid", "deadline-greedy", "fedhq")
+TIMING_ONLY_POLICIES = ("all-fp32", "all-ptq", "all-qat", "random-hybrid", "deadline-greedy", "coarse-init")
+"""The defaults of a timing-only comparison: fedhq learns from real training, so its
+initialization (coarse-init) stands in for it."""
 
 
 def policy_overrides(scenario: Path, policy: str) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from fedhq_sim.policies import ClientInfo, ClientReport, Policy, RoundContext
 from fedhq_sim.quant.strategy import FP32, Strategy
 from fedhq_sim.records import PhaseRecord, RoundRecord
 from fedhq_sim.round_work import ClientResult, ExecutedWork, ProfiledWork, RoundWork
-from fedhq_sim.scenario import ClientSpec, LoadedScenario, Outage
+from fedhq_sim.scenario import ClientSpec, LoadedScenario, Outage, check_timing_only
 from fedhq_sim.server_work import Update
 from fedhq_sim.topology import Topology, build_topology
 from fedhq_sim.training import LocalConfig
@@ -85,9 +85,10 @@ def _streams(seed: int) -> dict[str, np.random.Generator]:
 def federated_data(scenario: LoadedScenario, rng: np.random.Generator | None = None) -> FederatedData:
     """The scenario's data split; a split that cannot satisfy the scenario is an input error."""
     d = scenario.spec.data
+    size = {} if d.samples_per_class is None else {"samples_per_class": d.samples_per_class}
     try:
         return federate(
-            DATASETS[d.dataset](),
+            DATASETS[d.dataset](**size),
             n_clients=len(scenario.clients),
             alpha=d.dirichlet_alpha,
             test_fraction=d.test_fraction,
@@ -119,14 +120,8 @@ class Simulation:
         spec = scenario.spec
         self.scenario = scenario
         self.timing_only = timing_only
-        if timing_only and scenario.policy_class.observes_training:
-            raise InputError(
-                scenario.path,
-                "policy.name",
-                f"policy '{spec.policy.name}' learns from real training (losses, divergence, quantization error), "
-                "which timing-only mode does not produce, so its timings would not be those of a full run; "
-                "use coarse-init (FedHQ's initialization, kept fixed) or run in full mode",
-            )
+        if timing_only:
+            check_timing_only(scenario)
         self.env = simpy.Environment()
         self.rng = _streams(spec.seed)
         self.data = federated_data(scenario, self.rng["partition"])

@@ -137,47 +137,61 @@ def plot_energy_per_round(rounds: pd.DataFrame, *, ax: Axes | None = None) -> Ax
     return ax
 
 
-def plot_comparison(runs: pd.DataFrame, summary: pd.DataFrame, target: float) -> Axes:
+def plot_comparison(runs: pd.DataFrame, summary: pd.DataFrame, target: float, *, timing_only: bool = False) -> Axes:
     """Three panels per variant (policy or scenario), over seeds: deployed accuracy against
     simulated time (median curve, band from the worst to the best seed), time to the target
-    accuracy, and the final deployed accuracy (one dot per seed, a bar at the median)."""
+    accuracy, and the final deployed accuracy (one dot per seed, a bar at the median).
+    Timing-only runs have no accuracy: their panels are each round's latency, the mean round
+    latency and the run's energy."""
     sns.set_theme(style="whitegrid", context="notebook")
-    _, (curve, reach, final) = plt.subplots(
+    _, (curve, left, right) = plt.subplots(
         1, 3, figsize=(15, 4.6), layout="constrained", gridspec_kw={"width_ratios": [2.2, 1, 1]}
     )
     variants = list(dict.fromkeys(summary["variant"]))
     colours = dict(zip(variants, sns.color_palette("colorblind", len(variants)), strict=True))
+    y = "latency_s" if timing_only else "deployed_accuracy"
     for variant in variants:
-        per_round = runs[runs["variant"] == variant].groupby("round")
-        time_s = per_round["end_s"].median()
-        accuracy = per_round["deployed_accuracy"]
-        width = 2.6 if variant == "fedhq" else 1.4  # the policy under study stands out
-        curve.plot(time_s, accuracy.median(), label=variant, color=colours[variant], linewidth=width)
-        curve.fill_between(time_s, accuracy.min(), accuracy.max(), color=colours[variant], alpha=0.15, linewidth=0)
-    curve.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.0%}")
-    curve.set(
-        xlabel="simulated time [s] (median over seeds)",
-        ylabel="deployed accuracy [fraction]",
-        title="Deployed accuracy against time",
-    )
-    curve.legend(fontsize="small", loc="lower right")
-    for ax, column, label, title in (
-        (reach, "time_to_target_s", "simulated time [s]", f"Time to {target:.0%} (unreached: absent)"),
-        (final, "final_deployed_accuracy", "deployed accuracy [fraction]", "Final deployed accuracy"),
-    ):
+        mine = runs[runs["variant"] == variant]
+        per_round = (mine[mine["round"] > 0] if timing_only else mine).groupby("round")
+        stats = per_round[y].agg(["median", "min", "max"])
+        along = stats.index if timing_only else per_round["end_s"].median()
+        width = 2.6 if variant in ("fedhq", "coarse-init") else 1.4  # the policy under study stands out
+        curve.plot(along, stats["median"], label=variant, color=colours[variant], linewidth=width)
+        curve.fill_between(along, stats["min"], stats["max"], color=colours[variant], alpha=0.15, linewidth=0)
+    if timing_only:
+        curve.set(xlabel="round", ylabel="round latency [s] (median over seeds)", title="Round latency (timing-only)")
+        panels = (
+            (left, "mean_round_latency_s", "mean round latency [s]", "Mean round latency"),
+            (right, "energy_j", "fleet energy [J]", "Energy of the run"),
+        )
+    else:
+        curve.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.0%}")
+        curve.set(
+            xlabel="simulated time [s] (median over seeds)",
+            ylabel="deployed accuracy [fraction]",
+            title="Deployed accuracy against time",
+        )
+        panels = (
+            (left, "time_to_target_s", "simulated time [s]", f"Time to {target:.0%} (unreached: absent)"),
+            (right, "final_deployed_accuracy", "deployed accuracy [fraction]", "Final deployed accuracy"),
+        )
+    curve.legend(fontsize="small", loc="best")
+    for ax, column, label, title in panels:
         shared = {"data": summary, "y": "variant", "x": column, "hue": "variant", "order": variants}
         shared |= {"palette": colours, "ax": ax, "legend": False}
         sns.barplot(**shared, estimator="median", errorbar=None, alpha=0.5)
         sns.stripplot(**shared, size=6)
         ax.set(xlabel=label, ylabel="", title=title)
-    final.set_xlim(max(0.0, summary["final_deployed_accuracy"].min() - 0.1), 1.0)
+    if not timing_only:
+        right.set_xlim(max(0.0, summary["final_deployed_accuracy"].min() - 0.1), 1.0)
     return curve
 
 
-def plot_capacity_curves(summary: pd.DataFrame, keys: list[str], target: float) -> Axes:
+def plot_capacity_curves(summary: pd.DataFrame, keys: list[str], target: float, *, timing_only: bool = False) -> Axes:
     """What a rollout is decided on: round latency, time to the target accuracy and energy
     against the first swept key (a line per value of the others; median over seeds, band
-    from the lowest to the highest seed)."""
+    from the lowest to the highest seed). Timing-only runs have no accuracy: the middle
+    panel is then the simulated time of the whole run."""
     sns.set_theme(style="whitegrid", context="notebook")
     _, axes = plt.subplots(1, 3, figsize=(15, 4.4), layout="constrained")
     x = keys[0]
@@ -187,9 +201,14 @@ def plot_capacity_curves(summary: pd.DataFrame, keys: list[str], target: float) 
         hue = " / ".join(k.rsplit(".", 1)[-1] for k in keys[1:])
         data[hue] = data[keys[1:]].astype(str).agg(" / ".join, axis=1)
     numeric = pd.api.types.is_numeric_dtype(data[x])
+    middle = (
+        ("simulated_s", "simulated time [s]", "Simulated time of the run (timing-only)")
+        if timing_only
+        else ("time_to_target_s", "simulated time [s]", f"Time to {target:.0%} deployed accuracy")
+    )
     for ax, column, label, title in (
         (axes[0], "mean_round_latency_s", "mean round latency [s]", "Round latency"),
-        (axes[1], "time_to_target_s", "simulated time [s]", f"Time to {target:.0%} deployed accuracy"),
+        (axes[1], *middle),
         (axes[2], "energy_j", "fleet energy [J]", "Energy of the run"),
     ):
         common = {"data": data, "x": x, "y": column, "hue": hue, "ax": ax, "estimator": "median"}

@@ -38,6 +38,11 @@ window.addEventListener("load", () => {
 });
 """
 
+TIMING_ONLY_BANNER = (
+    "Timing-only: every computation was priced from its traced work profile and not executed; "
+    "the timings are those of a full run, and no accuracy is reported."
+)
+
 RUN_FIGURES = (
     ("accuracy_vs_time.png", "Accuracy against simulated time"),
     ("round_latency.png", "Round latency breakdown"),
@@ -94,16 +99,20 @@ def write_run_report(out: Path) -> Path:
     info = _read_json(out / "run.json")
     rounds = _read_csv(out / "rounds.csv")
     last = rounds.iloc[-1]
+    timing_only = info.get("mode") == "timing-only"
+    unreported = "not reported (timing-only run: no training was executed)"
     summary = {
+        "mode": "timing-only: work priced from traced profiles, not executed" if timing_only else "full",
         "rounds": int(last["round"]),
         "simulated time [s]": f"{last['end_s']:.3f}",
-        "final deployed accuracy": f"{last['deployed_accuracy']:.3f}",
-        "final fp32 accuracy": f"{last['fp32_accuracy']:.3f}",
+        "final deployed accuracy": unreported if timing_only else f"{last['deployed_accuracy']:.3f}",
+        "final fp32 accuracy": unreported if timing_only else f"{last['fp32_accuracy']:.3f}",
         "mean round latency [s]": f"{rounds.loc[rounds['round'] > 0, 'latency_s'].mean():.3f}",
         "clients reported / selected": f"{int(rounds['reported'].sum())} / {int(rounds['selected'].sum())}",
         "energy [J]": f"{rounds['energy_j'].sum():.1f}",
     }
     body = [
+        *([f"<p><strong>{html.escape(TIMING_ONLY_BANNER)}</strong></p>"] if timing_only else []),
         "<h2>Summary</h2>",
         _meta(summary),
         "<h2>Figures</h2>",
@@ -129,7 +138,10 @@ def write_batch_report(out: Path) -> Path:
     table = _read_csv(out / "table.csv")
     figures = [("comparison.png", "Policies compared")] if kind == "compare" else [("capacity.png", "Capacity curves")]
     scenarios = sorted(out.glob("scenario-*.yaml"))
+    timing_only = info.get("mode") == "timing-only"
+    mode = [f"<p><strong>{html.escape(TIMING_ONLY_BANNER)}</strong></p>"] if timing_only else []
     body = [
+        *mode,
         "<h2>Summary (median and range over seeds)</h2>",
         table.round(4).to_html(index=False, border=0),
         "<h2>Figures</h2>",

@@ -88,9 +88,10 @@ def prepare_output_dir(out: Path, *, overwrite: bool) -> Path:
 class ResultsWriter:
     """Writes one run's results folder."""
 
-    def __init__(self, out: Path, scenario: LoadedScenario) -> None:
+    def __init__(self, out: Path, scenario: LoadedScenario, *, timing_only: bool = False) -> None:
         self.out = out
         self.scenario = scenario
+        self.timing_only = timing_only
 
     def write_inputs(self) -> None:
         atomic_write_text(self.out / "scenario.yaml", self.scenario.text())
@@ -110,9 +111,11 @@ class ResultsWriter:
         atomic_write_text(self.out / name, frame.to_csv(index=False))
 
     def write_figures(self, rounds: pd.DataFrame, phases: pd.DataFrame, links: pd.DataFrame) -> None:
-        """The run's figures; the timeline shows the slowest round, where stragglers are."""
+        """The run's figures; the timeline shows the slowest round, where stragglers are.
+        A timing-only run has no accuracy, so no accuracy figure."""
         trained = rounds[rounds["round"] > 0]
-        plots.save(plots.plot_accuracy_vs_time(rounds), self.out / "accuracy_vs_time.png")
+        if not self.timing_only:
+            plots.save(plots.plot_accuracy_vs_time(rounds), self.out / "accuracy_vs_time.png")
         plots.save(plots.plot_latency_breakdown(latency_breakdown(rounds, phases)), self.out / "round_latency.png")
         plots.save(plots.plot_link_utilisation(links), self.out / "link_utilisation.png")
         plots.save(plots.plot_energy_per_round(rounds), self.out / "energy_per_round.png")
@@ -163,6 +166,8 @@ class ResultsWriter:
             "versions": package_versions(),
             "platform": platform.platform(),
             "quantization_engine": quant_engine(),
+            "mode": "timing-only" if self.timing_only else "full",
+            **({"accuracy": "not reported: timing-only mode executes no training"} if self.timing_only else {}),
             **extra,
         }
         atomic_write_text(self.out / "run.json", json.dumps(info, indent=2) + "\n")

@@ -63,6 +63,9 @@ class ServerSpec(StrictModel):
     link: ProfileName
 
 
+GENERATED_DATASETS = ("plant_sensors",)
+
+
 class DataSpec(StrictModel):
     """Which offline dataset, how it is split, and how skewed the clients' shares are."""
 
@@ -71,6 +74,15 @@ class DataSpec(StrictModel):
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     server_calibration_samples: int = Field(default=64, ge=1)
     min_client_samples: int = Field(default=8, ge=1)
+    samples_per_class: int | None = Field(default=None, ge=10, le=200_000)
+    """How many readings of each condition ``plant_sensors`` generates (default 600): a fleet
+    of thousands needs more than the default 3,600. The digits are a fixed set of 1,797."""
+
+    @model_validator(mode="after")
+    def _generated_only(self) -> DataSpec:
+        if self.samples_per_class is not None and self.dataset not in GENERATED_DATASETS:
+            raise ValueError(f"samples_per_class sizes a generated dataset ({', '.join(GENERATED_DATASETS)})")
+        return self
 
 
 class TrainingSpec(StrictModel):
@@ -295,6 +307,19 @@ def _resolve_policy(spec: ScenarioSpec, path: Path) -> tuple[type[Policy], Polic
         raise InputError(path, "policy.name", f"unknown policy '{spec.policy.name}' (available: {names})")
     options = validate(policy_class.Options, spec.policy.model_extra or {}, path, prefix=("policy",))
     return policy_class, options
+
+
+def check_timing_only(scenario: LoadedScenario) -> None:
+    """Refuse a policy whose assignments depend on what real training produces: timing-only
+    mode produces none of it, so its timings would not be those of a full run."""
+    if scenario.policy_class.observes_training:
+        raise InputError(
+            scenario.path,
+            "policy.name",
+            f"policy '{scenario.spec.policy.name}' learns from real training (losses, divergence, quantization "
+            "error), which timing-only mode does not produce; use coarse-init (FedHQ's initialization, kept "
+            "fixed) or run in full mode",
+        )
 
 
 IMAGE_DATASETS = frozenset({"digits"})

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedhq_sim.data import PartitionError, dirichlet_partition
+from fedhq_sim.data import PartitionError, dirichlet_partition, load_plant_sensors
 
 LABELS = np.repeat(np.arange(10), 50)
 
@@ -59,3 +59,8 @@ def test_each_fault_moves_the_readings_away_from_normal():
     normal = data.x[data.y == 0].mean(dim=0)
     for label in range(1, 6):
         assert (data.x[data.y == label].mean(dim=0) - normal).abs().max() > 0.5, label
+
+
+def test_plant_sensors_come_in_the_size_a_large_fleet_needs():
+    large = load_plant_sensors(samples_per_class=5000)
+    assert len(large) == 30_000 and torch.bincount(large.y).tolist() == [5000] * 6

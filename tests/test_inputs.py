@@ -38,6 +38,12 @@ CASES = [
     ("unknown link", lambda d: d["sites"][0].update(backhaul="carrier_pigeon"), "sites[0].backhaul", "unknown link"),
     ("unknown policy", lambda d: d["policy"].update(name="fedmagic"), "policy.name", "unknown policy"),
     ("policy option", lambda d: d["policy"].update(qat_fraction=1.5), "policy.qat_fraction", "less than or equal"),
+    (
+        "sizing a fixed dataset",
+        lambda d: d["data"].update(samples_per_class=5000),
+        "data",
+        "samples_per_class sizes a generated dataset (plant_sensors)",
+    ),
     ("policy bits", lambda d: d["policy"].update(bits=2), "policy.bits", "4 or 8"),
     ("too many per round", lambda d: d["training"].update(clients_per_round=9), "training.clients_per_round", "fleet"),
     ("escaping name", lambda d: d.update(name="../../etc"), "name", "no path separators"),
