@@ -38,8 +38,18 @@ def op_seconds(op: OpCost, device: DeviceProfile) -> float:
 
 
 def charge_seconds(work: WorkProfile, device: DeviceProfile) -> float:
-    """Simulated seconds ``device`` needs for ``work`` (summed in a fixed order)."""
-    return sum(count * op_seconds(op, device) for op, count in sorted(work.counts.items()))
+    """Simulated seconds ``device`` needs for ``work``.
+
+    Summed in a fixed (sorted) order, so equal profiles built in different orders charge
+    bit-identical seconds; a profile charged on the same device again is a lookup, which
+    keeps a fleet of thousands of clients sharing a few profiles cheap.
+    """
+    known = work.prices.get(id(device))
+    if known is not None and known[0] is device:
+        return known[1]
+    seconds = sum(count * op_seconds(op, device) for op, count in sorted(work.counts.items()))
+    work.prices[id(device)] = (device, seconds)
+    return seconds
 
 
 def compute_joules(seconds: float, device: DeviceProfile) -> float:

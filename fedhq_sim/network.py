@@ -25,6 +25,7 @@ import math
 from collections import Counter
 from collections.abc import Generator, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import simpy
@@ -51,9 +52,9 @@ class TransferStalledError(Exception):
     """A transfer gave up: a link on its route was down for longer than the stall timeout."""
 
 
-@dataclass(frozen=True)
-class LinkSample:
-    """A link's load from ``time_s`` until its next sample: throughput and flows crossing it."""
+class LinkSample(NamedTuple):
+    """A link's load from ``time_s`` until its next sample: throughput and flows crossing it
+    (a named tuple, small: a large run keeps a million samples)."""
 
     time_s: float
     link: LinkId
@@ -93,7 +94,7 @@ def weighted_max_min(
                 remaining[link] -= increment * classes[i][2]
         saturated = {link for link in users if remaining[link] <= 1e-9 * capacity_bps[link]}
         unfrozen = [
-            i for i in unfrozen if rates[i] < classes[i][1] * (1 - 1e-12) and not saturated.intersection(classes[i][0])
+            i for i in unfrozen if rates[i] < classes[i][1] * (1 - 1e-12) and saturated.isdisjoint(classes[i][0])
         ]
     return rates
 
@@ -164,6 +165,7 @@ class FlowNetwork:
         self._active = 0
         self._last_update = env.now
         self._epoch = 0
+        self._routes: dict[tuple[LinkId, ...], tuple[float, tuple[float, ...], float]] = {}
 
     @property
     def active_flows(self) -> int:
@@ -178,6 +180,14 @@ class FlowNetwork:
         delivered = math.prod(1.0 - self.links[link].loss for link in route)
         return mathis_rate_bps(rtt, 1.0 - delivered)
 
+    def _route(self, route: tuple[LinkId, ...]) -> tuple[float, tuple[float, ...], float]:
+        """A route's latency, its hops' jitter and its TCP ceiling (computed once per route)."""
+        known = self._routes.get(route)
+        if known is None:
+            jitters = tuple(self.links[link].jitter_s for link in route)
+            known = self._routes[route] = (self.one_way_latency_s(route), jitters, self._tcp_ceiling(route))
+        return known
+
     def transfer(self, route: Sequence[LinkId], nbytes: int) -> Generator[simpy.Event, object, None]:
         """Process body: move ``nbytes`` over ``route`` (use with ``yield from``).
 
@@ -186,14 +196,17 @@ class FlowNetwork:
         """
         if not route:
             raise ValueError("a transfer needs a route of at least one link")
-        jitter = sum(self.links[link].jitter_s * abs(self.rng.standard_normal()) for link in route)
-        yield self.env.timeout(self.one_way_latency_s(route) + jitter)
+        route = tuple(route)
+        latency_s, jitters, ceiling_bps = self._route(route)
+        draws = self.rng.standard_normal(len(route)).tolist()  # one call: the stream of a draw per hop
+        jitter = sum(j * abs(draw) for j, draw in zip(jitters, draws, strict=True))
+        yield self.env.timeout(latency_s + jitter)
         if nbytes <= 0:
             return
-        flow = _Flow(tuple(route), nbytes * 8.0, self._tcp_ceiling(route), self.env.event())
+        flow = _Flow(route, nbytes * 8.0, ceiling_bps, self.env.event())
         self._advance()
         self._join(flow)
-        if self._down.intersection(flow.route):
+        if self._down and not self._down.isdisjoint(flow.route):
             self._watch_stall(flow)
         self._reallocate()
         try:
@@ -223,7 +236,7 @@ class FlowNetwork:
                 self._place(flow, self._unplace(flow))  # a private link's capacity is in the key
             if down:
                 self._watch_stall(flow)
-            elif not self._down.intersection(flow.route):
+            elif self._down.isdisjoint(flow.route):
                 flow.stall = None
         self._reallocate()
 
@@ -354,7 +367,7 @@ class FlowNetwork:
         for link in self.monitored:
             flows = self._link_flows[link]
             rate = load[link] if len(flows) != 1 else next(iter(flows)).group.rate_bps
-            rate = 0.0 if link in self._down else rate
+            rate = 0.0 if link in self._down else float(rate)  # a Counter starts at int 0
             if self._last_sample.get(link) != (rate, len(flows)):
                 self._last_sample[link] = (rate, len(flows))
-                self.samples.append(LinkSample(self.env.now, link, rate, len(flows)))
+                self.samples.append(LinkSample(float(self.env.now), link, rate, len(flows)))

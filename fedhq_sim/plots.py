@@ -69,11 +69,19 @@ PHASE_COLOURS = dict(zip(("download", "compute", "upload"), sns.color_palette("c
 STRATEGY_HATCH = {"fp32": "", "ptq": "//", "qat": "xx"}
 
 
+TIMELINE_ROWS = 40
+"""A timeline of more clients than this shows the ones that finished last: the stragglers."""
+
+
 def plot_client_timeline(phases: pd.DataFrame, round_index: int, *, ax: Axes | None = None) -> Axes:
     """One row per client of a round: its download, compute and upload as bars over simulated
     time, coloured by phase and hatched by strategy (none fp32, // PTQ, xx QAT); dropped or
-    failed phases are outlined in red."""
-    mine = phases[phases["round"] == round_index].sort_values(["client_id", "start_s"])
+    failed phases are outlined in red. Of a large round, the ``TIMELINE_ROWS`` clients that
+    finished last."""
+    mine = phases[phases["round"] == round_index]
+    finished = mine.groupby("client")["end_s"].max()
+    shown = finished.nlargest(TIMELINE_ROWS).index if len(finished) > TIMELINE_ROWS else finished.index
+    mine = mine[mine["client"].isin(shown)].sort_values(["client_id", "start_s"])
     clients = list(dict.fromkeys(mine["client"]))
     if ax is None:
         sns.set_theme(style="whitegrid", context="notebook")
@@ -100,22 +108,42 @@ def plot_client_timeline(phases: pd.DataFrame, round_index: int, *, ax: Axes | N
         for k, h in STRATEGY_HATCH.items()
     ]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
-    ax.set(xlabel="simulated time [s]", ylabel="client", title=f"Round {round_index}: who did what, when")
+    title = f"Round {round_index}: who did what, when"
+    if len(finished) > TIMELINE_ROWS:
+        title += f" (the {TIMELINE_ROWS} of {len(finished)} clients that finished last)"
+    ax.set(xlabel="simulated time [s]", ylabel="client", title=title)
     return ax
 
 
+HEATMAP_CLIENTS = 80
+"""Above this many clients, the assignment is drawn as counts per round, not a row per client."""
+
+
 def plot_strategy_assignment(phases: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
-    """Which strategy each client ran in each round (blank: not selected)."""
+    """Which strategy each client ran in each round (blank: not selected); for a fleet of
+    more than ``HEATMAP_CLIENTS``, how many clients ran each strategy in each round."""
     compute = phases[(phases["phase"] == "compute") & (phases["client_id"] >= 0)]
     kinds = compute.assign(kind=compute["strategy"].str.extract(r"^([a-z]+)", expand=False))
     codes = {"fp32": 0, "ptq": 1, "qat": 2}
+    palette = sns.color_palette("colorblind", 3)
+    if compute["client_id"].nunique() > HEATMAP_CLIENTS:
+        ax = _axes(ax)
+        counts = (
+            kinds.groupby(["round", "kind"]).size().unstack(fill_value=0).reindex(columns=list(codes), fill_value=0)
+        )
+        bottom = pd.Series(0, index=counts.index)
+        for kind, colour in zip(codes, palette, strict=True):
+            ax.bar(counts.index.astype(str), counts[kind], bottom=bottom, label=kind, color=colour)
+            bottom += counts[kind]
+        ax.set(xlabel="round", ylabel="clients", title="Strategy assignment over rounds (clients per strategy)")
+        ax.legend(title="strategy", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        return ax
     grid = kinds.pivot_table(index="client", columns="round", values="kind", aggfunc="first")
     order = compute.drop_duplicates("client").sort_values("client_id")["client"]
     grid = grid.reindex(order).apply(lambda column: column.map(codes))
     if ax is None:
         sns.set_theme(style="whitegrid", context="notebook")
         _, ax = plt.subplots(figsize=(10, 1.5 + 0.25 * max(len(grid), 1)), layout="constrained")
-    palette = sns.color_palette("colorblind", 3)
     sns.heatmap(grid, cmap=palette, vmin=-0.5, vmax=2.5, cbar=True, ax=ax, linewidths=0.3, linecolor="white")
     colorbar = ax.collections[0].colorbar
     colorbar.set_ticks([0, 1, 2], labels=list(codes))

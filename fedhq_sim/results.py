@@ -1,9 +1,13 @@
-"""The results folder: written atomically, so a crash or kill never leaves a half file.
+"""The results folder, written so that a crash or a kill loses as little as possible.
 
-Every file is written to a temporary name in the same folder and renamed into place.
-Metrics and events are rewritten after every round, so a run stopped at any moment keeps
-every completed round readable. Host-dependent facts (timings, versions, date) go only in
-``run.json``; ``rounds.csv`` and ``events.csv`` depend on the scenario and seed alone.
+Every file is written to a temporary name in the same folder and renamed into place, except
+the two that grow with the run: after every round the rounds table is rewritten that way,
+and the round's events and link samples are appended to ``events.csv`` and
+``link_utilisation.csv`` as one flushed block (rewriting them would make a long run
+quadratic). A run stopped between rounds keeps every completed round readable; one killed
+in the middle of an append may leave that last block incomplete. Host-dependent facts
+(timings, versions, date) go only in ``run.json``; ``rounds.csv`` and ``events.csv``
+depend on the scenario and seed alone.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import os
 import platform
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, fields
 from importlib import metadata
 from pathlib import Path
@@ -24,11 +28,12 @@ import pandas as pd
 from fedhq_sim import plots
 from fedhq_sim.errors import InputError
 from fedhq_sim.feasibility import Feasibility
+from fedhq_sim.network import DirectedLink, LinkSample
 from fedhq_sim.quant.eager import quant_engine
-from fedhq_sim.records import PhaseRecord, RoundRecord
+from fedhq_sim.records import PhaseRecord, RoundRecord, column_names
 from fedhq_sim.scenario import LoadedScenario
-from fedhq_sim.tables import latency_breakdown, phases_frame, rounds_frame
-from fedhq_sim.trace import chrome_trace
+from fedhq_sim.tables import LINK_COLUMNS, csv_text, latency_breakdown, link_rows, rounds_frame
+from fedhq_sim.trace import trace_json_chunks
 
 PACKAGES = (
     "fedhq-sim",
@@ -44,18 +49,25 @@ PACKAGES = (
 )
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` in one rename; readers see the old or the new file."""
+def atomic_write_chunks(path: Path, chunks: Iterable[bytes]) -> None:
+    """Replace ``path`` with the concatenated ``chunks`` in one rename; readers see the old or
+    the new file, never a part (a large file is written without being held in memory)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            for chunk in chunks:
+                handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` in one rename; readers see the old or the new file."""
+    atomic_write_chunks(path, [data])
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -92,6 +104,7 @@ class ResultsWriter:
         self.out = out
         self.scenario = scenario
         self.timing_only = timing_only
+        self._appended: dict[str, int] = {}  # rows of each appended file written so far
 
     def write_inputs(self) -> None:
         atomic_write_text(self.out / "scenario.yaml", self.scenario.text())
@@ -102,10 +115,34 @@ class ResultsWriter:
         frame = pd.DataFrame([asdict(row) for row in rows], columns=[f.name for f in fields(Feasibility)])
         atomic_write_text(self.out / "feasibility.csv", frame.to_csv(index=False))
 
-    def write_progress(self, rounds: Sequence[RoundRecord], phases: Sequence[PhaseRecord], links: pd.DataFrame) -> None:
+    def write_progress(
+        self,
+        rounds: Sequence[RoundRecord],
+        phases: Sequence[PhaseRecord],
+        samples: Sequence[LinkSample],
+        links: Mapping[object, DirectedLink],
+    ) -> None:
+        """After a round: rewrite the (short) rounds table, append the new events and link samples."""
         atomic_write_text(self.out / "rounds.csv", rounds_frame(rounds).to_csv(index=False))
-        atomic_write_text(self.out / "events.csv", phases_frame(phases).to_csv(index=False))
-        atomic_write_text(self.out / "link_utilisation.csv", links.to_csv(index=False))
+        self._append("events.csv", column_names(PhaseRecord), phases, lambda new: new)
+        self._append("link_utilisation.csv", LINK_COLUMNS, samples, lambda new: link_rows(new, links))
+
+    def _append(
+        self, name: str, header: list[str], records: Sequence[Any], rows_of: Callable[[Sequence[Any]], Sequence]
+    ) -> None:
+        """Write the rows of ``records`` not written yet: the first time a whole file (atomically),
+        then an appended block per round, flushed to disk. Rewriting the whole file every round
+        would make a long run quadratic; the text is what ``to_csv`` of the frame would write."""
+        done = self._appended.get(name)
+        path = self.out / name
+        if done is None:
+            atomic_write_text(path, csv_text(rows_of(records), header))
+        elif len(records) > done:
+            with path.open("a", encoding="utf-8", newline="") as handle:
+                handle.write(csv_text(rows_of(records[done:])))
+                handle.flush()
+                os.fsync(handle.fileno())
+        self._appended[name] = len(records)
 
     def write_frame(self, name: str, frame: pd.DataFrame) -> None:
         atomic_write_text(self.out / name, frame.to_csv(index=False))
@@ -126,7 +163,8 @@ class ResultsWriter:
 
     def write_trace(self, rounds: pd.DataFrame, phases: pd.DataFrame, links: pd.DataFrame) -> None:
         """``trace.json``: the events in Chrome trace-event format (open it in Perfetto)."""
-        atomic_write_text(self.out / "trace.json", json.dumps(chrome_trace(rounds, phases, links)) + "\n")
+        chunks = (text.encode("utf-8") for text in trace_json_chunks(rounds, phases, links))
+        atomic_write_chunks(self.out / "trace.json", chunks)
 
     def write_policy_log(self, log: Sequence[dict[str, object]]) -> None:
         """An adaptive policy's changes of assignment, with why (nothing for fixed policies)."""

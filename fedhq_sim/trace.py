@@ -6,10 +6,17 @@ transfers on it, and a counter per shared link: its throughput and active flows)
 ``server`` (each round, and the server's own work at its end). Times are simulated
 microseconds. Shared links carry overlapping transfers, which one track cannot nest, so
 they are counters rather than slices.
+
+A fleet of thousands has a million events, so they are generated one by one and written as
+JSON text in chunks (:func:`trace_json_chunks`), never held as one list or one string.
 """
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Iterator
+from itertools import islice
 from typing import Any
 
 import pandas as pd
@@ -26,48 +33,47 @@ def _meta(pid: int, tid: int | None, name: str, sort: int | None = None) -> list
     return events
 
 
-def chrome_trace(rounds: pd.DataFrame, phases: pd.DataFrame, links: pd.DataFrame) -> dict[str, Any]:
-    """The trace as a JSON-ready mapping (``{"traceEvents": [...], "displayTimeUnit": "ms"}``)."""
-    events = _meta(DEVICES, None, "devices") + _meta(LINKS, None, "links") + _meta(SERVER, None, "server")
+def _number(value: float) -> str:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"a trace event holds {number}, which JSON cannot")
+    return repr(number)
+
+
+def _slice(p: Any, pid: int, tid: int) -> str:
+    """A phase as a JSON slice event, encoded directly (the bulk of a large trace)."""
+    return (
+        f'{{"ph":"X","name":"{p.phase} {p.strategy}","cat":"{p.phase}","ts":{_number(p.start_s * US)},'
+        f'"dur":{_number((p.end_s - p.start_s) * US)},"args":{{"round":{int(p.round)},"bytes":{int(p.nbytes)},'
+        f'"status":"{p.status}","energy_j":{_number(p.energy_j)},"reason":{json.dumps(p.reason)}}},'
+        f'"pid":{pid},"tid":{tid}}}'
+    )
+
+
+def trace_events(rounds: pd.DataFrame, phases: pd.DataFrame, links: pd.DataFrame) -> Iterator[dict[str, Any] | str]:
+    """The trace's events, one by one: as mappings, or (phases and link counters, which are
+    most of them) already as JSON text."""
+    yield from _meta(DEVICES, None, "devices") + _meta(LINKS, None, "links") + _meta(SERVER, None, "server")
     clients = phases.drop_duplicates("client_id").sort_values("client_id")
     device_tid = {cid: i + 1 for i, cid in enumerate(clients["client_id"])}
     for row in clients.itertuples():
-        events += _meta(DEVICES, device_tid[row.client_id], f"{row.client} ({row.device})", device_tid[row.client_id])
-        events += _meta(
+        yield from _meta(DEVICES, device_tid[row.client_id], f"{row.client} ({row.device})", device_tid[row.client_id])
+        yield from _meta(
             LINKS, device_tid[row.client_id], f"access:{row.client} ({row.link})", device_tid[row.client_id]
         )
     for p in phases.itertuples():
-        slice_ = {
-            "ph": "X",
-            "name": f"{p.phase} {p.strategy}",
-            "cat": p.phase,
-            "ts": p.start_s * US,
-            "dur": (p.end_s - p.start_s) * US,
-            "args": {
-                "round": p.round,
-                "bytes": p.nbytes,
-                "status": p.status,
-                "energy_j": p.energy_j,
-                "reason": p.reason,
-            },
-        }
-        events.append(slice_ | {"pid": DEVICES, "tid": device_tid[p.client_id]})
+        yield _slice(p, DEVICES, device_tid[p.client_id])
         if p.phase in ("download", "upload"):
-            events.append(slice_ | {"pid": LINKS, "tid": device_tid[p.client_id]})
+            yield _slice(p, LINKS, device_tid[p.client_id])
+    names = {name: json.dumps(name) for name in links["link"].unique()}
     for link in links.itertuples():
-        events.append(
-            {
-                "ph": "C",
-                "name": link.link,
-                "pid": LINKS,
-                "tid": 0,
-                "ts": link.time_s * US,
-                "args": {"rate_Mbit_s": link.rate_bps / 1e6, "flows": link.flows},
-            }
+        yield (
+            f'{{"ph":"C","name":{names[link.link]},"pid":{LINKS},"tid":0,"ts":{_number(link.time_s * US)},'
+            f'"args":{{"rate_Mbit_s":{_number(link.rate_bps / 1e6)},"flows":{int(link.flows)}}}}}'
         )
-    events += _meta(SERVER, 1, "rounds", 1) + _meta(SERVER, 2, "server work", 2)
+    yield from _meta(SERVER, 1, "rounds", 1) + _meta(SERVER, 2, "server work", 2)
     for r in rounds[rounds["round"] > 0].itertuples():
-        events.append(
+        yield (
             {
                 "ph": "X",
                 "name": f"round {r.round}",
@@ -76,11 +82,16 @@ def chrome_trace(rounds: pd.DataFrame, phases: pd.DataFrame, links: pd.DataFrame
                 "tid": 1,
                 "ts": r.start_s * US,
                 "dur": r.latency_s * US,
-                "args": {"reported": r.reported, "selected": r.selected, "deployed_accuracy": r.deployed_accuracy},
+                "args": {
+                    "reported": r.reported,
+                    "selected": r.selected,
+                    # NaN (timing-only) is no JSON: null
+                    "deployed_accuracy": None if r.deployed_accuracy != r.deployed_accuracy else r.deployed_accuracy,
+                },
             }
         )
         if r.server_s > 0:
-            events.append(
+            yield (
                 {
                     "ph": "X",
                     "name": "aggregate + evaluate",
@@ -92,4 +103,19 @@ def chrome_trace(rounds: pd.DataFrame, phases: pd.DataFrame, links: pd.DataFrame
                     "args": {"round": r.round},
                 }
             )
-    return {"traceEvents": events, "displayTimeUnit": "ms"}
+
+
+def trace_json_chunks(
+    rounds: pd.DataFrame, phases: pd.DataFrame, links: pd.DataFrame, per_chunk: int = 10_000
+) -> Iterator[str]:
+    """``{"traceEvents": [...], "displayTimeUnit": "ms"}`` as compact JSON, in pieces."""
+    events = trace_events(rounds, phases, links)
+    yield '{"traceEvents":['
+    first = True
+    while batch := list(islice(events, per_chunk)):
+        text = ",".join(
+            e if isinstance(e, str) else json.dumps(e, separators=(",", ":"), allow_nan=False) for e in batch
+        )
+        yield text if first else "," + text
+        first = False
+    yield '],"displayTimeUnit":"ms"}\n'

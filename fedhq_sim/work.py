@@ -112,6 +112,8 @@ class WorkProfile:
 
     counts: Counter[OpCost] = field(default_factory=Counter)
     peak_bytes: int = 0
+    prices: dict[int, tuple[Any, float]] = field(default_factory=dict, compare=False, repr=False)
+    """Seconds already charged for this work, by device (see :func:`fedhq_sim.charge.charge_seconds`)."""
 
     def __add__(self, other: WorkProfile) -> WorkProfile:
         return WorkProfile(self.counts + other.counts, max(self.peak_bytes, other.peak_bytes))

@@ -255,3 +255,33 @@ def test_deploying_at_four_bits_costs_accuracy_that_eight_bits_does_not(digits_f
     fp32, eight, _ = evaluate_global(model.state_dict(), "small_cnn", 10, fed.server_calibration, fed.test, 8)
     _, four, _ = evaluate_global(model.state_dict(), "small_cnn", 10, fed.server_calibration, fed.test, 4)
     assert fp32 - eight < 0.01 < fp32 - four
+
+
+def test_events_written_a_round_at_a_time_are_what_the_frame_would_write():
+    """The results writer appends rows with the csv module: the text must be pandas' own."""
+    from fedhq_sim.records import PhaseRecord, column_names
+    from fedhq_sim.tables import csv_text
+
+    rows = [
+        PhaseRecord(
+            1, 0, "hall/rpi4-0", "hall", "rpi4", "wifi6", "download", "ptq8", 8, 12900, 0.0, 1e-05, "completed", 0.5
+        ),
+        PhaseRecord(
+            1,
+            1,
+            "yard/a-1",
+            "yard",
+            "a",
+            "lte",
+            "upload",
+            "qat4",
+            4,
+            0,
+            0.1,
+            2.5e16,
+            "failed",
+            3.0,
+            'link ("a", "b"), down',
+        ),
+    ]
+    assert csv_text(rows, column_names(PhaseRecord)) == phases_frame(rows).to_csv(index=False)
