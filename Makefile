@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,ray]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -38,3 +38,9 @@ test: lint browser
 
 clean:
 	rm -rf $(VENV) results .pytest_cache .ruff_cache
+
+# fedhq-sim's full mode against Flower's simulation engine on one FedAvg workload, in
+# bench/.venv-flower (Flower is no dependency of fedhq-sim): make bench-flower ARGS='--repeats 5'
+.PHONY: bench-flower
+bench-flower:
+	bash bench/flower_env.sh $(ARGS)

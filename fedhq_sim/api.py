@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,10 @@ import pandas as pd
 from matplotlib.axes import Axes
 
 from fedhq_sim import plots
-from fedhq_sim.batch import Variant, median_table, run_batch, run_summary
+from fedhq_sim.batch import Engine, Variant, median_table, run_batch, run_summary
 from fedhq_sim.compare import policy_variants
 from fedhq_sim.engine import Simulation
-from fedhq_sim.executors import ProcessExecutor
+from fedhq_sim.executors import open_executor
 from fedhq_sim.results import ResultsWriter, prepare_output_dir
 from fedhq_sim.scenario import LoadedScenario, load_scenario
 from fedhq_sim.sweep import grid_variants
@@ -115,14 +115,24 @@ class Result:
         return folder
 
 
-def simulate(scenario: Scenario | str | Path, *, workers: int = 1, timing_only: bool = False) -> Result:
+def simulate(
+    scenario: Scenario | str | Path,
+    *,
+    workers: int = 1,
+    timing_only: bool = False,
+    engine: Engine = "process",
+    address: str | None = None,
+) -> Result:
     """Run a scenario and return its results; ``workers > 1`` runs each round's client work
-    on that many processes (same results, less wall time); ``timing_only`` prices the work
-    from its traced profiles instead of running it (the same timings, no accuracy)."""
+    on that many processes, ``engine="ray"`` as Ray tasks (on a local instance of ``workers``
+    CPUs, or the cluster at ``address``): same results, less wall time. ``timing_only``
+    prices the work from its traced profiles instead of running it (the same timings, no
+    accuracy)."""
     if not isinstance(scenario, Scenario):
         scenario = Scenario(Path(scenario))
     started = time.perf_counter()
-    with ProcessExecutor(workers) if workers > 1 and not timing_only else nullcontext() as executor:
+    with ExitStack() as stack:
+        executor = None if timing_only else open_executor(stack, engine, workers, address)
         simulation = Simulation(scenario.load(), executor, timing_only=timing_only)
         run = simulation.run()
     return Result(
@@ -137,10 +147,11 @@ def simulate(scenario: Scenario | str | Path, *, workers: int = 1, timing_only: 
 
 
 def _summaries(
-    variants: list[Variant], target: float, jobs: int, timing_only: bool
+    variants: list[Variant], target: float, jobs: int, timing_only: bool, engine: Engine, address: str | None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     variants = [dataclasses.replace(v, timing_only=timing_only) for v in variants]
-    summary = pd.DataFrame([run_summary(r, target) for r in run_batch(variants, jobs)])
+    results = run_batch(variants, jobs, engine=engine, address=address)
+    summary = pd.DataFrame([run_summary(r, target) for r in results])
     return summary, median_table(summary, list(variants[0].label))
 
 
@@ -152,11 +163,14 @@ def compare(
     target: float = 0.8,
     jobs: int = 1,
     timing_only: bool = False,
+    engine: Engine = "process",
+    address: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every policy over every seed: ``(summary per run, median table per policy)``."""
+    """Every policy over every seed: ``(summary per run, median table per policy)``; the runs
+    go ``jobs`` at a time to a process pool, or to Ray (``engine``, ``address``)."""
     scenario = scenario if isinstance(scenario, Scenario) else Scenario(Path(scenario))
     variants = policy_variants(scenario.path, policies, seeds, scenario.overrides)
-    return _summaries(variants, target, jobs, timing_only)
+    return _summaries(variants, target, jobs, timing_only, engine, address)
 
 
 def sweep(
@@ -167,11 +181,14 @@ def sweep(
     target: float = 0.8,
     jobs: int = 1,
     timing_only: bool = False,
+    engine: Engine = "process",
+    address: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every combination of ``grid``'s values over every seed: ``(summary, median table)``."""
+    """Every combination of ``grid``'s values over every seed: ``(summary, median table)``;
+    the runs go where :func:`compare`'s do."""
     scenario = scenario if isinstance(scenario, Scenario) else Scenario(Path(scenario))
     variants = [
         Variant(v.scenario, v.label, v.seed, {**scenario.overrides, **v.overrides})
         for v in grid_variants(scenario.path, list(grid.items()), seeds)
     ]
-    return _summaries(variants, target, jobs, timing_only)
+    return _summaries(variants, target, jobs, timing_only, engine, address)

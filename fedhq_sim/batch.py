@@ -16,9 +16,12 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from fedhq_sim.scenario import LoadedScenario
 
 
 @dataclass(frozen=True)
@@ -54,25 +57,39 @@ class VariantResult:
     decision_log: list[dict[str, object]]
 
 
-def run_variant(variant: Variant) -> VariantResult:
-    """Simulate one variant (a process-pool task)."""
+def run_variant(variant: Variant, loaded: LoadedScenario | None = None) -> VariantResult:
+    """Simulate one variant (a task): from its scenario file, or from the scenario already
+    loaded, with every profile resolved (what a Ray task on another machine carries)."""
+    import torch
+
     from fedhq_sim.engine import Simulation  # the workers import torch once, here
     from fedhq_sim.scenario import load_scenario
     from fedhq_sim.tables import rounds_frame
 
-    loaded = load_scenario(variant.scenario, {**variant.overrides, "seed": variant.seed})
+    torch.set_num_threads(1)  # a worker may be shared (Ray): one thread, as everywhere
+    if loaded is None:
+        loaded = load_scenario(variant.scenario, {**variant.overrides, "seed": variant.seed})
     simulation = Simulation(loaded, timing_only=variant.timing_only)
     result = simulation.run()
     log = simulation.policy.decision_log()
     return VariantResult(variant, rounds_frame(result.rounds), simulation.policy_share_max(), loaded.resolved(), log)
 
 
+Engine = Literal["process", "ray"]
+
+
 def run_batch(
     variants: Sequence[Variant],
     jobs: int,
     on_done: Callable[[VariantResult], None] | None = None,
+    *,
+    engine: Engine = "process",
+    address: str | None = None,
 ) -> list[VariantResult]:
-    """Run every variant, ``jobs`` at a time; results in input order."""
+    """Run every variant, ``jobs`` at a time (on a local process pool, or as Ray tasks on a
+    local instance of ``jobs`` CPUs or the cluster at ``address``); results in input order."""
+    if engine == "ray":
+        return _run_on_ray(variants, jobs, address, on_done)
     results: list[VariantResult | None] = [None] * len(variants)
     if jobs <= 1:
         for index, variant in enumerate(variants):
@@ -92,6 +109,23 @@ def run_batch(
                 if on_done is not None:
                     on_done(results[futures[future]])
     return [r for r in results if r is not None]
+
+
+def _run_on_ray(
+    variants: Sequence[Variant], jobs: int, address: str | None, on_done: Callable[[VariantResult], None] | None
+) -> list[VariantResult]:
+    from fedhq_sim.ray_engine import RaySession, run_on_ray
+    from fedhq_sim.scenario import load_scenario
+
+    # Each task carries its scenario loaded and resolved: a cluster's nodes need no files.
+    arguments = [(v, load_scenario(v.scenario, {**v.overrides, "seed": v.seed})) for v in variants]
+
+    def finished(_index: int, result: VariantResult) -> None:
+        if on_done is not None:
+            on_done(result)
+
+    with RaySession(jobs, address) as session:
+        return run_on_ray(session, run_variant, arguments, finished)
 
 
 def time_to_target(rounds: pd.DataFrame, target: float) -> float:

@@ -40,6 +40,24 @@ TIMING_ONLY_HELP = (
 )
 
 
+def _engine_arguments(command: argparse.ArgumentParser, what: str) -> None:
+    command.add_argument(
+        "--engine",
+        choices=("process", "ray"),
+        default="process",
+        help=f"where {what} run: a local process pool (default) or Ray tasks (needs fedhq-sim[ray])",
+    )
+    command.add_argument(
+        "--address",
+        help="with --engine ray: an existing cluster (auto, host:6379, ray://host:10001); default: start a local one",
+    )
+
+
+def _check_engine(args: argparse.Namespace) -> None:
+    if args.address is not None and args.engine != "ray":
+        raise InputError("command line", "--address", "names a Ray cluster: give it with --engine ray")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedhq-sim",
@@ -59,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         help="processes that run the clients' real work of a round (default: one per CPU core; 1: this process)",
     )
     run.add_argument("--timing-only", action="store_true", help=TIMING_ONLY_HELP)
+    _engine_arguments(run, "the clients' work of each round")
     validate = commands.add_parser("validate", help="check a scenario and its profiles without running it")
     validate.add_argument("scenario", type=Path, help="scenario YAML file")
     analyze = commands.add_parser(
@@ -99,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
         batch.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
         batch.add_argument("--quiet", action="store_true", help="print nothing but errors")
         batch.add_argument("--timing-only", action="store_true", help=TIMING_ONLY_HELP)
+        _engine_arguments(batch, "the runs")
     report = commands.add_parser(
         "report",
         help="(re)build the self-contained report.html of a run, compare or sweep results folder",
@@ -141,24 +161,25 @@ TIMING_ONLY_NOTE = (
 
 def _run(args: argparse.Namespace) -> int:
     import os
-    from contextlib import nullcontext
+    from contextlib import ExitStack
 
-    from fedhq_sim.executors import ProcessExecutor
+    from fedhq_sim.executors import open_executor
     from fedhq_sim.results import prepare_output_dir
     from fedhq_sim.scenario import load_scenario
 
     workers = args.workers if args.workers is not None else os.cpu_count() or 1
     if workers < 1:
         raise InputError("command line", "--workers", f"must be at least 1, got {workers}")
+    _check_engine(args)
     if args.timing_only:
-        if args.workers is not None and args.workers > 1:
-            raise InputError("command line", "--workers", "timing-only mode runs no client work to spread over workers")
+        if (args.workers is not None and args.workers > 1) or args.engine == "ray":
+            raise InputError("command line", "--workers/--engine", "timing-only mode runs no client work to spread")
         workers = 1
     scenario = load_scenario(args.scenario)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = prepare_output_dir(args.out or Path("results") / f"{scenario.spec.name}-{stamp}", overwrite=args.overwrite)
-    with ProcessExecutor(workers) if workers > 1 else nullcontext() as executor:
-        return _simulate_into(args, scenario, out, executor)
+    with ExitStack() as stack:
+        return _simulate_into(args, scenario, out, open_executor(stack, args.engine, workers, args.address))
 
 
 def _simulate_into(args: argparse.Namespace, scenario: LoadedScenario, out: Path, executor: WorkExecutor | None) -> int:
@@ -203,8 +224,10 @@ def _simulate_into(args: argparse.Namespace, scenario: LoadedScenario, out: Path
         simulation.policy.decision_log(),
         {
             "host_seconds": round(time.perf_counter() - host_start, 3),
+            "round_host_seconds": [round(t.host_s, 4) for t in simulation.host_timing],
             "policy_host_seconds_per_round": [round(t.policy_s, 6) for t in simulation.host_timing],
             "policy_share_of_round_host_time_max": simulation.policy_share_max(),
+            "engine": args.engine,
         },
     )
     say(f"results written to {out} (open report.html)")
@@ -339,6 +362,7 @@ def _execute_batch(args: argparse.Namespace, kind: str, variants: list, by: list
     from fedhq_sim.results import atomic_write_text, package_versions, prepare_output_dir
     from fedhq_sim.scenario import check_timing_only, load_scenario
 
+    _check_engine(args)
     if args.timing_only:
         variants = [dataclasses.replace(v, timing_only=True) for v in variants]
     names = []
@@ -376,7 +400,7 @@ def _execute_batch(args: argparse.Namespace, kind: str, variants: list, by: list
             f"{last['end_s']:.2f} s simulated  (elapsed {elapsed:.0f} s, eta {eta:.0f} s)"
         )
 
-    results = run_batch(variants, jobs, on_done)
+    results = run_batch(variants, jobs, on_done, engine=args.engine, address=args.address)
     summary = pd.DataFrame([run_summary(r, args.target) for r in results])
     runs = pd.concat([r.rounds.assign(variant=r.variant.name, seed=r.variant.seed) for r in results])
     table = median_table(summary, by)
@@ -402,6 +426,7 @@ def _execute_batch(args: argparse.Namespace, kind: str, variants: list, by: list
         "command": " ".join(sys.argv),
         "versions": package_versions(),
         "host_seconds": round(time.perf_counter() - started, 1),
+        "engine": args.engine,
     }
     atomic_write_text(out / f"{kind}.json", json.dumps(info, indent=2) + "\n")
     write_batch_report(out)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,6 +37,13 @@ class WorkTask:
 
 def run_task(task: WorkTask) -> LocalResult:
     return local_work(task.payload, task.data, task.strategy, task.cfg, task.seed)
+
+
+def run_task_on_one_thread(task: WorkTask) -> LocalResult:
+    """:func:`run_task` in a worker shared with other work (a Ray worker): one torch thread,
+    as the engine and the pool's workers use, so the floats are those of a serial run."""
+    torch.set_num_threads(1)
+    return run_task(task)
 
 
 class WorkExecutor(Protocol):
@@ -77,3 +85,16 @@ class ProcessExecutor:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def open_executor(stack: ExitStack, engine: str, workers: int, address: str | None = None) -> WorkExecutor | None:
+    """Where a run's client work goes, closed with ``stack``: Ray tasks (``engine="ray"``, on
+    a local instance of ``workers`` CPUs or the cluster at ``address``), a pool of ``workers``
+    processes, or this process (``None``) for one worker."""
+    if engine == "ray":
+        from fedhq_sim.ray_engine import RayExecutor, RaySession  # Ray is an optional extra
+
+        return RayExecutor(stack.enter_context(RaySession(workers, address)))
+    if workers > 1:
+        return stack.enter_context(ProcessExecutor(workers))
+    return None

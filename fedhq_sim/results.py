@@ -46,6 +46,7 @@ PACKAGES = (
     "scikit-learn",
     "pydantic",
     "pyyaml",
+    "ray",
 )
 
 
