@@ -209,9 +209,8 @@ def _simulate_into(args: argparse.Namespace, scenario: LoadedScenario, out: Path
     host_per_round: list[float] = []
 
     def on_round(record: RoundRecord, host_s: float) -> None:
-        writer.write_progress(
-            simulation.rounds, simulation.phases, simulation.network.samples, simulation.network.links
-        )
+        settled = simulation.rounds[: record.round + 1]  # a later round may await its evaluation
+        writer.write_progress(settled, simulation.phases, simulation.network.samples, simulation.network.links)
         host_per_round.append(host_s)
         eta_s = sum(host_per_round) / len(host_per_round) * (total - record.round)
         say(_progress_line(total, record, host_s, eta_s))

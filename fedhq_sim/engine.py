@@ -15,7 +15,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import simpy
@@ -25,7 +25,7 @@ from fedhq_sim.analysis import analyze
 from fedhq_sim.charge import charge_seconds, compute_joules
 from fedhq_sim.data import DATASETS, FederatedData, PartitionError, federate
 from fedhq_sim.errors import InputError, SimulationError
-from fedhq_sim.executors import WorkExecutor
+from fedhq_sim.executors import Pending, WorkExecutor
 from fedhq_sim.feasibility import Feasibility, check_client, payload_bytes, training_step, transfer_floor_s
 from fedhq_sim.network import FlowNetwork, TransferStalledError
 from fedhq_sim.policies import ClientInfo, ClientReport, Policy, RoundContext
@@ -194,6 +194,7 @@ class Simulation:
         self.phases: list[PhaseRecord] = []
         self.host_timing: list[HostTiming] = []
         self._policy_s = 0.0
+        self._unsettled: list[tuple[int, Pending | None]] = []  # rounds whose accuracy is being computed
 
     def policy_share_max(self) -> float:
         """The largest share of a round's host time spent in the policy's decisions so far."""
@@ -489,14 +490,12 @@ class Simulation:
         outcomes.sort(key=lambda o: o.client_id)
         reported = [o for o in outcomes if o.result is not None]
         server_s = 0.0
+        accuracy: Pending | None = None  # no update reached the server: the model is unchanged
         if updates:
             outcome = self.work.server(updates)
             server_s = charge_seconds(outcome.work, self.scenario.server_device)
             yield self.env.timeout(server_s)
-            fp32_acc, deployed_acc = outcome.fp32_accuracy, outcome.deployed_accuracy
-        else:
-            previous = self.rounds[-1]
-            fp32_acc, deployed_acc = previous.fp32_accuracy, previous.deployed_accuracy
+            accuracy = outcome.accuracy
 
         unable = {p.client_id for p in self.phases[first_phase:] if p.status == "unable"}
         failed = {p.client_id for p in self.phases[first_phase:] if p.status == "failed" and p.client_id >= 0}
@@ -535,10 +534,11 @@ class Simulation:
                 energy_idle_j=idle_j,
                 energy_j=compute_j + radio_j + idle_j,
                 train_loss=float(np.mean(losses)) if losses else float("nan"),
-                fp32_accuracy=fp32_acc,
-                deployed_accuracy=deployed_acc,
+                fp32_accuracy=math.nan,  # filled in by _settle once the evaluation is done
+                deployed_accuracy=math.nan,
             )
         )
+        self._unsettled.append((len(self.rounds) - 1, accuracy))
         decided = time.perf_counter()
         self.policy.observe(
             [
@@ -564,8 +564,35 @@ class Simulation:
             **zeros | {"train_loss": float("nan"), "fp32_accuracy": fp32_acc, "deployed_accuracy": int8_acc}
         )
 
+    def _settle(self, *, wait: bool) -> list[int]:
+        """Fill in, in round order, the accuracy of the rounds whose evaluation is done (every
+        one, with ``wait``); return their indices. A round whose updates all got lost keeps
+        the accuracy of the round before."""
+        settled = []
+        while self._unsettled:
+            index, accuracy = self._unsettled[0]
+            if accuracy is not None and not wait and not accuracy.done():
+                break
+            if accuracy is None:
+                before = self.rounds[index - 1]
+                fp32, deployed = before.fp32_accuracy, before.deployed_accuracy
+            else:
+                fp32, deployed = accuracy.result()
+            self.rounds[index] = replace(self.rounds[index], fp32_accuracy=fp32, deployed_accuracy=deployed)
+            self._unsettled.pop(0)
+            settled.append(index)
+        return settled
+
     def run(self, on_round: RoundCallback | None = None) -> RunResult:
-        """Simulate every round; ``on_round(record, host_seconds)`` is called after each."""
+        """Simulate every round; ``on_round(record, host_seconds)`` is called for each once its
+        record is complete: right after the round, or, where the evaluation runs beside the
+        next round's client work (a pool, Ray), after that next round."""
+
+        def report(indices: list[int]) -> None:
+            for index in indices:
+                if on_round is not None:
+                    on_round(self.rounds[index], self.host_timing[index - 1].host_s)
+
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # one thread: float reductions then do not depend on the host's core count
         try:
@@ -583,8 +610,8 @@ class Simulation:
                 gc.freeze()
                 host_s = time.perf_counter() - host_start
                 self.host_timing.append(HostTiming(r, host_s, self._policy_s))
-                if on_round is not None:
-                    on_round(self.rounds[-1], host_s)
+                report(self._settle(wait=False))
+            report(self._settle(wait=True))
         finally:
             gc.unfreeze()  # collectable again once the run is no longer referenced
             torch.set_num_threads(threads)

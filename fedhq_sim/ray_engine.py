@@ -19,8 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from fedhq_sim.errors import InputError
-from fedhq_sim.executors import run_task_on_one_thread
-from fedhq_sim.training import LocalResult
+from fedhq_sim.executors import TaskResult, run_task_on_one_thread
 
 INSTALL_HINT = "the Ray engine needs Ray: pip install 'fedhq-sim[ray]' (or pip install ray)"
 
@@ -78,8 +77,12 @@ class RayExecutor:
     def __init__(self, session: RaySession) -> None:
         self.ray = session.ray
         self._work = self.ray.remote(num_cpus=1)(_client_work)
+        self._call = self.ray.remote(num_cpus=1)(_on_one_thread)
 
-    def map(self, tasks: Sequence[Any]) -> list[LocalResult]:
+    def submit(self, fn: Callable[..., Any], *args: Any) -> _RayPending:
+        return _RayPending(self.ray, self._call.remote(fn, *args))
+
+    def map(self, tasks: Sequence[Any]) -> list[TaskResult]:
         if not tasks:
             return []
         shared = {}
@@ -90,7 +93,28 @@ class RayExecutor:
         return self.ray.get(futures)
 
 
-def _client_work(payload: bytes, data: Any, strategy: Any, cfg: Any, seed: int) -> LocalResult:
+class _RayPending:
+    """A Ray task's result as the engine waits for it (an :class:`~fedhq_sim.executors.Pending`)."""
+
+    def __init__(self, ray: ModuleType, ref: Any) -> None:
+        self.ray, self.ref = ray, ref
+
+    def done(self) -> bool:
+        ready, _ = self.ray.wait([self.ref], timeout=0)
+        return bool(ready)
+
+    def result(self) -> Any:
+        return self.ray.get(self.ref)
+
+
+def _on_one_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    import torch
+
+    torch.set_num_threads(1)
+    return fn(*args)
+
+
+def _client_work(payload: bytes, data: Any, strategy: Any, cfg: Any, seed: int) -> TaskResult:
     from fedhq_sim.executors import WorkTask
 
     return run_task_on_one_thread(WorkTask(payload, data, strategy, cfg, seed))

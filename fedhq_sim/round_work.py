@@ -20,13 +20,20 @@ from typing import Protocol
 
 import numpy as np
 
-from fedhq_sim.data import FederatedData
-from fedhq_sim.executors import SerialExecutor, WorkExecutor, WorkTask
+from fedhq_sim.data import FederatedData, as_tensor
+from fedhq_sim.executors import Pending, SerialExecutor, WorkExecutor, WorkTask, completed
 from fedhq_sim.models import build_model
 from fedhq_sim.profiled import AggregationProfiles, LocalProfiles
 from fedhq_sim.quant.payload import encode_fp32
 from fedhq_sim.quant.strategy import Strategy
-from fedhq_sim.server_work import Update, evaluate_global, gateway_round, server_round
+from fedhq_sim.server_work import (
+    Update,
+    aggregate_updates,
+    evaluate_accuracy,
+    evaluate_global,
+    evaluation_work,
+    gateway_round,
+)
 from fedhq_sim.training import LocalConfig
 from fedhq_sim.work import WorkProfile
 
@@ -45,9 +52,11 @@ class ClientResult:
 
 @dataclass(frozen=True)
 class ServerOutcome:
+    """The server's round: its work now, the new model's accuracy when evaluated."""
+
     work: WorkProfile
-    fp32_accuracy: float
-    deployed_accuracy: float
+    accuracy: Pending
+    """``(fp32, deployed)`` accuracy, computed beside the next round's client work."""
 
 
 class RoundWork(Protocol):
@@ -69,7 +78,7 @@ class RoundWork(Protocol):
         """The work of aggregating ``n_updates`` fp32 updates (a gateway's cut-off estimate)."""
 
     def server(self, updates: Sequence[Update]) -> ServerOutcome:
-        """Aggregate the round's updates into the global model and evaluate it."""
+        """Aggregate the round's updates into the global model, and evaluate it."""
 
     def initial_accuracy(self) -> tuple[float, float]:
         """fp32 and deployed accuracy of the initial global model."""
@@ -107,8 +116,9 @@ class ExecutedWork:
             for cid in ids
         ]
         self._results = {}
-        for cid, result in zip(ids, self.executor.map(tasks), strict=True):
-            update = Update(result.payload, result.num_samples, assignment[cid].label, len(result.payload))
+        for cid, done in zip(ids, self.executor.map(tasks), strict=True):
+            result, decoded = done.local, {k: as_tensor(v) for k, v in done.decoded.items()}
+            update = Update(result.payload, result.num_samples, assignment[cid].label, len(result.payload), decoded)
             self._results[cid] = ClientResult(
                 result.work, update, result.train_loss, result.divergence, result.quantization_error
             )
@@ -126,12 +136,14 @@ class ExecutedWork:
         return gateway_round([model] * n_updates, self.global_state, self.cfg.arch)[1]
 
     def server(self, updates: Sequence[Update]) -> ServerOutcome:
+        """Aggregate now (the next round starts from the new model); evaluate on the executor,
+        beside the next round's client work, since only the reported accuracy depends on it.
+        Its work is the same every round, so it is charged from its profile now."""
         d = self.data
-        result = server_round(
-            updates, self.global_state, self.cfg.model_name, d.num_classes, d.server_calibration, d.test, self.bits
-        )
-        self.global_state = result.state
-        return ServerOutcome(result.work, result.fp32_accuracy, result.deployed_accuracy)
+        self.global_state, work = aggregate_updates(updates, self.global_state, self.cfg.arch)
+        evaluation = (self.global_state, self.cfg.model_name, d.num_classes, d.server_calibration, d.test, self.bits)
+        accuracy = self.executor.submit(evaluate_accuracy, *evaluation)
+        return ServerOutcome(work + evaluation_work(*evaluation), accuracy)
 
     def initial_accuracy(self) -> tuple[float, float]:
         d = self.data
@@ -175,7 +187,7 @@ class ProfiledWork:
     def server(self, updates: Sequence[Update]) -> ServerOutcome:
         d = self.data
         work = self.aggregation.server([u.label for u in updates], d.server_calibration, d.test, self.bits)
-        return ServerOutcome(work, math.nan, math.nan)
+        return ServerOutcome(work, completed(lambda: (math.nan, math.nan)))
 
     def initial_accuracy(self) -> tuple[float, float]:
         return math.nan, math.nan

@@ -9,7 +9,7 @@ reported beside it. The work is traced so the engine can charge it on the server
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -80,6 +80,23 @@ def evaluate_global(
     return fp32_acc, int8_acc, work
 
 
+def evaluate_accuracy(
+    state: dict[str, torch.Tensor], model_name: str, num_classes: int, calibration: Samples, test: Samples, bits: int
+) -> tuple[float, float]:
+    """fp32 and deployed accuracy of a global state (a task for a worker: no work returned)."""
+    fp32_acc, int8_acc, _ = evaluate_global(state, model_name, num_classes, calibration, test, bits)
+    return fp32_acc, int8_acc
+
+
+def evaluation_work(
+    state: dict[str, torch.Tensor], model_name: str, num_classes: int, calibration: Samples, test: Samples, bits: int
+) -> WorkProfile:
+    """The work of :func:`evaluate_global`, which is the same for every global state of a
+    model: the cached profile (traced now, on ``state``, if no evaluation ran yet)."""
+    cached = WORK_CACHE.get(evaluate_key(model_name, num_classes, calibration, test, bits))
+    return cached if cached is not None else evaluate_global(state, model_name, num_classes, calibration, test, bits)[2]
+
+
 @dataclass(frozen=True)
 class Update:
     """An update as the server (or a site's gateway) receives it.
@@ -92,6 +109,8 @@ class Update:
     num_samples: int
     label: str
     nbytes: int
+    decoded: dict[str, torch.Tensor] | None = field(default=None, compare=False, repr=False)
+    """What decoding the payload gives, if it was already decoded where it was written."""
 
 
 def server_model_key(arch: Arch) -> tuple:
@@ -124,18 +143,26 @@ def aggregate_updates(
 
     model, work = WORK_CACHE.once(server_model_key(arch), build)
 
+    def in_form(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # A quantized update of a batch-norm model comes folded (see quant/folding.py).
+        return state if state.keys() == global_state.keys() else unfold_batch_norm(model, state)
+
     def read(payload: bytes) -> tuple[dict[str, torch.Tensor], WorkProfile]:
         state, decode_work = traced_decode(payload)
-        # A quantized update of a batch-norm model comes folded (see quant/folding.py).
-        same_form = state.keys() == global_state.keys()
-        unfolded, unfold_work = traced(lambda: state if same_form else unfold_batch_norm(model, state))
+        unfolded, unfold_work = traced(lambda: in_form(state))
         return unfolded, decode_work + unfold_work
 
     states = []
     for update in updates:
         if update.payload is None:
             raise ValueError("aggregating needs the updates' bytes (they are absent in timing-only mode)")
-        state, read_work = WORK_CACHE.once(read_key(arch, update.label), lambda p=update.payload: read(p))
+        key = read_key(arch, update.label)
+        if update.decoded is not None and WORK_CACHE.get(key) is not None:
+            # Decoded where it was written, by the same decode: only brought into form here,
+            # and charged the read this format was traced at.
+            state, read_work = WORK_CACHE.once(key, lambda d=update.decoded: (in_form(d), WorkProfile()))
+        else:
+            state, read_work = WORK_CACHE.once(key, lambda p=update.payload: read(p))
         states.append((state, update.num_samples))
         work = work + read_work
     state, aggregate_work = WORK_CACHE.run(fedavg_key(arch, len(states)), lambda: fedavg(states))
