@@ -317,7 +317,7 @@ def main() -> int:
         print(f"{name:10s} {medians[name]:17.3f} {whole:21.2f} {accuracy:15.3f}")
     print(
         f"(round median: rounds 2..{args.rounds} of each run, then the median over {args.repeats} repeats; "
-        "fedhq-sim's round also traces and charges simulated time and deploys and evaluates an int8 PTQ model)"
+        "fedhq-sim's round also charges simulated time and deploys and evaluates an int8 PTQ model)"
     )
     gaps = [abs(a.final_accuracy - b.final_accuracy) for a, b in zip(runs["fedhq-sim"], runs["flower"], strict=True)]
     print(f"largest gap between the two sides' final fp32 accuracies in one repeat: {max(gaps):.4f}")

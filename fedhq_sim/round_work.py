@@ -62,8 +62,6 @@ class ServerOutcome:
 class RoundWork(Protocol):
     """The work of a run's rounds, as the engine sees it."""
 
-    reports_accuracy: bool
-
     def begin_round(self, r: int, assignment: Mapping[int, Strategy]) -> int:
         """Get the round's local work ready for the clients in ``assignment`` (those able to
         run their strategy); return the global model's size in bytes."""
@@ -92,8 +90,6 @@ def client_seed(seed: int, round_index: int, client_id: int) -> int:
 class ExecutedWork:
     """Full mode: every computation runs for real; client work on ``executor``."""
 
-    reports_accuracy = True
-
     def __init__(
         self, data: FederatedData, cfg: LocalConfig, seed: int, bits: int, executor: WorkExecutor | None = None
     ) -> None:
@@ -105,12 +101,12 @@ class ExecutedWork:
         self._results: dict[int, ClientResult] = {}
 
     def begin_round(self, r: int, assignment: Mapping[int, Strategy]) -> int:
-        """Run every client's local work now, in client order. It depends on nothing that
+        """Run every client's local work now (longest first). It depends on nothing that
         happens during the round, so computing it up front gives the same results as
         computing it when each client's download ends; a client that never gets that far
         (deadline, outage, shift end) just wasted host time."""
         self._payload = encode_fp32(self.global_state)
-        ids = sorted(assignment)
+        ids = sorted(assignment, key=lambda cid: -self._expected_cost(cid, assignment[cid]))
         tasks = [
             WorkTask(self._payload, self.data.clients[cid], assignment[cid], self.cfg, client_seed(self.seed, r, cid))
             for cid in ids
@@ -123,6 +119,11 @@ class ExecutedWork:
                 result.work, update, result.train_loss, result.divergence, result.quantization_error
             )
         return len(self._payload)
+
+    def _expected_cost(self, client_id: int, strategy: Strategy) -> float:
+        """A rough relative cost, to hand a pool the longest tasks first (then the last ones
+        to finish are short, and the workers finish together); results do not depend on it."""
+        return self.cfg.steps(len(self.data.clients[client_id])) * (1.5 if strategy.kind == "qat" else 1.0)
 
     def client(self, client_id: int) -> ClientResult:
         return self._results[client_id]
@@ -156,8 +157,6 @@ class ExecutedWork:
 class ProfiledWork:
     """Timing-only mode: every computation is priced from its work profile, none runs per
     round; the global model never changes and no accuracy is reported (NaN)."""
-
-    reports_accuracy = False
 
     def __init__(self, data: FederatedData, cfg: LocalConfig, seed: int, bits: int) -> None:
         self.data, self.cfg, self.bits = data, cfg, bits

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -91,9 +91,12 @@ _FAKE_QUANT_MARKERS = ("fake_quant", "_obs_fq_")
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, order=True)
-class OpCost:
-    """One executed operation: its name, kernel class, precision, FLOPs and bytes moved."""
+class OpCost(NamedTuple):
+    """One executed operation: its name, kernel class, precision, FLOPs and bytes moved.
+
+    A tuple: profiles hold hundreds of them, are sorted when charged and sent back from
+    worker processes every round, and tuples compare, hash and pickle in C.
+    """
 
     op: str
     kind: OpKind

@@ -7,10 +7,12 @@ joined with ``--address``.
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 
 import pandas as pd
 import pytest
@@ -106,7 +108,10 @@ def test_a_run_joins_an_existing_cluster_at_its_address(tiny_scenario, tmp_path)
         port = probe.getsockname()[1]
     env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
-    head = [ray_cli, "start", "--head", "--block", "--port", str(port), "--num-cpus", "2"]
+    # Its own temporary folder (short: Ray's socket paths have a length limit), so the cluster
+    # leaves no "current cluster" record behind for a later plain ray.init() to chase.
+    temp = tempfile.mkdtemp(prefix="ray-")
+    head = [ray_cli, "start", "--head", "--block", "--port", str(port), "--num-cpus", "2", "--temp-dir", temp]
     head += ["--node-ip-address", "127.0.0.1", "--include-dashboard", "false", "--disable-usage-stats"]
     cluster = subprocess.Popen(head, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
@@ -123,6 +128,7 @@ def test_a_run_joins_an_existing_cluster_at_its_address(tiny_scenario, tmp_path)
     finally:
         cluster.send_signal(signal.SIGTERM)
         cluster.wait(timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
     assert main(["run", str(tiny_scenario), "--out", str(tmp_path / "serial"), "--quiet", "--workers", "1"]) == 0
     for name in FILES:
         assert (joined / name).read_bytes() == (tmp_path / "serial" / name).read_bytes(), name
