@@ -37,10 +37,20 @@ test: lint browser
 	$(BIN)/pytest -q
 
 clean:
-	rm -rf $(VENV) results .pytest_cache .ruff_cache
+	rm -rf $(VENV) bench/.venv-flower results .pytest_cache .ruff_cache
+
+# Benchmarks (docs/benchmarks.md), one command each from a fresh clone; ARGS='--repeats 5' passes options.
+.PHONY: bench-scale bench-overhead bench-parallel bench-flower
+bench-scale: $(STAMP)  # timing-only runs of 100 to 10,000 clients: wall time, memory, growth
+	$(BIN)/python bench/timing_scale.py $(ARGS)
+
+bench-overhead: $(STAMP)  # a full-mode round against the same PyTorch work run bare
+	$(BIN)/python bench/overhead.py $(ARGS)
+
+bench-parallel: $(STAMP)  # a 20-client round serially, on a process pool and on Ray
+	$(BIN)/python bench/parallel_speedup.py --engines process ray $(ARGS)
 
 # fedhq-sim's full mode against Flower's simulation engine on one FedAvg workload, in
-# bench/.venv-flower (Flower is no dependency of fedhq-sim): make bench-flower ARGS='--repeats 5'
-.PHONY: bench-flower
+# bench/.venv-flower (Flower is no dependency of fedhq-sim).
 bench-flower:
 	bash bench/flower_env.sh $(ARGS)

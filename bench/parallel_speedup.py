@@ -1,6 +1,6 @@
 """Speed-up of a round's real client work on a process pool (issue 7: at least 1.6x on 2 cores).
 
-Usage: .venv/bin/python bench/parallel_speedup.py [--repeats 3] [--workers 2] [--rounds 4] [--engines process ray]
+Usage: .venv/bin/python bench/parallel_speedup.py [--repeats 3] [--workers 2] [--rounds 6] [--engines process ray]
 
 Runs the FedHQ comparison scenario with 20 clients per round, serially and on ``--workers``
 processes (and, with ``ray`` among ``--engines``, as Ray tasks on a local instance of
@@ -43,7 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--engines", nargs="+", choices=("process", "ray"), default=["process"])
     args = parser.parse_args()
     torch.set_num_threads(1)

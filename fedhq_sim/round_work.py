@@ -29,8 +29,8 @@ from fedhq_sim.quant.strategy import Strategy
 from fedhq_sim.server_work import (
     Update,
     aggregate_updates,
-    evaluate_accuracy,
     evaluate_global,
+    evaluate_payload,
     evaluation_work,
     gateway_round,
 )
@@ -105,7 +105,6 @@ class ExecutedWork:
         happens during the round, so computing it up front gives the same results as
         computing it when each client's download ends; a client that never gets that far
         (deadline, outage, shift end) just wasted host time."""
-        self._payload = encode_fp32(self.global_state)
         ids = sorted(assignment, key=lambda cid: -self._expected_cost(cid, assignment[cid]))
         tasks = [
             WorkTask(self._payload, self.data.clients[cid], assignment[cid], self.cfg, client_seed(self.seed, r, cid))
@@ -142,9 +141,10 @@ class ExecutedWork:
         Its work is the same every round, so it is charged from its profile now."""
         d = self.data
         self.global_state, work = aggregate_updates(updates, self.global_state, self.cfg.arch)
-        evaluation = (self.global_state, self.cfg.model_name, d.num_classes, d.server_calibration, d.test, self.bits)
-        accuracy = self.executor.submit(evaluate_accuracy, *evaluation)
-        return ServerOutcome(work + evaluation_work(*evaluation), accuracy)
+        model = (self.cfg.model_name, d.num_classes, d.server_calibration, d.test, self.bits)
+        self._payload = encode_fp32(self.global_state)  # what the next round downloads
+        accuracy = self.executor.submit(evaluate_payload, self._payload, *model)
+        return ServerOutcome(work + evaluation_work(self.global_state, *model), accuracy)
 
     def initial_accuracy(self) -> tuple[float, float]:
         d = self.data

@@ -19,7 +19,7 @@ from fedhq_sim.data import Samples
 from fedhq_sim.models import Arch, traced_build, traced_load
 from fedhq_sim.quant import eager
 from fedhq_sim.quant.folding import unfold_batch_norm
-from fedhq_sim.quant.payload import fp32_message, traced_decode, traced_serialize
+from fedhq_sim.quant.payload import decode_to_fp32, fp32_message, traced_decode, traced_serialize
 from fedhq_sim.work import WORK_CACHE, WorkProfile, traced
 
 EVAL_BATCH = 256
@@ -80,11 +80,15 @@ def evaluate_global(
     return fp32_acc, int8_acc, work
 
 
-def evaluate_accuracy(
-    state: dict[str, torch.Tensor], model_name: str, num_classes: int, calibration: Samples, test: Samples, bits: int
+def evaluate_payload(
+    payload: bytes, model_name: str, num_classes: int, calibration: Samples, test: Samples, bits: int
 ) -> tuple[float, float]:
-    """fp32 and deployed accuracy of a global state (a task for a worker: no work returned)."""
-    fp32_acc, int8_acc, _ = evaluate_global(state, model_name, num_classes, calibration, test, bits)
+    """fp32 and deployed accuracy of a global model sent as its fp32 payload (a worker's task).
+
+    Bytes, not tensors: a process pool would move each tensor's storage into shared memory
+    in place, from a background thread, while the engine goes on reading it.
+    """
+    fp32_acc, int8_acc, _ = evaluate_global(decode_to_fp32(payload), model_name, num_classes, calibration, test, bits)
     return fp32_acc, int8_acc
 
 

@@ -285,3 +285,53 @@ def test_events_written_a_round_at_a_time_are_what_the_frame_would_write():
         ),
     ]
     assert csv_text(rows, column_names(PhaseRecord)) == phases_frame(rows).to_csv(index=False)
+
+
+class _NoTensorPickler:
+    """Pickles like a process pool would, and fails on any torch tensor: a pool moves a
+    tensor's storage into shared memory in place, from a background thread, while the
+    engine may still be reading it."""
+
+    @staticmethod
+    def dumps(obj: object) -> bytes:
+        import io
+        import pickle
+
+        class Refusing(pickle.Pickler):
+            def reducer_override(self, value):
+                if isinstance(value, torch.Tensor):
+                    raise AssertionError(f"a tensor of shape {tuple(value.shape)} would go through the pool")
+                return NotImplemented
+
+        buffer = io.BytesIO()
+        Refusing(buffer).dump(obj)
+        return buffer.getvalue()
+
+
+class _CheckingExecutor:
+    """Runs the work here, after checking that what a pool would send holds no tensor."""
+
+    def map(self, tasks):
+        import pickle
+
+        from fedhq_sim.executors import run_task
+
+        results = [run_task(pickle.loads(_NoTensorPickler.dumps(task))) for task in tasks]
+        for result in results:
+            _NoTensorPickler.dumps(result)
+        return results
+
+    def submit(self, fn, *args):
+        import pickle
+
+        from fedhq_sim.executors import completed
+
+        return completed(fn, *pickle.loads(_NoTensorPickler.dumps(args)))
+
+
+def test_nothing_a_worker_is_sent_or_sends_back_is_a_tensor(write_scenario):
+    data = tiny_scenario_dict()
+    data["sites"][0] |= {"aggregator": "industrial_pc_i5"}
+    scenario = load_scenario(write_scenario(data))
+    checked = Simulation(scenario, _CheckingExecutor()).run()
+    assert rounds_frame(checked.rounds).equals(rounds_frame(Simulation(scenario).run().rounds))
