@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import time
 from datetime import datetime
@@ -29,6 +30,9 @@ EXAMPLES = """examples:
   fedhq-sim compare scenarios/fedhq_comparison.yaml --seeds 1 2 3 --target 0.8 --out results/cmp
   fedhq-sim compare scenarios/quickstart.yaml --policies all-ptq hybrid --set sites[1].backhaul=fibre_1g
   fedhq-sim sweep scenarios/quickstart.yaml --set training.clients_per_round=4,8,12 --seeds 1 2
+  fedhq-sim run scenarios/large_fleet.yaml --timing-only
+  fedhq-sim sweep scenarios/large_fleet.yaml --timing-only --set training.clients_per_round=10,80,240 --seeds 1
+  fedhq-sim compare scenarios/fedhq_comparison.yaml --engine ray --address auto
   fedhq-sim report results/qs
   fedhq-sim profile-device --out device_profiles/devices/my_gateway.yaml --power-idle 2.7W --power-active 6.4W
 """
@@ -143,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
 def _progress_line(total: int, record: RoundRecord, host_s: float, eta_s: float) -> str:
     accuracy = (
         ""
-        if record.deployed_accuracy != record.deployed_accuracy  # NaN: timing-only
+        if math.isnan(record.deployed_accuracy)  # timing-only
         else f"deployed acc {record.deployed_accuracy:.3f}  fp32 acc {record.fp32_accuracy:.3f}  "
     )
     return (

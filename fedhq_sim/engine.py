@@ -1,11 +1,13 @@
 """The simulation: synchronous FL rounds on a SimPy clock (design.md, "Semantics").
 
 Per round the server selects clients, the policy assigns strategies, and one process per
-selected client downloads the global model over its route, does its local work for real
-(charged on its device profile), and uploads its update. The round's collection ends when
-every client has reported or at the deadline, whichever comes first; late clients are
-interrupted, leave the network, and are recorded as dropped. The server then aggregates and
-evaluates for real, charged on its own profile. Host time never enters simulated results.
+selected client downloads the global model over its route, does its local work (charged on
+its device profile), and uploads its update. The round's collection ends when every client
+has reported or at the deadline, whichever comes first; late clients are interrupted, leave
+the network, and are recorded as dropped. The server then aggregates and evaluates, charged
+on its own profile. Where that work comes from, executed for real or priced from its
+profiles in timing-only mode, is the :class:`~fedhq_sim.round_work.RoundWork`'s business;
+the engine charges the same either way. Host time never enters simulated results.
 """
 
 from __future__ import annotations
@@ -121,7 +123,6 @@ class Simulation:
     ) -> None:
         spec = scenario.spec
         self.scenario = scenario
-        self.timing_only = timing_only
         if timing_only:
             check_timing_only(scenario)
         self.env = simpy.Environment()
