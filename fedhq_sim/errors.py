@@ -7,6 +7,7 @@ which carries the file, the key path inside it and what was expected. The CLI pr
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 
@@ -25,9 +26,19 @@ class InputError(Exception):
 
     def __str__(self) -> str:
         where = self.file or "<input>"
-        if self.key_path:
-            return f"{where}: {self.key_path}: {self.problem}"
-        return f"{where}: {self.problem}"
+        text = f"{where}: {self.key_path}: {self.problem}" if self.key_path else f"{where}: {self.problem}"
+        return one_line(text)
+
+
+def one_line(text: str) -> str:
+    """``text`` with every character that could break or garble the line escaped: a file's
+    keys and values reach the message, and a newline or a control byte in one would turn the
+    one-line error into several (``str.splitlines`` splits at more than ``\\n``)."""
+    return "".join(c.encode("unicode_escape").decode("ascii") if _breaks(c) else c for c in text)
+
+
+def _breaks(char: str) -> bool:
+    return unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") or char == "\x85"
 
 
 class SimulationError(Exception):

@@ -15,9 +15,36 @@ import yaml
 
 from fedhq_sim.errors import InputError
 
+MAX_NODES = 1_000_000
+"""A document that expands to more nodes than this is an alias bomb (each ``*alias`` repeats a
+whole subtree), not a scenario: the largest shipped scenario has a few hundred."""
+
 
 class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that rejects duplicate keys."""
+
+
+def _expanded_nodes(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many nodes ``node`` stands for with every alias expanded (shared subtrees counted
+    once each time they are referenced, computed once)."""
+    known = sizes.get(id(node))
+    if known is not None:
+        if known < 0:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to its own ancestor", node.start_mark)
+        return known
+    sizes[id(node)] = -1  # in progress: meeting it again below is a cycle
+    if isinstance(node, yaml.SequenceNode):
+        total = 1 + sum(_expanded_nodes(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total = 1 + sum(_expanded_nodes(k, sizes) + _expanded_nodes(v, sizes) for k, v in node.value)
+    else:
+        total = 1
+    sizes[id(node)] = total
+    if total > MAX_NODES:
+        raise yaml.composer.ComposerError(
+            None, None, f"expands to more than {MAX_NODES:,} nodes (an alias bomb?)", node.start_mark
+        )
+    return total
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -58,7 +85,14 @@ def load_yaml_mapping(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as error:
         raise InputError(path, "", f"not valid UTF-8 text (byte {error.start})") from None
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
+        loader = _StrictLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _expanded_nodes(node, {})
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -66,6 +100,8 @@ def load_yaml_mapping(path: Path) -> dict[str, Any]:
         raise InputError(path, "", f"invalid YAML{where}: {problem}") from None
     except RecursionError:
         raise InputError(path, "", "invalid YAML: nested too deeply") from None
+    if data is None:
+        raise InputError(path, "", "the file is empty; expected a mapping of keys")
     if not isinstance(data, dict):
         raise InputError(path, "", f"expected a mapping of keys at the top level, got {type(data).__name__}")
     return data
