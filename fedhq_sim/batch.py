@@ -98,7 +98,7 @@ def run_batch(
                 on_done(results[index])
     else:
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_ignore_sigint) as pool:
             futures = {pool.submit(run_variant, v): i for i, v in enumerate(variants)}
             for future in as_completed(futures):
                 try:
@@ -126,6 +126,13 @@ def _run_on_ray(
 
     with RaySession(jobs, address) as session:
         return run_on_ray(session, run_variant, arguments, finished)
+
+
+def _ignore_sigint() -> None:
+    """In a worker: Ctrl-C is the parent's to handle (it stops the pool)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def time_to_target(rounds: pd.DataFrame, target: float) -> float:

@@ -71,7 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="simulate a scenario and write results and plots")
-    run.add_argument("scenario", type=Path, help="scenario YAML file")
+    run.add_argument("scenario", type=Path, nargs="?", help="scenario YAML file (not with --resume)")
+    run.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="go on with the run whose results folder this is, from its last completed round",
+    )
     run.add_argument("--out", type=Path, help="results folder (default: results/<name>-<date-time>)")
     run.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -175,21 +181,63 @@ def _run(args: argparse.Namespace) -> int:
     if workers < 1:
         raise InputError("command line", "--workers", f"must be at least 1, got {workers}")
     _check_engine(args)
+    resumed = _resumed(args) if args.resume is not None else None
     if args.timing_only:
         if (args.workers is not None and args.workers > 1) or args.engine == "ray":
             raise InputError("command line", "--workers/--engine", "timing-only mode runs no client work to spread")
         workers = 1
-    scenario = load_scenario(args.scenario)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = prepare_output_dir(args.out or Path("results") / f"{scenario.spec.name}-{stamp}", overwrite=args.overwrite)
+    if resumed is not None:
+        scenario, checkpoint = resumed
+        out = args.resume
+    else:
+        if args.scenario is None:
+            raise InputError("command line", "scenario", "give a scenario file, or --resume DIR")
+        scenario, checkpoint = load_scenario(args.scenario), None
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = prepare_output_dir(
+            args.out or Path("results") / f"{scenario.spec.name}-{stamp}", overwrite=args.overwrite
+        )
     with ExitStack() as stack:
-        return _simulate_into(args, scenario, out, open_executor(stack, args.engine, workers, args.address))
+        executor = open_executor(stack, args.engine, workers, args.address)
+        try:
+            return _simulate_into(args, scenario, out, executor, checkpoint)
+        except (KeyboardInterrupt, Terminated) as stop:
+            code = 143 if isinstance(stop, Terminated) else 130
+            raise RunInterruptedError(
+                code, f"every completed round is in {out}; go on with: fedhq-sim run --resume {out}"
+            ) from None
 
 
-def _simulate_into(args: argparse.Namespace, scenario: LoadedScenario, out: Path, executor: WorkExecutor | None) -> int:
-    """The body of ``run``: simulate with ``executor`` and write the results folder."""
+def _resumed(args: argparse.Namespace) -> tuple[LoadedScenario, dict]:
+    """The scenario and checkpoint of the run to go on with; only the engine may differ."""
+    from fedhq_sim.checkpoint import read_checkpoint, text_hash
+    from fedhq_sim.scenario import load_scenario
+
+    if args.scenario is not None or args.out is not None:
+        raise InputError("command line", "--resume", "goes on in its own folder with its own scenario: give neither")
+    checkpoint = read_checkpoint(args.resume)
+    ran = checkpoint["scenario"]
+    scenario = load_scenario(ran["path"], ran["overrides"])
+    if text_hash(scenario.text()) != ran["sha256"]:
+        raise InputError(ran["path"], "", "changed since the run began; a resumed run must be the same scenario")
+    if checkpoint["round"] >= scenario.spec.training.rounds:
+        raise InputError(args.resume, "--resume", f"the run finished all {checkpoint['round']} rounds")
+    args.timing_only = checkpoint["timing_only"]
+    return scenario, checkpoint
+
+
+def _simulate_into(
+    args: argparse.Namespace,
+    scenario: LoadedScenario,
+    out: Path,
+    executor: WorkExecutor | None,
+    checkpoint: dict | None = None,
+) -> int:
+    """The body of ``run``: simulate with ``executor`` (from ``checkpoint``, if resuming) and
+    write the results folder, with a checkpoint after every round."""
     import pandas as pd
 
+    from fedhq_sim import checkpoint as checkpoints
     from fedhq_sim.engine import Simulation
     from fedhq_sim.results import ResultsWriter
     from fedhq_sim.tables import links_frame, phases_frame, rounds_frame
@@ -197,11 +245,30 @@ def _simulate_into(args: argparse.Namespace, scenario: LoadedScenario, out: Path
     say = (lambda _text: None) if args.quiet else (lambda text: print(text, flush=True))
     host_start = time.perf_counter()
     simulation = Simulation(scenario, executor, timing_only=args.timing_only)
+    simulation.checkpointing = True
     writer = ResultsWriter(out, scenario, timing_only=args.timing_only)
-    writer.write_inputs()
-    writer.write_feasibility(simulation.feasibility)
+    if checkpoint is None:
+        writer.write_inputs()
+        writer.write_feasibility(simulation.feasibility)
+    else:
+        writer.resume(
+            checkpoint["files"], {"events.csv": checkpoint["phases"], "link_utilisation.csv": checkpoint["samples"]}
+        )
+        simulation.restore(
+            checkpoint,
+            checkpoints.read_rounds(out / "rounds.csv", checkpoint["rounds"]),
+            checkpoints.read_phases(out / "events.csv", checkpoint["phases"]),
+            checkpoints.read_samples(out / "link_utilisation.csv", checkpoint["samples"], simulation.network.links),
+        )
+    ran = {
+        "path": str(scenario.path.resolve()),
+        "overrides": scenario.overrides,
+        "sha256": checkpoints.text_hash(scenario.text()),
+    }
     total = scenario.spec.training.rounds
     say(f"{scenario.spec.name}: {len(scenario.clients)} clients, {total} rounds, policy {scenario.spec.policy.name}")
+    if checkpoint is not None:
+        say(f"resuming after round {checkpoint['round']} (simulated {checkpoint['clock_s']:.3f} s)")
     if args.timing_only:
         say(TIMING_ONLY_NOTE)
     for line in _feasibility_lines(simulation):
@@ -213,8 +280,12 @@ def _simulate_into(args: argparse.Namespace, scenario: LoadedScenario, out: Path
     host_per_round: list[float] = []
 
     def on_round(record: RoundRecord, host_s: float) -> None:
-        settled = simulation.rounds[: record.round + 1]  # a later round may await its evaluation
-        writer.write_progress(settled, simulation.phases, simulation.network.samples, simulation.network.links)
+        # What this round ended with (a later round may be done already, awaiting its evaluation).
+        state = simulation.checkpoint(record.round)
+        phases, samples = simulation.phases[: state["phases"]], simulation.network.samples[: state["samples"]]
+        writer.write_progress(simulation.rounds[: record.round + 1], phases, samples, simulation.network.links)
+        files = writer.appended_sizes()
+        checkpoints.write_checkpoint(out, state | {"scenario": ran, "timing_only": args.timing_only, "files": files})
         host_per_round.append(host_s)
         eta_s = sum(host_per_round) / len(host_per_round) * (total - record.round)
         say(_progress_line(total, record, host_s, eta_s))
@@ -227,14 +298,20 @@ def _simulate_into(args: argparse.Namespace, scenario: LoadedScenario, out: Path
         simulation.policy.decision_log(),
         {
             "host_seconds": round(time.perf_counter() - host_start, 3),
-            "round_host_seconds": [round(t.host_s, 4) for t in simulation.host_timing],
-            "policy_host_seconds_per_round": [round(t.policy_s, 6) for t in simulation.host_timing],
+            "round_host_seconds": [_measured(t.host_s, 4) for t in simulation.host_timing],
+            "policy_host_seconds_per_round": [_measured(t.policy_s, 6) for t in simulation.host_timing],
+            **({"resumed_after_round": checkpoint["round"]} if checkpoint is not None else {}),
             "policy_share_of_round_host_time_max": simulation.policy_share_max(),
             "engine": args.engine,
         },
     )
     say(f"results written to {out} (open report.html)")
     return 0
+
+
+def _measured(seconds: float, digits: int) -> float | None:
+    """A host time for run.json; ``None`` for a round measured before a resume (JSON has no NaN)."""
+    return None if math.isnan(seconds) else round(seconds, digits)
 
 
 def _feasibility_lines(simulation: Simulation) -> list[str]:
@@ -550,9 +627,30 @@ def _profile_device(args: argparse.Namespace) -> int:
     return 0
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (raised from its handler, as SIGINT raises KeyboardInterrupt)."""
+
+
+class RunInterruptedError(Exception):
+    """A run stopped by SIGINT or SIGTERM, with what was saved: exit 130 or 143."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _terminated(_signum: int, _frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script and of ``python -m fedhq_sim``."""
+    import signal
+    import threading
+
     args = _parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+        signal.signal(signal.SIGTERM, _terminated)
     handlers = {
         "run": _run,
         "validate": _validate,
@@ -570,9 +668,12 @@ def main(argv: list[str] | None = None) -> int:
     except SimulationError as error:
         print(f"error: the simulation stopped: {error}; completed rounds are saved", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted; completed rounds are saved in the results folder", file=sys.stderr)
-        return 130
+    except RunInterruptedError as stop:
+        print(f"interrupted: {stop.message}", file=sys.stderr)
+        return stop.code
+    except (KeyboardInterrupt, Terminated) as stop:
+        print("interrupted; completed results are saved", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
 
 
 if __name__ == "__main__":

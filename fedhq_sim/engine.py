@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 import simpy
@@ -26,11 +27,12 @@ import torch
 
 from fedhq_sim.analysis import analyze
 from fedhq_sim.charge import charge_seconds, compute_joules
+from fedhq_sim.clock import pending_events, schedule_at
 from fedhq_sim.data import DATASETS, FederatedData, PartitionError, federate
 from fedhq_sim.errors import InputError, SimulationError
 from fedhq_sim.executors import Pending, WorkExecutor
 from fedhq_sim.feasibility import Feasibility, check_client, payload_bytes, training_step, transfer_floor_s
-from fedhq_sim.network import FlowNetwork, TransferStalledError
+from fedhq_sim.network import FlowNetwork, LinkSample, TransferStalledError
 from fedhq_sim.policies import ClientInfo, ClientReport, Policy, RoundContext
 from fedhq_sim.quant.strategy import FP32, Strategy
 from fedhq_sim.records import PhaseRecord, RoundRecord
@@ -129,17 +131,11 @@ class Simulation:
         self.rng = _streams(spec.seed)
         self.data = federated_data(scenario, self.rng["partition"])
         self.topology: Topology = build_topology(scenario)
-        self.network = FlowNetwork(
-            self.env,
-            self.topology.links,
-            self.rng["network"],
-            monitored=self.topology.shared_links,
-            stall_timeout_s=spec.network.stall_timeout,
-        )
+        self.network = self._new_network()
         self._outages_open: Counter[tuple[str, str]] = Counter()
         self._aggregation_s: dict[tuple[str, int], float] = {}
-        for outage in scenario.outages:
-            self.env.process(self._outage(outage))
+        self._outage_phase = ["waiting"] * len(scenario.outages)  # then "down", then "done"
+        self._outage_procs = [self.env.process(self._outage(i, o)) for i, o in enumerate(scenario.outages)]
         self.feasibility = self._check_clients()
         # Aggregating gateways appear in the events as clients with negative ids.
         site_index = {site.name: i for i, site in enumerate(spec.sites)}
@@ -197,6 +193,19 @@ class Simulation:
         self.host_timing: list[HostTiming] = []
         self._policy_s = 0.0
         self._unsettled: list[tuple[int, Pending | None]] = []  # rounds whose accuracy is being computed
+        self._next_round = 1
+        self.checkpointing = False
+        """Keep the state at each round's end until :meth:`checkpoint` takes it (the CLI's run does)."""
+        self._snapshots: dict[int, dict[str, Any]] = {}
+
+    def _new_network(self) -> FlowNetwork:
+        return FlowNetwork(
+            self.env,
+            self.topology.links,
+            self.rng["network"],
+            monitored=self.topology.shared_links,
+            stall_timeout_s=self.scenario.spec.network.stall_timeout,
+        )
 
     def policy_share_max(self) -> float:
         """The largest share of a round's host time spent in the policy's decisions so far."""
@@ -208,17 +217,22 @@ class Simulation:
         if proc.is_alive:
             proc.interrupt(OFFLINE)
 
-    def _outage(self, outage: Outage) -> Generator:
+    def _outage(self, index: int, outage: Outage, resumed: simpy.Event | None = None) -> Generator:
         """Take both directions of a physical link down for the outage's window.
 
-        Windows on one link may overlap: the link comes back when the last one ends.
+        Windows on one link may overlap: the link comes back when the last one ends. A
+        resumed run hands in the event its next step waits for (see :meth:`restore`).
         """
         a, b = outage.nodes
-        yield self.env.timeout(outage.start_s)
-        self._outages_open[outage.nodes] += 1
-        for link in ((a, b), (b, a)):
-            self.network.set_down(link, True)
-        yield self.env.timeout(outage.end_s - outage.start_s)
+        if self._outage_phase[index] == "waiting":
+            yield resumed if resumed is not None else self.env.timeout(outage.start_s)
+            resumed = None
+            self._outage_phase[index] = "down"
+            self._outages_open[outage.nodes] += 1
+            for link in ((a, b), (b, a)):
+                self.network.set_down(link, True)
+        yield resumed if resumed is not None else self.env.timeout(outage.end_s - outage.start_s)
+        self._outage_phase[index] = "done"
         self._outages_open[outage.nodes] -= 1
         if not self._outages_open[outage.nodes]:
             for link in ((a, b), (b, a)):
@@ -585,6 +599,56 @@ class Simulation:
             settled.append(index)
         return settled
 
+    def _snapshot(self, r: int) -> dict[str, Any]:
+        """The state at the end of round ``r``: everything a resumed run needs besides the
+        records, which its files hold (see :mod:`fedhq_sim.checkpoint`)."""
+        waiting = {id(p.target): i for i, p in enumerate(self._outage_procs) if p.is_alive}
+        return {
+            "round": r,
+            "clock_s": self.env.now,
+            # Every pending event but an outage's is a timer whose time has no more effect
+            # (a deadline met, a superseded network wake-up): it goes back as a placeholder.
+            "pending": [(t, priority, waiting.get(id(e), -1)) for t, priority, e in pending_events(self.env)],
+            "outages": list(self._outage_phase),
+            "rng": {name: generator.bit_generator.state for name, generator in self.rng.items()},
+            "network": self.network.state_dict(),
+            "policy": self.policy.state_dict(),
+            "work": self.work.state_dict(),
+            "rounds": len(self.rounds),
+            "phases": len(self.phases),
+            "samples": len(self.network.samples),
+        }
+
+    def checkpoint(self, r: int) -> dict[str, Any]:
+        """The state at the end of round ``r`` (with :attr:`checkpointing`), once its record is complete."""
+        return self._snapshots.pop(r)
+
+    def restore(
+        self, state: dict[str, Any], rounds: list[RoundRecord], phases: list[PhaseRecord], samples: list[LinkSample]
+    ) -> None:
+        """Continue from a checkpoint of this scenario: after :meth:`run`, the records are those
+        of a run that was never interrupted. The clock goes back with every event the
+        interrupted run still had pending, at its exact time and in its order."""
+        self.env = simpy.Environment(initial_time=state["clock_s"])
+        self.network = self._new_network()
+        self.network.load_state_dict(state["network"], samples)
+        for name, generator in self.rng.items():
+            generator.bit_generator.state = state["rng"][name]
+        self.policy.load_state_dict(state["policy"])
+        self.work.load_state_dict(state["work"])
+        self._outage_phase = list(state["outages"])
+        self._outages_open = Counter(
+            o.nodes for o, phase in zip(self.scenario.outages, self._outage_phase, strict=True) if phase == "down"
+        )
+        outages = self.scenario.outages
+        for time_s, priority, index in state["pending"]:
+            event = schedule_at(self.env, time_s, priority)
+            if index >= 0:
+                self._outage_procs[index] = self.env.process(self._outage(index, outages[index], event))
+        self.rounds, self.phases = list(rounds), list(phases)
+        self.host_timing = [HostTiming(rec.round, math.nan, math.nan) for rec in rounds[1:]]  # not measured here
+        self._next_round = state["round"] + 1
+
     def run(self, on_round: RoundCallback | None = None) -> RunResult:
         """Simulate every round; ``on_round(record, host_seconds)`` is called for each once its
         record is complete: right after the round, or, where the evaluation runs beside the
@@ -598,14 +662,17 @@ class Simulation:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # one thread: float reductions then do not depend on the host's core count
         try:
-            self.rounds.append(self._initial_round())
-            for r in range(1, self.scenario.spec.training.rounds + 1):
+            if self._next_round == 1:
+                self.rounds.append(self._initial_round())
+            for r in range(self._next_round, self.scenario.spec.training.rounds + 1):
                 host_start = time.perf_counter()
                 self._policy_s = 0.0
                 # Run until this round's process ends; stale timers (a deadline that was not
                 # needed) stay queued and fire later without effect.
                 with _collection_after_round():
                     self.env.run(until=self.env.process(self._round(r)))
+                    if self.checkpointing:
+                        self._snapshots[r] = self._snapshot(r)
                 host_s = time.perf_counter() - host_start
                 self.host_timing.append(HostTiming(r, host_s, self._policy_s))
                 report(self._settle(wait=False))

@@ -13,6 +13,7 @@ wherever it was computed (tested), and the simulated results do not depend on th
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import ExitStack
@@ -101,8 +102,10 @@ class SerialExecutor:
         return completed(fn, *args)
 
 
-def _one_thread() -> None:
+def _worker_start() -> None:
+    """One torch thread; and Ctrl-C is the parent's to handle (it stops the pool), not each worker's."""
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class ProcessExecutor:
@@ -115,7 +118,7 @@ class ProcessExecutor:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         context = multiprocessing.get_context("spawn")
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_one_thread)
+        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_start)
 
     def map(self, tasks: Sequence[WorkTask]) -> list[TaskResult]:
         return list(self._pool.map(run_task, tasks))

@@ -25,7 +25,7 @@ import math
 from collections import Counter
 from collections.abc import Generator, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import simpy
@@ -170,6 +170,21 @@ class FlowNetwork:
     @property
     def active_flows(self) -> int:
         return self._active
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a quiet network (between rounds: no flows) needs to go on: its down links. The
+        samples so far go back with :meth:`load_state_dict`; the rest starts afresh."""
+        if self._active:
+            raise RuntimeError("the network carries flows: it has no state to save between rounds")
+        return {"down": sorted(self._down)}
+
+    def load_state_dict(self, state: dict[str, Any], samples: Sequence[LinkSample]) -> None:
+        for link in state["down"]:
+            self._down.add(tuple(link) if isinstance(link, list) else link)
+        for link in self._down:
+            self._capacity[link] = 0.0
+        self.samples = list(samples)
+        self._last_sample = {s.link: (s.rate_bps, s.flows) for s in self.samples}
 
     def one_way_latency_s(self, route: Sequence[LinkId]) -> float:
         """Propagation latency of ``route`` without jitter."""

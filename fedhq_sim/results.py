@@ -5,7 +5,9 @@ the two that grow with the run: after every round the rounds table is rewritten 
 and the round's events and link samples are appended to ``events.csv`` and
 ``link_utilisation.csv`` as one flushed block (rewriting them would make a long run
 quadratic). A run stopped between rounds keeps every completed round readable; one killed
-in the middle of an append may leave that last block incomplete. Host-dependent facts
+in the middle of an append may leave a part of that last block, which ``run --resume``
+cuts off (the checkpoint records each file's length, see :mod:`fedhq_sim.checkpoint`) and
+which a reader sees as a last line without its newline. Host-dependent facts
 (timings, versions, date) go only in ``run.json``; ``rounds.csv`` and ``events.csv``
 depend on the scenario and seed alone.
 """
@@ -144,6 +146,19 @@ class ResultsWriter:
                 handle.flush()
                 os.fsync(handle.fileno())
         self._appended[name] = len(records)
+
+    def appended_sizes(self) -> dict[str, int]:
+        """The bytes of each appended file now (a checkpoint records them)."""
+        return {name: (self.out / name).stat().st_size for name in self._appended}
+
+    def resume(self, sizes: Mapping[str, int], rows: Mapping[str, int]) -> None:
+        """Go on with a folder from a checkpoint: cut each appended file back to ``sizes`` (a
+        kill may have left part of a later round) and append after its ``rows``."""
+        from fedhq_sim.checkpoint import truncate
+
+        for name, nbytes in sizes.items():
+            truncate(self.out / name, nbytes)
+            self._appended[name] = rows[name]
 
     def write_frame(self, name: str, frame: pd.DataFrame) -> None:
         atomic_write_text(self.out / name, frame.to_csv(index=False))

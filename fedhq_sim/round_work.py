@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -80,6 +80,12 @@ class RoundWork(Protocol):
 
     def initial_accuracy(self) -> tuple[float, float]:
         """fp32 and deployed accuracy of the initial global model."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What changes from round to round (for a checkpoint: tensors and plain values)."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what :meth:`state_dict` saved."""
 
 
 def client_seed(seed: int, round_index: int, client_id: int) -> int:
@@ -153,6 +159,13 @@ class ExecutedWork:
         )
         return fp32, deployed
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"global_state": self.global_state}  # never changed in place: each round makes a new one
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.global_state = dict(state["global_state"])
+        self._payload = encode_fp32(self.global_state)
+
 
 class ProfiledWork:
     """Timing-only mode: every computation is priced from its work profile, none runs per
@@ -190,3 +203,10 @@ class ProfiledWork:
 
     def initial_accuracy(self) -> tuple[float, float]:
         return math.nan, math.nan
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # priced work changes nothing
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError("a timing-only run keeps no round state")

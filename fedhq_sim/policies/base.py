@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 
@@ -123,6 +123,19 @@ class Policy(ABC):
         """Changes of assignment made during the run, with why (written to ``policy_log.csv``);
         fixed policies make none."""
         return []
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the policy learned so far, for a checkpoint: plain values and tensors only, so it
+        loads with ``torch.load(weights_only=True)``. A policy rebuilt from the same options,
+        clients and seed, then given this, decides as the original would from here on.
+        Fixed policies decide everything when built, so they have nothing to save (a policy
+        that changes itself in ``observe`` must override this and :meth:`load_state_dict`)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what :meth:`state_dict` saved."""
+        if state:
+            raise ValueError(f"policy {self.name} keeps no state, but a checkpoint holds {sorted(state)}")
 
 
 P = TypeVar("P", bound=type[Policy])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,9 @@ FEATURES = (
 
 FALLBACK_FIELDS = ("divergence", "train_loss", "ptq_error")
 """Observations a client may not have yet; it takes the fleet's mean of them."""
+
+
+ARRAYS = ("_a", "_b", "coefficients")  # the model's learned arrays, in its state
 
 
 @dataclass
@@ -149,6 +153,19 @@ class BenefitModel:
             seen.divergence = _smooth(seen.divergence, r.divergence, self.smoothing)
             seen.train_loss = _smooth(seen.train_loss, r.train_loss, self.smoothing)
             seen.ptq_error = _smooth(seen.ptq_error, r.quantization_error, self.smoothing)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The learned state, as plain values (Python floats hold float64 exactly)."""
+        observed = {cid: [o.divergence, o.train_loss, o.ptq_error] for cid, o in self._observed.items()}
+        arrays = {name: getattr(self, name).tolist() for name in ARRAYS}
+        return {"observed": observed, "labels_seen": self.labels_seen} | arrays
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for cid, (divergence, train_loss, ptq_error) in state["observed"].items():
+            self._observed[cid] = _Observed(divergence, train_loss, ptq_error)
+        for name in ARRAYS:
+            setattr(self, name, np.array(state[name], dtype=np.float64))
+        self.labels_seen = state["labels_seen"]
 
     def predict(self, client_ids: Sequence[int]) -> dict[int, float]:
         """Predicted PTQ quantization error (the benefit of QAT) per client, clipped at 0."""

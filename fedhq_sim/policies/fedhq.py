@@ -24,6 +24,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -141,6 +142,22 @@ class FedHQ(Policy):
             {"after_round": m.round, "client_id": m.client_id, "strategy": m.strategy.label, "reason": m.reason}
             for m in self.moves
         ]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "current": {cid: s.label for cid, s in self.current.items()},
+            "moves": [(m.round, m.client_id, m.strategy.label, m.reason) for m in self.moves],
+            "last_moved": dict(self._last_moved),
+            "rounds_seen": self._rounds_seen,
+            "model": self.model.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.current = {cid: Strategy.from_label(label) for cid, label in state["current"].items()}
+        self.moves = [Move(r, cid, Strategy.from_label(label), why) for r, cid, label, why in state["moves"]]
+        self._last_moved = dict(state["last_moved"])
+        self._rounds_seen = state["rounds_seen"]
+        self.model.load_state_dict(state["model"])
 
     def _move(self, round_index: int, client_id: int, strategy: Strategy, reason: str) -> None:
         self.current[client_id] = strategy

@@ -1,0 +1,164 @@
+"""Checkpoints and resume: a run stopped at any moment goes on to the files of a run never stopped."""
+
+import io
+import pickle
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from fedhq_sim.checkpoint import FILE, read_checkpoint
+from fedhq_sim.cli import main
+from fedhq_sim.engine import Simulation
+from fedhq_sim.errors import InputError
+from fedhq_sim.policies.fedhq import FedHQ, FedHQOptions
+from fedhq_sim.scenario import load_scenario
+from fedhq_sim.tables import links_frame, phases_frame, rounds_frame
+from tests.conftest import PROFILES, tiny_scenario_dict
+from tests.test_fedhq import TEN, reports
+from tests.test_timing_only import _plant
+
+COMPARED = ("rounds.csv", "events.csv", "link_utilisation.csv", "trace.json", "feasibility.csv", "policy_log.csv")
+
+
+def _eight_rounds_with_every_kind_of_event() -> dict:
+    """An aggregating site, an outage with stalls, maintenance and deadline drops, over 8 rounds."""
+    data = _plant(tiny_scenario_dict()) | {"profiles_dir": str(PROFILES)}
+    data["training"]["rounds"] = 8
+    data["network"]["outages"].append({"link": "backhaul:hall", "start": "1.0 s", "duration": "1.0 s"})
+    return data
+
+
+def _same_records(a: Simulation, b: Simulation) -> bool:
+    return (
+        rounds_frame(a.rounds).equals(rounds_frame(b.rounds))
+        and phases_frame(a.phases).equals(phases_frame(b.phases))
+        and links_frame(a.network.samples, a.network.links).equals(links_frame(b.network.samples, b.network.links))
+    )
+
+
+@pytest.mark.parametrize("timing_only", [False, True])
+def test_a_simulation_restored_after_any_round_ends_as_one_never_stopped(write_scenario, timing_only):
+    scenario = load_scenario(write_scenario(_eight_rounds_with_every_kind_of_event()))
+    whole = Simulation(scenario, timing_only=timing_only)
+    whole.checkpointing = True
+    states = {}
+    whole.run(lambda record, _host_s: states.update({record.round: whole.checkpoint(record.round)}))
+    down = [r for r, state in sorted(states.items()) if "down" in state["outages"]]
+    assert down, "the test needs a checkpoint taken while a link is down"
+    for r in (1, down[0], 6):
+        buffer = io.BytesIO()
+        torch.save(states[r], buffer)  # through the file format, loaded safely
+        state = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+        again = Simulation(scenario, timing_only=timing_only)
+        counts = state["rounds"], state["phases"], state["samples"]
+        again.restore(state, whole.rounds[: counts[0]], whole.phases[: counts[1]], whole.network.samples[: counts[2]])
+        again.run()
+        assert _same_records(again, whole), r
+
+
+def test_fedhq_restored_from_its_state_decides_as_the_original_goes_on_deciding():
+    errors = {cid: float(e) for cid, e in enumerate(np.random.default_rng(3).uniform(0.0, 0.6, 10))}
+    original = FedHQ(FedHQOptions(bits=4, max_qat_fraction=0.5, adjust_every=1), TEN, np.random.default_rng(0))
+    for r in range(1, 31):
+        original.observe(reports(original, r, errors))
+        if r == 15:
+            buffer = io.BytesIO()
+            torch.save(original.state_dict(), buffer)
+    assert [m for m in original.moves if m.round > 15], "the test needs moves after the checkpoint"
+    restored = FedHQ(FedHQOptions(bits=4, max_qat_fraction=0.5, adjust_every=1), TEN, np.random.default_rng(0))
+    restored.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    for r in range(16, 31):
+        restored.observe(reports(restored, r, errors))
+    assert restored.decision_log() == original.decision_log()
+    assert restored.current == original.current
+
+
+def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fedhq_sim", *args], capture_output=True, text=True, **kwargs)
+
+
+def _stopped_after_round_3(scenario, out, how, workers):
+    """Start a run and stop it, by ``how``, once it reports its third round."""
+    command = [sys.executable, "-m", "fedhq_sim", "run", str(scenario), "--out", str(out), "--workers", workers]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in child.stdout:
+        if line.startswith("round   3/8"):
+            child.send_signal(how)
+            break
+    child.stdout.close()
+    code = child.wait(timeout=120)
+    return code, child.stderr.read()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("resume")
+    scenario = folder / "s.yaml"
+    scenario.write_text(yaml.safe_dump(_eight_rounds_with_every_kind_of_event(), sort_keys=False))
+    out = folder / "whole"
+    assert _run(["run", str(scenario), "--out", str(out), "--quiet", "--workers", "1"], check=True).returncode == 0
+    return scenario, out
+
+
+@pytest.mark.parametrize(
+    ("how", "code", "workers"),
+    [(signal.SIGKILL, -signal.SIGKILL, "1"), (signal.SIGTERM, 143, "2"), (signal.SIGINT, 130, "1")],
+    ids=["SIGKILL", "SIGTERM-on-a-pool", "SIGINT"],
+)
+def test_a_run_stopped_mid_run_and_resumed_writes_the_files_of_one_never_stopped(
+    uninterrupted, tmp_path, how, code, workers
+):
+    scenario, whole = uninterrupted
+    out = tmp_path / "stopped"
+    returned, err = _stopped_after_round_3(scenario, out, how, workers)
+    assert returned == code, err
+    if how != signal.SIGKILL:
+        assert "Traceback" not in err and f"fedhq-sim run --resume {out}" in err
+    resumed = _run(["run", "--resume", str(out), "--workers", "1"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming after round" in resumed.stdout
+    for name in COMPARED:
+        if (whole / name).exists():
+            assert (out / name).read_bytes() == (whole / name).read_bytes(), name
+
+
+def test_a_checkpoint_is_loaded_safely_and_a_booby_trapped_one_is_refused(uninterrupted, tmp_path):
+    _, whole = uninterrupted
+    assert read_checkpoint(whole)["round"] == 8
+    trap = tmp_path / "trap"
+    trap.mkdir()
+
+    class Boom:
+        def __reduce__(self):
+            return (eval, ("__import__('os').system('touch owned')",))
+
+    (trap / FILE).write_bytes(pickle.dumps({"format": 1, "x": Boom()}, protocol=2))
+    with pytest.raises(InputError, match="not a readable checkpoint"):
+        read_checkpoint(trap)
+    assert not (tmp_path / "owned").exists()
+
+
+def test_resume_refuses_what_it_cannot_go_on_with(uninterrupted, tmp_path, capsys):
+    scenario, whole = uninterrupted
+    assert main(["run", "--resume", str(whole)]) == 2
+    assert "finished all 8 rounds" in capsys.readouterr().err
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+    assert "no checkpoint.pt here" in capsys.readouterr().err
+    assert main(["run", str(scenario), "--resume", str(whole)]) == 2
+    assert "give neither" in capsys.readouterr().err
+    assert main(["run"]) == 2
+    assert "give a scenario file, or --resume DIR" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_scenario_changed_since_the_run_began(write_scenario, tmp_path, capsys):
+    data = tiny_scenario_dict() | {"profiles_dir": str(PROFILES)}
+    scenario = write_scenario(data)
+    assert main(["run", str(scenario), "--out", str(tmp_path / "out"), "--quiet", "--workers", "1"]) == 0
+    scenario.write_text(scenario.read_text().replace("learning_rate: 0.05", "learning_rate: 0.5"))
+    assert main(["run", "--resume", str(tmp_path / "out")]) == 2
+    assert "changed since the run began" in capsys.readouterr().err
