@@ -40,12 +40,15 @@ clean:
 	rm -rf $(VENV) bench/.venv-flower results .pytest_cache .ruff_cache
 
 # Benchmarks (docs/benchmarks.md), one command each from a fresh clone; ARGS='--repeats 5' passes options.
-.PHONY: bench-scale bench-overhead bench-parallel bench-flower
+.PHONY: bench-scale bench-overhead bench-long bench-parallel bench-flower
 bench-scale: $(STAMP)  # timing-only runs of 100 to 10,000 clients: wall time, memory, growth
 	$(BIN)/python bench/timing_scale.py $(ARGS)
 
 bench-overhead: $(STAMP)  # a full-mode round against the same PyTorch work run bare
 	$(BIN)/python bench/overhead.py $(ARGS)
+
+bench-long: $(STAMP)  # memory over a 200-round full-mode run
+	$(BIN)/python bench/long_run.py $(ARGS)
 
 bench-parallel: $(STAMP)  # a 20-client round serially, on a process pool and on Ray
 	$(BIN)/python bench/parallel_speedup.py --engines process ray $(ARGS)
