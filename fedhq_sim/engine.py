@@ -31,6 +31,7 @@ from fedhq_sim.clock import pending_events, schedule_at
 from fedhq_sim.data import DATASETS, FederatedData, PartitionError, federate
 from fedhq_sim.errors import InputError, SimulationError
 from fedhq_sim.executors import Pending, WorkExecutor
+from fedhq_sim.faults import CRASHED, ClientFaults, draw
 from fedhq_sim.feasibility import Feasibility, check_client, payload_bytes, training_step, transfer_floor_s
 from fedhq_sim.network import FlowNetwork, LinkSample, TransferStalledError
 from fedhq_sim.policies import ClientInfo, ClientReport, Policy, RoundContext
@@ -80,6 +81,9 @@ class HostTiming:
 
 RoundCallback = Callable[[RoundRecord, float], None]
 OFFLINE = "client offline"  # the interrupt cause of a client whose availability ended
+CRASH = "device crashed"  # the interrupt cause of an injected crash
+ARRIVED = ("completed", "rejected")  # uploads whose bytes reached the receiver
+NO_FAULT = ClientFaults()
 
 
 def _streams(seed: int) -> dict[str, np.random.Generator]:
@@ -193,6 +197,11 @@ class Simulation:
         self.host_timing: list[HostTiming] = []
         self._policy_s = 0.0
         self._unsettled: list[tuple[int, Pending | None]] = []  # rounds whose accuracy is being computed
+        self._faults: dict[int, ClientFaults] = {}  # this round's
+        faults = spec.faults
+        self._corruptions = tuple((c.kind, c.probability) for c in faults.corrupt_updates)
+        self._injects_faults = bool(scenario.crash_rules or scenario.scheduled_crashes or self._corruptions)
+        self._crashes_fired: set[int] = set()  # scheduled crashes that happened (by index)
         self._next_round = 1
         self.checkpointing = False
         """Keep the state at each round's end until :meth:`checkpoint` takes it (the CLI's run does)."""
@@ -210,6 +219,12 @@ class Simulation:
     def policy_share_max(self) -> float:
         """The largest share of a round's host time spent in the policy's decisions so far."""
         return max((t.policy_s / t.host_s for t in self.host_timing if t.host_s > 0), default=0.0)
+
+    def _crash(self, proc: simpy.Process, delay_s: float) -> Generator:
+        """An injected crash of a client's device ``delay_s`` from now, if it is still busy."""
+        yield self.env.timeout(delay_s)
+        if proc.is_alive:
+            proc.interrupt(CRASH)
 
     def _offline_watch(self, proc: simpy.Process, offline_at: float) -> Generator:
         """Fail a client's round when its availability ends before the round does."""
@@ -357,17 +372,35 @@ class Simulation:
 
             phase, start, nbytes = "compute", self.env.now, 0
             result = self.work.client(cid)  # made ready at the round's start (RoundWork.begin_round)
-            yield self.env.timeout(charge_seconds(result.work, client.device))
+            fault = self._faults.get(cid, NO_FAULT)
+            compute_s = charge_seconds(result.work, client.device)
+            if fault.crash == "compute":
+                yield self.env.timeout(fault.crash_at * compute_s)
+                self._record(r, client, phase, strategy, nbytes, start, "failed", CRASHED["compute"])
+                return _Outcome(cid, strategy, None)
+            yield self.env.timeout(compute_s)
             self._record(r, client, phase, strategy, nbytes, start, "completed")
 
             phase, start, nbytes = "upload", self.env.now, result.update.nbytes
+            if fault.crash == "upload":  # at a fraction of the upload's floor: always before it ends
+                delay = fault.crash_at * transfer_floor_s(up, self.topology.links, nbytes)
+                self.env.process(self._crash(self.env.active_process, delay))
             yield from self.network.transfer(up, nbytes)
+            if fault.corrupt is not None:
+                why = self.work.rejection(result.update, fault.corrupt)
+                if why is None:  # the check is built to catch every injected corruption
+                    raise SimulationError(f"round {r}: {client.name}'s corrupted update passed the server's check")
+                reason = f"rejected on arrival: {why} (fault injection: a corrupted update)"
+                self._record(r, client, phase, strategy, nbytes, start, "rejected", reason)
+                return _Outcome(cid, strategy, None)
             self._record(r, client, phase, strategy, nbytes, start, "completed")
             return _Outcome(cid, strategy, result)
         except simpy.Interrupt as interrupt:
             if interrupt.cause == OFFLINE:
                 reason = f"went offline at {self.env.now:.3f} s (shift, maintenance or trace)"
                 self._record(r, client, phase, strategy, nbytes, start, "failed", reason)
+            elif interrupt.cause == CRASH:
+                self._record(r, client, phase, strategy, nbytes, start, "failed", CRASHED[phase])
             else:
                 self._record(r, client, phase, strategy, nbytes, start, "dropped")
             return _Outcome(cid, strategy, None)
@@ -471,6 +504,11 @@ class Simulation:
         self._policy_s += time.perf_counter() - decided
         able = {cid: assignment[cid] for cid in selected if assignment[cid].label in self.able[cid]}
         model_nbytes = self.work.begin_round(r, able)
+        self._faults = {}
+        if self._injects_faults:
+            pending = {i: s for i, s in self.scenario.scheduled_crashes.items() if i not in self._crashes_fired}
+            self._faults, fired = draw(selected, self.scenario.crash_rules, pending, self._corruptions, r, spec.seed)
+            self._crashes_fired.update(fired)
         deadline_at = self.env.now + spec.training.round_deadline
         by_site: dict[str, list[int]] = {}
         procs = []
@@ -507,15 +545,18 @@ class Simulation:
         reported = [o for o in outcomes if o.result is not None]
         server_s = 0.0
         accuracy: Pending | None = None  # no update reached the server: the model is unchanged
-        if updates:
+        least = spec.faults.min_reports
+        status = "ok" if len(reported) >= least else f"too few reports ({len(reported)}, at least {least} needed)"
+        if updates and status == "ok":
             outcome = self.work.server(updates)
             server_s = charge_seconds(outcome.work, self.scenario.server_device)
             yield self.env.timeout(server_s)
             accuracy = outcome.accuracy
 
         unable = {p.client_id for p in self.phases[first_phase:] if p.status == "unable"}
+        rejected = {p.client_id for p in self.phases[first_phase:] if p.status == "rejected" and p.client_id >= 0}
         failed = {p.client_id for p in self.phases[first_phase:] if p.status == "failed" and p.client_id >= 0}
-        failed |= {o.client_id for s in sites if s.gateway_failed for o in s.members} - unable
+        failed |= {o.client_id for s in sites if s.gateway_failed for o in s.members} - unable - rejected
         kinds = [o.strategy.kind for o in outcomes if o.client_id not in unable]
         losses = [o.result.train_loss for o in reported if o.result.train_loss is not None]
         this_round = self.phases[first_phase:]
@@ -537,14 +578,15 @@ class Simulation:
                 server_s=server_s,
                 selected=len(selected),
                 reported=len(reported),
-                dropped=len(selected) - len(reported) - len(unable) - len(failed),
+                dropped=len(selected) - len(reported) - len(unable) - len(failed) - len(rejected),
                 failed=len(failed),
                 unable=len(unable),
+                rejected=len(rejected),
                 n_fp32=kinds.count("fp32"),
                 n_ptq=kinds.count("ptq"),
                 n_qat=kinds.count("qat"),
                 bytes_down=sum(p.nbytes for p in this_round if p.phase == "download" and p.status == "completed"),
-                bytes_up=sum(p.nbytes for p in this_round if p.phase == "upload" and p.status == "completed"),
+                bytes_up=sum(p.nbytes for p in this_round if p.phase == "upload" and p.status in ARRIVED),
                 energy_compute_j=compute_j,
                 energy_radio_j=radio_j,
                 energy_idle_j=idle_j,
@@ -552,6 +594,7 @@ class Simulation:
                 train_loss=float(np.mean(losses)) if losses else float("nan"),
                 fp32_accuracy=math.nan,  # filled in by _settle once the evaluation is done
                 deployed_accuracy=math.nan,
+                status=status,
             )
         )
         self._unsettled.append((len(self.rounds) - 1, accuracy))
@@ -614,6 +657,7 @@ class Simulation:
             "network": self.network.state_dict(),
             "policy": self.policy.state_dict(),
             "work": self.work.state_dict(),
+            "crashes_fired": sorted(self._crashes_fired),
             "rounds": len(self.rounds),
             "phases": len(self.phases),
             "samples": len(self.network.samples),
@@ -637,6 +681,7 @@ class Simulation:
         self.policy.load_state_dict(state["policy"])
         self.work.load_state_dict(state["work"])
         self._outage_phase = list(state["outages"])
+        self._crashes_fired = set(state["crashes_fired"])
         self._outages_open = Counter(
             o.nodes for o, phase in zip(self.scenario.outages, self._outage_phase, strict=True) if phase == "down"
         )

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Literal, NamedTuple
 
 Phase = Literal["download", "compute", "upload"]
-Status = Literal["completed", "dropped", "failed", "unable"]
+Status = Literal["completed", "dropped", "failed", "unable", "rejected"]
 
 
 class PhaseRecord(NamedTuple):
@@ -54,6 +54,8 @@ class RoundRecord:
     dropped: int
     failed: int
     unable: int
+    rejected: int
+    """Clients whose update arrived corrupted and was rejected (see :mod:`fedhq_sim.faults`)."""
     n_fp32: int
     n_ptq: int
     n_qat: int
@@ -66,6 +68,8 @@ class RoundRecord:
     train_loss: float
     fp32_accuracy: float
     deployed_accuracy: float
+    status: str = "ok"
+    """``ok``, or why the server did not update the model (too few clients reported)."""
 
 
 def column_names(record_type: type) -> list[str]:

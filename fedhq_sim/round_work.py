@@ -22,9 +22,10 @@ import numpy as np
 
 from fedhq_sim.data import FederatedData, as_tensor
 from fedhq_sim.executors import Pending, SerialExecutor, WorkExecutor, WorkTask, completed
+from fedhq_sim.faults import FOUND, Corruption, corrupted, rejection
 from fedhq_sim.models import build_model
 from fedhq_sim.profiled import AggregationProfiles, LocalProfiles
-from fedhq_sim.quant.payload import encode_fp32
+from fedhq_sim.quant.payload import decode_to_fp32, encode_fp32
 from fedhq_sim.quant.strategy import Strategy
 from fedhq_sim.server_work import (
     Update,
@@ -74,6 +75,9 @@ class RoundWork(Protocol):
 
     def gateway_estimate(self, n_updates: int) -> WorkProfile:
         """The work of aggregating ``n_updates`` fp32 updates (a gateway's cut-off estimate)."""
+
+    def rejection(self, update: Update, corruption: Corruption) -> str | None:
+        """What the receiver's check finds in ``update`` once corrupted by ``corruption``."""
 
     def server(self, updates: Sequence[Update]) -> ServerOutcome:
         """Aggregate the round's updates into the global model, and evaluate it."""
@@ -141,6 +145,12 @@ class ExecutedWork:
         model = Update(self._payload, 1, "fp32", len(self._payload))
         return gateway_round([model] * n_updates, self.global_state, self.cfg.arch)[1]
 
+    def rejection(self, update: Update, corruption: Corruption) -> str | None:
+        """Corrupt the real update's values and run the server's real check on them."""
+        assert update.payload is not None
+        values = update.decoded if update.decoded is not None else decode_to_fp32(update.payload)
+        return rejection(corrupted(values, corruption), self.global_state)
+
     def server(self, updates: Sequence[Update]) -> ServerOutcome:
         """Aggregate now (the next round starts from the new model); evaluate on the executor,
         beside the next round's client work, since only the reported accuracy depends on it.
@@ -195,6 +205,9 @@ class ProfiledWork:
 
     def gateway_estimate(self, n_updates: int) -> WorkProfile:
         return self.aggregation.gateway(["fp32"] * n_updates)
+
+    def rejection(self, update: Update, corruption: Corruption) -> str | None:
+        return FOUND[corruption]  # what the real check finds in each kind (tested)
 
     def server(self, updates: Sequence[Update]) -> ServerOutcome:
         d = self.data

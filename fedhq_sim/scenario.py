@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 
 from fedhq_sim.availability import DAY_S, Availability, ClientAvailability, Window, read_trace
 from fedhq_sim.errors import InputError
+from fedhq_sim.faults import CrashRule, ScheduledCrash
 from fedhq_sim.models import IMAGE_MODELS
 from fedhq_sim.overrides import with_overrides
 from fedhq_sim.policies import POLICIES, Policy, PolicyOptions
@@ -188,6 +189,42 @@ class PolicySpec(StrictModel):
     module: str | None = None  # a user's policy: a .py file (relative to the scenario) or a module name
 
 
+class CrashSpec(StrictModel):
+    """Devices that crash in the middle of a round, during their local work or their upload:
+    each selected client with ``probability`` every round, or ``client`` once, in the first
+    round from ``round`` on in which it takes part."""
+
+    during: Literal["compute", "upload"]
+    probability: float | None = Field(default=None, gt=0.0, le=1.0)
+    client: str | None = None
+    round: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _chance_or_schedule(self) -> CrashSpec:
+        if (self.probability is None) == (self.client is None and self.round is None):
+            raise ValueError("give a probability, or a client and a round (a scheduled crash)")
+        if (self.client is None) != (self.round is None):
+            raise ValueError("a scheduled crash needs both a client and a round")
+        return self
+
+
+class CorruptionSpec(StrictModel):
+    """Updates that arrive corrupted (NaN or infinite values, or scaled far out of range), each
+    reporting client's with ``probability`` every round; the server rejects them."""
+
+    kind: Literal["nan", "inf", "huge"]
+    probability: float = Field(gt=0.0, le=1.0)
+
+
+class FaultSpec(StrictModel):
+    """Faults to inject (see :mod:`fedhq_sim.faults`), and how few reports spoil a round."""
+
+    crashes: list[CrashSpec] = Field(default_factory=list)
+    corrupt_updates: list[CorruptionSpec] = Field(default_factory=list)
+    min_reports: int = Field(default=1, ge=1)
+    """A round in which fewer clients report is recorded as such and leaves the model as it was."""
+
+
 class ScenarioSpec(StrictModel):
     """The whole scenario file."""
 
@@ -203,6 +240,7 @@ class ScenarioSpec(StrictModel):
     policy: PolicySpec
     network: NetworkSpec = Field(default_factory=NetworkSpec)
     availability: AvailabilitySpec = Field(default_factory=AvailabilitySpec)
+    faults: FaultSpec = Field(default_factory=FaultSpec)
 
 
 @dataclass(frozen=True)
@@ -241,6 +279,9 @@ class LoadedScenario:
     availability: Availability
     aggregators: dict[str, DeviceProfile]
     site_links: tuple[tuple[str, str, LinkProfile], ...]
+    crash_rules: tuple[CrashRule, ...] = ()
+    scheduled_crashes: dict[int, ScheduledCrash] = field(default_factory=dict)
+    """Scheduled crashes by their index in ``faults.crashes``."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Values set over the file's (``--set``, compare, sweep, the Python API)."""
 
@@ -385,6 +426,7 @@ def load_scenario(path: Path | str, overrides: Mapping[str, Any] | None = None) 
     site_links = _resolve_site_links(spec, library, path)
     outages = _resolve_outages(spec, clients, path)
     availability = _resolve_availability(spec, clients, path)
+    crash_rules, scheduled = _resolve_crashes(spec, clients, path)
     return LoadedScenario(
         path=path,
         spec=spec,
@@ -398,8 +440,28 @@ def load_scenario(path: Path | str, overrides: Mapping[str, Any] | None = None) 
         availability=availability,
         aggregators=aggregators,
         site_links=site_links,
+        crash_rules=crash_rules,
+        scheduled_crashes=scheduled,
         overrides=dict(overrides or {}),
     )
+
+
+def _resolve_crashes(
+    spec: ScenarioSpec, clients: list[ClientSpec], path: Path
+) -> tuple[tuple[CrashRule, ...], dict[int, ScheduledCrash]]:
+    by_name = {c.name: c.client_id for c in clients}
+    rules, scheduled = [], {}
+    for index, crash in enumerate(spec.faults.crashes):
+        if crash.probability is not None:
+            rules.append(CrashRule(crash.during, crash.probability))
+            continue
+        if crash.client not in by_name:
+            raise InputError(path, f"faults.crashes[{index}].client", f"unknown client '{crash.client}'")
+        if crash.round is not None and crash.round > spec.training.rounds:
+            last = spec.training.rounds
+            raise InputError(path, f"faults.crashes[{index}].round", f"is after the last round ({last})")
+        scheduled[index] = ScheduledCrash(by_name[crash.client], crash.round or 1, crash.during)
+    return tuple(rules), scheduled
 
 
 def _resolve_site_links(

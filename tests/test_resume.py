@@ -26,10 +26,18 @@ COMPARED = ("rounds.csv", "events.csv", "link_utilisation.csv", "trace.json", "f
 
 
 def _eight_rounds_with_every_kind_of_event() -> dict:
-    """An aggregating site, an outage with stalls, maintenance and deadline drops, over 8 rounds."""
+    """An aggregating site, two outages with stalls, maintenance, deadline drops and injected
+    faults (one scheduled after the rounds a test stops at), over 8 rounds."""
     data = _plant(tiny_scenario_dict()) | {"profiles_dir": str(PROFILES)}
     data["training"]["rounds"] = 8
     data["network"]["outages"].append({"link": "backhaul:hall", "start": "1.0 s", "duration": "1.0 s"})
+    data["faults"] = {
+        "crashes": [
+            {"during": "compute", "probability": 0.1},
+            {"during": "upload", "client": "yard/rpi5-1", "round": 5},
+        ],
+        "corrupt_updates": [{"kind": "nan", "probability": 0.1}],
+    }
     return data
 
 
