@@ -3,11 +3,11 @@
 Every file is written to a temporary name in the same folder and renamed into place, except
 the two that grow with the run: after every round the rounds table is rewritten that way,
 and the round's events and link samples are appended to ``events.csv`` and
-``link_utilisation.csv`` as one flushed block (rewriting them would make a long run
-quadratic). A run stopped between rounds keeps every completed round readable; one killed
-in the middle of an append may leave a part of that last block, which ``run --resume``
-cuts off (the checkpoint records each file's length, see :mod:`fedhq_sim.checkpoint`) and
-which a reader sees as a last line without its newline. Host-dependent facts
+``link_utilisation.csv`` as one block in one ``write`` call, flushed to disk (rewriting them
+would make a long run quadratic). A run killed at any moment keeps every completed round
+whole and readable; a block of a round that completed after the last checkpoint is cut off
+by ``run --resume`` (the checkpoint records each file's length, see
+:mod:`fedhq_sim.checkpoint`) and written again. Host-dependent facts
 (timings, versions, date) go only in ``run.json``; ``rounds.csv`` and ``events.csv``
 depend on the scenario and seed alone.
 """
@@ -71,6 +71,20 @@ def atomic_write_chunks(path: Path, chunks: Iterable[bytes]) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` in one rename; readers see the old or the new file."""
     atomic_write_chunks(path, [data])
+
+
+def append_block(path: Path, block: bytes) -> None:
+    """Append ``block`` with one ``write`` call and flush it to disk: a kill, which cannot cut
+    a system call short on a local file, leaves the block whole or absent (and a resumed run
+    cuts the file back to its checkpoint's length anyway)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        view = memoryview(block)
+        while view:  # a short write (a full disk) is finished, or raises, here
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -141,10 +155,7 @@ class ResultsWriter:
         if done is None:
             atomic_write_text(path, csv_text(rows_of(records), header))
         elif len(records) > done:
-            with path.open("a", encoding="utf-8", newline="") as handle:
-                handle.write(csv_text(rows_of(records[done:])))
-                handle.flush()
-                os.fsync(handle.fileno())
+            append_block(path, csv_text(rows_of(records[done:])).encode("utf-8"))
         self._appended[name] = len(records)
 
     def appended_sizes(self) -> dict[str, int]:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -127,6 +128,8 @@ def test_a_run_stopped_mid_run_and_resumed_writes_the_files_of_one_never_stopped
     assert returned == code, err
     if how != signal.SIGKILL:
         assert "Traceback" not in err and f"fedhq-sim run --resume {out}" in err
+    rounds, events = pd.read_csv(out / "rounds.csv"), pd.read_csv(out / "events.csv")  # readable as they are
+    assert rounds["round"].max() >= 3 and set(events["round"]) >= {1, 2, 3}
     resumed = _run(["run", "--resume", str(out), "--workers", "1"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming after round" in resumed.stdout
