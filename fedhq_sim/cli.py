@@ -222,6 +222,8 @@ def _resumed(args: argparse.Namespace) -> tuple[LoadedScenario, dict]:
         raise InputError(ran["path"], "", "changed since the run began; a resumed run must be the same scenario")
     if checkpoint["round"] >= scenario.spec.training.rounds:
         raise InputError(args.resume, "--resume", f"the run finished all {checkpoint['round']} rounds")
+    if args.timing_only and not checkpoint["timing_only"]:
+        raise InputError("command line", "--timing-only", "the run being resumed runs in full mode; it goes on so")
     args.timing_only = checkpoint["timing_only"]
     return scenario, checkpoint
 
