@@ -98,12 +98,3 @@ def read_samples(path: Path, count: int, links: Mapping[Any, Any]) -> list[LinkS
         LinkSample(float(time_s), by_name[name], float(rate), int(flows))
         for time_s, name, _capacity, rate, _share, flows in _rows(path, count)
     ]
-
-
-def truncate(path: Path, nbytes: int) -> None:
-    """Cut an appended file back to what the checkpoint saw (a kill may have left a part of a
-    later round's block behind it)."""
-    if path.stat().st_size < nbytes:
-        raise InputError(path, "", f"is shorter than the checkpoint recorded ({nbytes} bytes): the folder was changed")
-    with path.open("r+b") as handle:
-        handle.truncate(nbytes)

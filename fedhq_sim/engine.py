@@ -136,7 +136,6 @@ class Simulation:
         self.data = federated_data(scenario, self.rng["partition"])
         self.topology: Topology = build_topology(scenario)
         self.network = self._new_network()
-        self._outages_open: Counter[tuple[str, str]] = Counter()
         self._aggregation_s: dict[tuple[str, int], float] = {}
         self._outage_phase = ["waiting"] * len(scenario.outages)  # then "down", then "done"
         self._outage_procs = [self.env.process(self._outage(i, o)) for i, o in enumerate(scenario.outages)]
@@ -243,13 +242,15 @@ class Simulation:
             yield resumed if resumed is not None else self.env.timeout(outage.start_s)
             resumed = None
             self._outage_phase[index] = "down"
-            self._outages_open[outage.nodes] += 1
             for link in ((a, b), (b, a)):
                 self.network.set_down(link, True)
         yield resumed if resumed is not None else self.env.timeout(outage.end_s - outage.start_s)
         self._outage_phase[index] = "done"
-        self._outages_open[outage.nodes] -= 1
-        if not self._outages_open[outage.nodes]:
+        still_down = (
+            o.nodes == outage.nodes and p == "down"
+            for o, p in zip(self.scenario.outages, self._outage_phase, strict=True)
+        )
+        if not any(still_down):
             for link in ((a, b), (b, a)):
                 self.network.set_down(link, False)
 
@@ -682,9 +683,6 @@ class Simulation:
         self.work.load_state_dict(state["work"])
         self._outage_phase = list(state["outages"])
         self._crashes_fired = set(state["crashes_fired"])
-        self._outages_open = Counter(
-            o.nodes for o, phase in zip(self.scenario.outages, self._outage_phase, strict=True) if phase == "down"
-        )
         outages = self.scenario.outages
         for time_s, priority, index in state["pending"]:
             event = schedule_at(self.env, time_s, priority)
@@ -732,12 +730,12 @@ class Simulation:
 def _collection_after_round() -> Iterator[None]:
     """Run a round without the cycle collector, then collect and freeze what it kept.
 
-    The collector's passes over what a large run keeps (every record and link sample) cost
-    a third of its time, and its passes within a round over the round's processes, flows
-    and records grow faster than the round: a round of 10,000 clients took 4.0x one of
-    3,000 with them, 3.7x without them (N log N: 3.8x). A round leaves little cyclic garbage
-    (9 MiB more peak memory over a full-mode comparison run), so it is collected when the
-    round ends, and the survivors are frozen out of later passes (unfrozen after the run).
+    The collector's passes over what a large run keeps (every record and link sample), and
+    within a round over the round's processes, flows and records, made a large round grow
+    faster than N log N in its clients (``bench/timing_scale.py`` measures the growth). A
+    round leaves little cyclic garbage, so it is collected when the round ends, and the
+    survivors are frozen out of later passes (unfrozen after the run); ``bench/long_run.py``
+    and ``tests/test_long_run.py`` check that memory grows only by the records kept.
     """
     enabled = gc.isenabled()
     gc.disable()

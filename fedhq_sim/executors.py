@@ -59,11 +59,11 @@ def run_task(task: WorkTask) -> TaskResult:
     return TaskResult(local, {k: v.numpy() for k, v in decode_to_fp32(local.payload).items()})
 
 
-def run_task_on_one_thread(task: WorkTask) -> TaskResult:
-    """:func:`run_task` in a worker shared with other work (a Ray worker): one torch thread,
-    as the engine and the pool's workers use, so the floats are those of a serial run."""
+def on_one_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a worker shared with other work (a Ray worker): one torch thread, as
+    the engine and the pool's workers use, so the floats are those of a serial run."""
     torch.set_num_threads(1)
-    return run_task(task)
+    return fn(*args)
 
 
 class Pending(Protocol):

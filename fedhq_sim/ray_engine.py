@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from fedhq_sim.errors import InputError
-from fedhq_sim.executors import TaskResult, run_task_on_one_thread
+from fedhq_sim.executors import TaskResult, WorkTask, on_one_thread, run_task
 
 INSTALL_HINT = "the Ray engine needs Ray: pip install 'fedhq-sim[ray]' (or pip install ray)"
 
@@ -77,18 +77,13 @@ class RayExecutor:
     def __init__(self, session: RaySession) -> None:
         self.ray = session.ray
         self._work = self.ray.remote(num_cpus=1)(_client_work)
-        self._call = self.ray.remote(num_cpus=1)(_on_one_thread)
+        self._call = self.ray.remote(num_cpus=1)(on_one_thread)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> _RayPending:
         return _RayPending(self.ray, self._call.remote(fn, *args))
 
     def map(self, tasks: Sequence[Any]) -> list[TaskResult]:
-        if not tasks:
-            return []
-        shared = {}
-        for task in tasks:  # one copy of each round's model in the object store
-            shared.setdefault(task.payload, None)
-        refs = {payload: self.ray.put(payload) for payload in shared}
+        refs = {payload: self.ray.put(payload) for payload in {t.payload for t in tasks}}  # one copy a model
         futures = [self._work.remote(refs[t.payload], t.data, t.strategy, t.cfg, t.seed) for t in tasks]
         return self.ray.get(futures)
 
@@ -107,17 +102,9 @@ class _RayPending:
         return self.ray.get(self.ref)
 
 
-def _on_one_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    import torch
-
-    torch.set_num_threads(1)
-    return fn(*args)
-
-
 def _client_work(payload: bytes, data: Any, strategy: Any, cfg: Any, seed: int) -> TaskResult:
-    from fedhq_sim.executors import WorkTask
-
-    return run_task_on_one_thread(WorkTask(payload, data, strategy, cfg, seed))
+    """A task's model travels as its own argument, so Ray resolves the one shared copy."""
+    return on_one_thread(run_task, WorkTask(payload, data, strategy, cfg, seed))
 
 
 def run_on_ray(

@@ -87,6 +87,15 @@ def append_block(path: Path, block: bytes) -> None:
         os.close(fd)
 
 
+def truncate(path: Path, nbytes: int) -> None:
+    """Cut an appended file back to what the checkpoint saw (a kill may have left a part of a
+    later round's block behind it)."""
+    if path.stat().st_size < nbytes:
+        raise InputError(path, "", f"is shorter than the checkpoint recorded ({nbytes} bytes): the folder was changed")
+    with path.open("r+b") as handle:
+        handle.truncate(nbytes)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
@@ -165,8 +174,6 @@ class ResultsWriter:
     def resume(self, sizes: Mapping[str, int], rows: Mapping[str, int]) -> None:
         """Go on with a folder from a checkpoint: cut each appended file back to ``sizes`` (a
         kill may have left part of a later round) and append after its ``rows``."""
-        from fedhq_sim.checkpoint import truncate
-
         for name, nbytes in sizes.items():
             truncate(self.out / name, nbytes)
             self._appended[name] = rows[name]

@@ -31,7 +31,8 @@ from fedhq_sim.yamlio import load_yaml_mapping
 
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_CLIENTS = 200_000
-"""A fleet this large takes about 20 GiB in timing-only mode (1.1 GiB at 10,000 clients)."""
+"""A fleet this large would take some 20 GiB in timing-only mode (extrapolated from the 1.1 GiB
+that ``bench/timing_scale.py`` measures at 10,000 clients)."""
 ProfileName = Annotated[str, Field(pattern=SAFE_NAME)]  # a file stem, never a path
 
 
