@@ -73,12 +73,14 @@ def analyze(
     """Hardware and data analysis of every client (see the module docstring)."""
     spec = scenario.spec
     shape = tuple(data.input_shape)
-    global_model = build_model(spec.model, data.num_classes, seed=spec.seed, input_shape=shape)
+    global_model = build_model(scenario.model, data.num_classes, seed=spec.seed, input_shape=shape)
     model_payload = encode_fp32(global_model.state_dict())
     largest = max(data.clients, key=len)
     fixed = {s.label: _one_batch_work(cfg, largest, s, model_payload) for s in strategies}
-    steps = {s.label: training_step(spec.model, data.num_classes, s, (cfg.batch_size, *shape)).work for s in strategies}
-    uploads = {s.label: payload_bytes(spec.model, data.num_classes, s, shape) for s in strategies}
+    steps = {
+        s.label: training_step(scenario.model, data.num_classes, s, (cfg.batch_size, *shape)).work for s in strategies
+    }
+    uploads = {s.label: payload_bytes(scenario.model, data.num_classes, s, shape) for s in strategies}
     counts = [np.bincount(c.y.numpy(), minlength=data.num_classes) for c in data.clients]
     fleet = np.sum(counts, axis=0)
     result = {}

@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -228,6 +230,24 @@ def _resumed(args: argparse.Namespace) -> tuple[LoadedScenario, dict]:
     return scenario, checkpoint
 
 
+def _printer() -> Callable[[str], None]:
+    """Print progress lines until the reader goes away (``| head``, a closed pipe): then go
+    on quietly, since a run's results are its files, not its progress lines."""
+    gone = False
+
+    def say(text: str) -> None:
+        nonlocal gone
+        if gone:
+            return
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:
+            gone = True
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+
+    return say
+
+
 def _simulate_into(
     args: argparse.Namespace,
     scenario: LoadedScenario,
@@ -244,7 +264,7 @@ def _simulate_into(
     from fedhq_sim.results import ResultsWriter
     from fedhq_sim.tables import links_frame, phases_frame, rounds_frame
 
-    say = (lambda _text: None) if args.quiet else (lambda text: print(text, flush=True))
+    say = (lambda _text: None) if args.quiet else _printer()
     host_start = time.perf_counter()
     simulation = Simulation(scenario, executor, timing_only=args.timing_only)
     simulation.checkpointing = True

@@ -28,7 +28,7 @@ import torch
 from fedhq_sim.analysis import analyze
 from fedhq_sim.charge import charge_seconds, compute_joules
 from fedhq_sim.clock import pending_events, schedule_at
-from fedhq_sim.data import DATASETS, FederatedData, PartitionError, federate
+from fedhq_sim.data import FederatedData, PartitionError, federate
 from fedhq_sim.errors import InputError, SimulationError
 from fedhq_sim.executors import Pending, WorkExecutor
 from fedhq_sim.faults import CRASHED, ClientFaults, draw
@@ -42,6 +42,7 @@ from fedhq_sim.scenario import ClientSpec, LoadedScenario, Outage, check_timing_
 from fedhq_sim.server_work import Update
 from fedhq_sim.topology import Topology, build_topology
 from fedhq_sim.training import LocalConfig
+from fedhq_sim.workload import load_data
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,9 @@ def _streams(seed: int) -> dict[str, np.random.Generator]:
 def federated_data(scenario: LoadedScenario, rng: np.random.Generator | None = None) -> FederatedData:
     """The scenario's data split; a split that cannot satisfy the scenario is an input error."""
     d = scenario.spec.data
-    size = {} if d.samples_per_class is None else {"samples_per_class": d.samples_per_class}
     try:
         return federate(
-            DATASETS[d.dataset](**size),
+            load_data(scenario.data_source).samples,
             n_clients=len(scenario.clients),
             alpha=d.dirichlet_alpha,
             test_fraction=d.test_fraction,
@@ -153,7 +153,7 @@ class Simulation:
         self.able = {cid: frozenset(labels) for cid, labels in able.items()}
         t = spec.training
         self.local = LocalConfig(
-            spec.model,
+            scenario.model,
             self.data.num_classes,
             t.local_epochs,
             t.batch_size,
@@ -269,7 +269,7 @@ class Simulation:
         sample_shape = tuple(self.data.test.x.shape[1:])
         batch_shape = (spec.training.batch_size, *sample_shape)
         num_classes = self.data.num_classes
-        model_nbytes = payload_bytes(spec.model, num_classes, FP32, sample_shape)
+        model_nbytes = payload_bytes(self.scenario.model, num_classes, FP32, sample_shape)
         rows = []
         for client in self.scenario.clients:
             cid = client.client_id
@@ -281,8 +281,8 @@ class Simulation:
                 (fixed if n >= batch else 0) if fixed is not None else spec.training.local_epochs * (n // batch)
             )
             for strategy in self._candidate_strategies():
-                upload_nbytes = payload_bytes(spec.model, num_classes, strategy, sample_shape)
-                step = training_step(spec.model, num_classes, strategy, batch_shape)
+                upload_nbytes = payload_bytes(self.scenario.model, num_classes, strategy, sample_shape)
+                step = training_step(self.scenario.model, num_classes, strategy, batch_shape)
                 rows.append(
                     check_client(
                         client,

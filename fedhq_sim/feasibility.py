@@ -23,9 +23,9 @@ from functools import cache
 import torch
 from torch.nn.functional import cross_entropy
 
-from fedhq_sim.models import build_model
+from fedhq_sim.models import ModelRef, build_model
 from fedhq_sim.network import DirectedLink
-from fedhq_sim.quant import eager
+from fedhq_sim.quant import backend
 from fedhq_sim.quant.payload import encode_fp32, encode_quantized
 from fedhq_sim.quant.strategy import Strategy
 from fedhq_sim.scenario import ClientSpec
@@ -63,17 +63,19 @@ class StepEstimate:
 
 
 @cache
-def training_step(model_name: str, num_classes: int, strategy: Strategy, batch_shape: tuple[int, ...]) -> StepEstimate:
+def training_step(
+    model_ref: ModelRef | str, num_classes: int, strategy: Strategy, batch_shape: tuple[int, ...]
+) -> StepEstimate:
     """Trace one training step of ``strategy`` at ``batch_shape`` and size the client's memory.
 
     Memory: the step's peak allocations (gradients, activations, temporaries) plus what stays
     resident through it: the decoded global model, the model being trained and, for QAT, the
     fp32 model it was prepared from, and the update about to be written (one more copy).
     """
-    model = build_model(model_name, num_classes, seed=0, input_shape=batch_shape[1:])
+    model = build_model(model_ref, num_classes, seed=0, input_shape=batch_shape[1:])
     resident = 3 * _state_bytes(model)
     if strategy.kind == "qat":
-        model = eager.prepare_qat(model, strategy.bits)
+        model = backend.prepare_qat(model, strategy.bits)
         resident += _state_bytes(model)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
@@ -90,14 +92,14 @@ def training_step(model_name: str, num_classes: int, strategy: Strategy, batch_s
 
 
 @cache
-def payload_bytes(model_name: str, num_classes: int, strategy: Strategy, input_shape: tuple[int, ...]) -> int:
+def payload_bytes(model_ref: ModelRef | str, num_classes: int, strategy: Strategy, input_shape: tuple[int, ...]) -> int:
     """Serialized size of a model (fp32) or of its quantized update, from a real encoding."""
-    model = build_model(model_name, num_classes, seed=0, input_shape=input_shape)
+    model = build_model(model_ref, num_classes, seed=0, input_shape=input_shape)
     if strategy.kind == "fp32":
         return len(encode_fp32(model.state_dict()))
-    prepared = eager.prepare_ptq(model, strategy.bits)
-    eager.calibrate(prepared, [torch.rand((4, *input_shape), generator=torch.Generator().manual_seed(0))])
-    return len(encode_quantized(eager.convert(prepared), strategy.bits))
+    prepared = backend.prepare_ptq(model, strategy.bits)
+    backend.calibrate(prepared, [torch.rand((4, *input_shape), generator=torch.Generator().manual_seed(0))])
+    return len(encode_quantized(backend.convert(prepared), strategy.bits))
 
 
 def transfer_floor_s(

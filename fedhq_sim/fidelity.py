@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedhq_sim.charge import charge_seconds
-from fedhq_sim.data import DATASETS, Samples, federate
+from fedhq_sim.data import Samples, federate
+from fedhq_sim.datasets import DATASETS
 from fedhq_sim.models import build_model
 from fedhq_sim.profiles import DeviceProfile
 from fedhq_sim.quant.payload import encode_fp32
@@ -48,7 +49,7 @@ MODEL_DATASETS = {"small_cnn": "digits", "resnet8": "digits", "mlp": "plant_sens
 def client_samples(n_samples: int, dataset: str = "digits") -> Samples:
     """An IID share of a dataset (fixed seed): the data one client would train on."""
     data = federate(
-        DATASETS[dataset](),
+        DATASETS[dataset].loader(),
         n_clients=1,
         alpha=1e3,
         test_fraction=0.2,
@@ -77,15 +78,15 @@ def compare(
     reports its median.
     """
     cases = []
-    for model_name in models:
-        data = client_samples(n_samples, MODEL_DATASETS[model_name])
+    for model_ref in models:
+        data = client_samples(n_samples, MODEL_DATASETS[model_ref])
         shape, classes = tuple(data.x.shape[1:]), int(data.y.max()) + 1
-        payload = encode_fp32(build_model(model_name, classes, seed=0, input_shape=shape).state_dict())
+        payload = encode_fp32(build_model(model_ref, classes, seed=0, input_shape=shape).state_dict())
         for strategy in strategies:
             for batch in batch_sizes:
-                cfg = LocalConfig(model_name, classes, epochs, batch, 0.05, 32, shape)
+                cfg = LocalConfig(model_ref, classes, epochs, batch, 0.05, 32, shape)
                 predicted = charge_seconds(local_work(payload, data, strategy, cfg, seed=1).work, device)
-                cases.append((model_name, strategy, batch, cfg, payload, data, predicted))
+                cases.append((model_ref, strategy, batch, cfg, payload, data, predicted))
     times: list[list[float]] = [[] for _ in cases]
     with untraced():
         for _ in range(repeats):
@@ -95,8 +96,8 @@ def compare(
                 local_work(payload, data, strategy, cfg, seed=1)
                 case_times.append(time.perf_counter() - start)
     return [
-        FidelityRow(model_name, strategy.label, batch, predicted, statistics.median(case_times))
-        for (model_name, strategy, batch, _, _, _, predicted), case_times in zip(cases, times, strict=True)
+        FidelityRow(model_ref, strategy.label, batch, predicted, statistics.median(case_times))
+        for (model_ref, strategy, batch, _, _, _, predicted), case_times in zip(cases, times, strict=True)
     ]
 
 

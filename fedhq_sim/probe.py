@@ -23,13 +23,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.ao.nn import quantized as nnq
-from torch.ao.quantization import FusedMovingAvgObsFakeQuantize
 from torch.nn import functional as F  # noqa: N812 - the conventional alias
 
 from fedhq_sim.charge import charge_seconds, op_seconds
 from fedhq_sim.profiles import DeviceProfile, Kernel, Kernels, Overheads
-from fedhq_sim.quant import eager
+from fedhq_sim.quant import backend
 from fedhq_sim.quant.payload import decode_to_fp32, encode_fp32
 from fedhq_sim.schema import validate
 from fedhq_sim.work import WorkProfile, step_markers, traced, untraced
@@ -199,26 +197,30 @@ def _elementwise_samples(repeats: int) -> list[Sample]:
 
 
 def _fake_quant_samples(repeats: int) -> list[Sample]:
+    """Fake quantization as QAT runs it: a layer's input at 8 bits, its range from the batch."""
     samples = []
-    with eager.eager_quantization():
-        for n in ELEMENTWISE_SIZES:
-            fake_quant = FusedMovingAvgObsFakeQuantize()
-            x = torch.randn(n)
-            samples.append(measure(lambda fq=fake_quant, x=x: fq(x), repeats))
+    for n in ELEMENTWISE_SIZES:
+        quantizer = backend.ActivationQuantizer(backend.Ranges.at(8), "train").train()
+        x = torch.randn(n)
+        samples.append(measure(lambda fq=quantizer, x=x: fq(x), repeats))
     return samples
 
 
+def _int8_matmul(rows: int, inner: int, cols: int) -> Callable[[], torch.Tensor]:
+    x = torch.randint(-128, 128, (rows, inner), dtype=torch.int8)
+    w = torch.randint(-128, 128, (inner, cols), dtype=torch.int8)
+    return lambda: torch._int_mm(x, w)
+
+
 def _int8_samples(repeats: int) -> tuple[list[Sample], list[Sample]]:
-    linear, conv = [], []
-    with eager.eager_quantization(), torch.no_grad():
-        for rows, k, m in MATMUL_SIZES:
-            layer = nnq.Linear(k, m)
-            x = torch.quantize_per_tensor(torch.rand(rows, k), 0.02, 0, torch.quint8)
-            linear.append(measure(lambda layer=layer, x=x: layer(x), repeats))
-        for batch, cin, hw, cout, stride, k in CONV_SIZES:
-            layer = nnq.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
-            x = torch.quantize_per_tensor(torch.rand(batch, cin, hw, hw), 0.02, 0, torch.quint8)
-            conv.append(measure(lambda layer=layer, x=x: layer(x), repeats))
+    """This host's int8 matrix product (``torch._int_mm``: int8 inputs, int32 sums) over the
+    matmul sizes, and over the matrix products that convolutions lower to in an int8 runtime
+    (im2col: output positions x (in_channels * k * k), times out_channels)."""
+    linear = [measure(_int8_matmul(rows, k, m), repeats) for rows, k, m in MATMUL_SIZES]
+    conv = []
+    for batch, cin, hw, cout, stride, k in CONV_SIZES:
+        positions = batch * (-(-hw // stride)) ** 2
+        conv.append(measure(_int8_matmul(positions, cin * k * k, cout), repeats))
     return linear, conv
 
 
@@ -236,7 +238,7 @@ def measure_kernels(repeats: int) -> Kernels:
         "elementwise": fit_kernel(_elementwise_samples(repeats), "elementwise"),
         "fake_quant": fit_kernel(_fake_quant_samples(repeats), "fake_quant"),
         "int8_matmul": fit_kernel(int8_linear, "int8_matmul"),
-        "int8_conv": fit_kernel(int8_conv, "int8_conv"),
+        "int8_conv": fit_kernel(int8_conv, "int8_matmul"),  # measured as its im2col product
     }
     fp16_matmul = fit_kernel(_matmul_samples(repeats, torch.float16), "matmul")
     if fp16_matmul.throughput > kernels["matmul"].throughput:
@@ -263,13 +265,10 @@ class _ChainNet(nn.Module):
 
     def __init__(self, depth: int, width: int = 8) -> None:
         super().__init__()
-        self.quant = torch.ao.quantization.QuantStub()
         self.body = nn.Sequential(*[nn.Sequential(nn.Linear(width, width), nn.ReLU()) for _ in range(depth)])
-        self.dequant = torch.ao.quantization.DeQuantStub()
-        self.fuse_groups = tuple((f"body.{i}.0", f"body.{i}.1") for i in range(depth))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dequant(self.body(self.quant(x)))
+        return self.body(x)
 
 
 class _ConvNet(nn.Module):
@@ -340,13 +339,12 @@ def measure_overheads(repeats: int, partial: DeviceProfile) -> Overheads:
         read_residuals.append(_residual(read.seconds, read.work, partial))
     serialize_payload, serialize_rate = fit_line(write_sizes, write_residuals, relative=False)
     deserialize_payload, deserialize_rate = fit_line(write_sizes, read_residuals, relative=False)
-    with eager.eager_quantization():
-        ptq = measure(lambda: eager.prepare_ptq(model), repeats)
-        qat = measure(lambda: eager.prepare_qat(model), repeats)
-        prepared = eager.prepare_ptq(model)
-        eager.calibrate(prepared, [x])
-        conv = measure(lambda: eager.convert(copy.deepcopy(prepared)), repeats)
-        deepcopy = measure(lambda: copy.deepcopy(prepared), repeats)
+    ptq = measure(lambda: backend.prepare_ptq(model), repeats)
+    qat = measure(lambda: backend.prepare_qat(model), repeats)
+    prepared = backend.prepare_ptq(model)
+    backend.calibrate(prepared, [x])
+    conv = measure(lambda: backend.convert(copy.deepcopy(prepared)), repeats)
+    deepcopy = measure(lambda: copy.deepcopy(prepared), repeats)
     # The copy is there only to convert a fresh model each time: take its time and work out.
     convert_residual = _residual(conv.seconds, conv.work, partial) - _residual(deepcopy.seconds, deepcopy.work, partial)
     floor = 1e-9  # a residual lost in timing noise is still a positive (negligible) cost

@@ -41,7 +41,6 @@ from fedhq_sim.server_work import (
     gateway_round,
     gateway_write_key,
     read_key,
-    server_model_key,
 )
 from fedhq_sim.training import (
     LocalConfig,
@@ -176,10 +175,7 @@ class AggregationProfiles:
         """Reading and averaging updates written with these strategy labels."""
         if not labels:
             raise ValueError("aggregating needs at least one update")
-        key = server_model_key(self.arch)
-        if WORK_CACHE.get(key) is None:
-            self._read(labels[0])
-        work = _cached(key)
+        work = WorkProfile()
         for label, count in Counter(labels).items():
             work = work + self._read(label).times(count)
         return work + self._fedavg(len(labels))
@@ -193,8 +189,8 @@ class AggregationProfiles:
 
     def server(self, labels: Sequence[str], calibration: Samples, test: Samples, bits: int) -> WorkProfile:
         """The server's round: aggregate, then evaluate the new global model fp32 and deployed."""
-        model_name, num_classes, _ = self.arch
-        key = evaluate_key(model_name, num_classes, calibration, test, bits)
+        model_ref, num_classes, _ = self.arch
+        key = evaluate_key(model_ref, num_classes, calibration, test, bits)
         if WORK_CACHE.get(key) is None:
-            evaluate_global(self.global_state, model_name, num_classes, calibration, test, bits)
+            evaluate_global(self.global_state, model_ref, num_classes, calibration, test, bits)
         return self.aggregate(labels) + _cached(key)

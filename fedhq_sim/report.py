@@ -111,10 +111,14 @@ def write_run_report(out: Path) -> Path:
         "clients reported / selected": f"{int(rounds['reported'].sum())} / {int(rounds['selected'].sum())}",
         "energy [J]": f"{rounds['energy_j'].sum():.1f}",
     }
+    workload = info.get("workload", {})
     body = [
         *([f"<p><strong>{html.escape(TIMING_ONLY_BANNER)}</strong></p>"] if timing_only else []),
+        *([f"<p><strong>{html.escape(workload['note'])}</strong></p>"] if "note" in workload else []),
         "<h2>Summary</h2>",
         _meta(summary),
+        "<h2>Model and data</h2>",
+        _meta({k: v for k, v in workload.items() if k != "note"}),
         "<h2>Figures</h2>",
         *(_figure(out / name, caption) for name, caption in RUN_FIGURES if (out / name).is_file()),
         "<h2>Rounds</h2>",
@@ -122,7 +126,7 @@ def write_run_report(out: Path) -> Path:
         "<h2>Scenario</h2>",
         f"<pre>{html.escape(_read_text(out / 'scenario.yaml'))}</pre>",
         "<h2>Run</h2>",
-        _meta({k: info[k] for k in ("scenario", "seed", "command", "platform", "quantization_engine") if k in info}),
+        _meta({k: info[k] for k in ("scenario", "seed", "command", "platform", "quantization_backend") if k in info}),
         "<h2>Versions</h2>",
         _meta(info.get("versions", {})),
     ]

@@ -31,11 +31,12 @@ from fedhq_sim import plots
 from fedhq_sim.errors import InputError
 from fedhq_sim.feasibility import Feasibility
 from fedhq_sim.network import DirectedLink, LinkSample
-from fedhq_sim.quant.eager import quant_engine
+from fedhq_sim.quant.backend import BACKEND
 from fedhq_sim.records import PhaseRecord, RoundRecord, column_names
 from fedhq_sim.scenario import LoadedScenario
 from fedhq_sim.tables import LINK_COLUMNS, csv_text, latency_breakdown, link_rows, rounds_frame
 from fedhq_sim.trace import trace_json_chunks
+from fedhq_sim.workload import workload_summary
 
 PACKAGES = (
     "fedhq-sim",
@@ -237,7 +238,8 @@ class ResultsWriter:
             "command": " ".join(sys.argv),
             "versions": package_versions(),
             "platform": platform.platform(),
-            "quantization_engine": quant_engine(),
+            "quantization_backend": BACKEND,
+            "workload": workload_summary(self.scenario.model, self.scenario.data_source),
             "mode": "timing-only" if self.timing_only else "full",
             **({"accuracy": "not reported: timing-only mode executes no training"} if self.timing_only else {}),
             **extra,

@@ -105,7 +105,7 @@ class ExecutedWork:
     ) -> None:
         self.data, self.cfg, self.seed, self.bits = data, cfg, seed, bits
         self.executor: WorkExecutor = executor if executor is not None else SerialExecutor()
-        model = build_model(cfg.model_name, cfg.num_classes, seed=seed, input_shape=cfg.input_shape)
+        model = build_model(cfg.model_ref, cfg.num_classes, seed=seed, input_shape=cfg.input_shape)
         self.global_state = model.state_dict()
         self._payload = encode_fp32(self.global_state)
         self._results: dict[int, ClientResult] = {}
@@ -157,7 +157,7 @@ class ExecutedWork:
         Its work is the same every round, so it is charged from its profile now."""
         d = self.data
         self.global_state, work = aggregate_updates(updates, self.global_state, self.cfg.arch)
-        model = (self.cfg.model_name, d.num_classes, d.server_calibration, d.test, self.bits)
+        model = (self.cfg.model_ref, d.num_classes, d.server_calibration, d.test, self.bits)
         self._payload = encode_fp32(self.global_state)  # what the next round downloads
         accuracy = self.executor.submit(evaluate_payload, self._payload, *model)
         return ServerOutcome(work + evaluation_work(self.global_state, *model), accuracy)
@@ -165,7 +165,7 @@ class ExecutedWork:
     def initial_accuracy(self) -> tuple[float, float]:
         d = self.data
         fp32, deployed, _ = evaluate_global(
-            self.global_state, self.cfg.model_name, d.num_classes, d.server_calibration, d.test, self.bits
+            self.global_state, self.cfg.model_ref, d.num_classes, d.server_calibration, d.test, self.bits
         )
         return fp32, deployed
 
@@ -183,7 +183,7 @@ class ProfiledWork:
 
     def __init__(self, data: FederatedData, cfg: LocalConfig, seed: int, bits: int) -> None:
         self.data, self.cfg, self.bits = data, cfg, bits
-        state = build_model(cfg.model_name, cfg.num_classes, seed=seed, input_shape=cfg.input_shape).state_dict()
+        state = build_model(cfg.model_ref, cfg.num_classes, seed=seed, input_shape=cfg.input_shape).state_dict()
         self._model_nbytes = len(payload := encode_fp32(state))
         self.local = LocalProfiles(cfg, payload, max(data.clients, key=len))
         self.aggregation = AggregationProfiles(cfg.arch, state, self.local)

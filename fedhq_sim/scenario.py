@@ -22,11 +22,12 @@ from pydantic import Field, model_validator
 from fedhq_sim.availability import DAY_S, Availability, ClientAvailability, Window, read_trace
 from fedhq_sim.errors import InputError
 from fedhq_sim.faults import CrashRule, ScheduledCrash
-from fedhq_sim.models import IMAGE_MODELS
+from fedhq_sim.models import ModelRef
 from fedhq_sim.overrides import with_overrides
 from fedhq_sim.policies import POLICIES, Policy, PolicyOptions
 from fedhq_sim.profiles import DeviceProfile, LinkProfile, ProfileLibrary
 from fedhq_sim.schema import NonNegativeSeconds, Seconds, StrictModel, validate
+from fedhq_sim.workload import DataSource, DataSpec, ModelSpec, check_model, data_source, load_data, resolve_model
 from fedhq_sim.yamlio import load_yaml_mapping
 
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -65,28 +66,6 @@ class ServerSpec(StrictModel):
 
     device: ProfileName
     link: ProfileName
-
-
-GENERATED_DATASETS = ("plant_sensors",)
-
-
-class DataSpec(StrictModel):
-    """Which offline dataset, how it is split, and how skewed the clients' shares are."""
-
-    dataset: Literal["digits", "plant_sensors"]
-    dirichlet_alpha: float = Field(gt=0.0, le=1e6)
-    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
-    server_calibration_samples: int = Field(default=64, ge=1, le=100_000)
-    min_client_samples: int = Field(default=8, ge=1)
-    samples_per_class: int | None = Field(default=None, ge=10, le=200_000)
-    """How many readings of each condition ``plant_sensors`` generates (default 600): a fleet
-    of thousands needs more than the default 3,600. The digits are a fixed set of 1,797."""
-
-    @model_validator(mode="after")
-    def _generated_only(self) -> DataSpec:
-        if self.samples_per_class is not None and self.dataset not in GENERATED_DATASETS:
-            raise ValueError(f"samples_per_class sizes a generated dataset ({', '.join(GENERATED_DATASETS)})")
-        return self
 
 
 class TrainingSpec(StrictModel):
@@ -236,7 +215,7 @@ class ScenarioSpec(StrictModel):
     server: ServerSpec
     sites: list[SiteSpec] = Field(min_length=1)
     data: DataSpec
-    model: Literal["small_cnn", "resnet8", "mlp"]
+    model: ModelSpec
     training: TrainingSpec
     policy: PolicySpec
     network: NetworkSpec = Field(default_factory=NetworkSpec)
@@ -285,6 +264,10 @@ class LoadedScenario:
     """Scheduled crashes by their index in ``faults.crashes``."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Values set over the file's (``--set``, compare, sweep, the Python API)."""
+    model: ModelRef | None = None
+    """The model as every process builds it (its user code included)."""
+    data_source: DataSource | None = None
+    """Where the data comes from (:func:`fedhq_sim.workload.load_data` reads it)."""
 
     def text(self) -> str:
         """The scenario as run: the file itself, or with its overrides applied (as YAML)."""
@@ -366,9 +349,6 @@ def check_timing_only(scenario: LoadedScenario) -> None:
         )
 
 
-IMAGE_DATASETS = frozenset({"digits"})
-
-
 def load_scenario(path: Path | str, overrides: Mapping[str, Any] | None = None) -> LoadedScenario:
     """Read, validate and resolve a scenario file, with optional :func:`with_overrides` values;
     any problem is an :class:`InputError`."""
@@ -382,12 +362,6 @@ def load_scenario(path: Path | str, overrides: Mapping[str, Any] | None = None) 
     if not is_dir:
         raise InputError(path, "profiles_dir", f"profile directory '{spec.profiles_dir}' does not exist")
 
-    if spec.model in IMAGE_MODELS and spec.data.dataset not in IMAGE_DATASETS:
-        raise InputError(
-            path,
-            "model",
-            f"{spec.model} needs 8x8 images but dataset '{spec.data.dataset}' is tabular; use mlp, or dataset digits",
-        )
     site_names = [s.name for s in spec.sites]
     for index, name in enumerate(site_names):
         if site_names.index(name) != index:
@@ -428,6 +402,9 @@ def load_scenario(path: Path | str, overrides: Mapping[str, Any] | None = None) 
     outages = _resolve_outages(spec, clients, path)
     availability = _resolve_availability(spec, clients, path)
     crash_rules, scheduled = _resolve_crashes(spec, clients, path)
+    source = data_source(spec.data, path)
+    model = resolve_model(spec.model, path)
+    check_model(model, load_data(source), path, quantizes=policy_class.name != "all-fp32")
     return LoadedScenario(
         path=path,
         spec=spec,
@@ -444,6 +421,8 @@ def load_scenario(path: Path | str, overrides: Mapping[str, Any] | None = None) 
         crash_rules=crash_rules,
         scheduled_crashes=scheduled,
         overrides=dict(overrides or {}),
+        model=model,
+        data_source=source,
     )
 
 

@@ -16,9 +16,8 @@ from torch import nn
 
 from fedhq_sim.aggregate import fedavg
 from fedhq_sim.data import Samples
-from fedhq_sim.models import Arch, traced_build, traced_load
-from fedhq_sim.quant import eager
-from fedhq_sim.quant.folding import unfold_batch_norm
+from fedhq_sim.models import Arch, ModelRef, traced_build, traced_load
+from fedhq_sim.quant import backend
 from fedhq_sim.quant.payload import decode_to_fp32, fp32_message, traced_decode, traced_serialize
 from fedhq_sim.work import WORK_CACHE, WorkProfile, traced
 
@@ -41,26 +40,26 @@ def accuracy(model: nn.Module, samples: Samples, *, int8: bool) -> float:
     model.eval()
     with torch.no_grad():
         for x, y in zip(torch.split(samples.x, EVAL_BATCH), torch.split(samples.y, EVAL_BATCH), strict=True):
-            logits = eager.run_int8(model, x) if int8 else model(x)
+            logits = backend.run_deployed(model, x) if int8 else model(x)
             correct += int((logits.argmax(dim=1) == y).sum())
     return correct / len(samples)
 
 
 def deploy_int8(model: nn.Module, calibration: Samples, bits: int = 8) -> tuple[nn.Module, WorkProfile]:
     """The model the devices run: PTQ of ``model`` at ``bits`` on the server's calibration samples."""
-    prepared, prepare_work = eager.traced_prepare_ptq(model, bits)
-    _, calibrate_work = traced(lambda: eager.calibrate(prepared, list(torch.split(calibration.x, EVAL_BATCH))))
-    deployed, convert_work = eager.traced_convert(prepared)
+    prepared, prepare_work = backend.traced_prepare_ptq(model, bits)
+    _, calibrate_work = traced(lambda: backend.calibrate(prepared, list(torch.split(calibration.x, EVAL_BATCH))))
+    deployed, convert_work = backend.traced_convert(prepared)
     return deployed, prepare_work + calibrate_work + convert_work
 
 
-def evaluate_key(model_name: str, num_classes: int, calibration: Samples, test: Samples, bits: int) -> tuple:
-    return ("evaluate", model_name, num_classes, tuple(calibration.x.shape), tuple(test.x.shape), bits)
+def evaluate_key(model_ref: ModelRef | str, num_classes: int, calibration: Samples, test: Samples, bits: int) -> tuple:
+    return ("evaluate", model_ref, num_classes, tuple(calibration.x.shape), tuple(test.x.shape), bits)
 
 
 def evaluate_global(
     state: dict[str, torch.Tensor],
-    model_name: str,
+    model_ref: ModelRef | str,
     num_classes: int,
     calibration: Samples,
     test: Samples,
@@ -69,36 +68,41 @@ def evaluate_global(
     """fp32 and deployed (int8) test accuracy of a global state, with the work it took."""
 
     def run() -> tuple[tuple[float, float], WorkProfile]:
-        model, build_work = traced_build(model_name, num_classes, seed=0, input_shape=tuple(test.x.shape[1:]))
+        model, build_work = traced_build(model_ref, num_classes, seed=0, input_shape=tuple(test.x.shape[1:]))
         load_work = traced_load(model, state)
         fp32_acc, fp32_work = traced(lambda: accuracy(model, test, int8=False))
         deployed, deploy_work = deploy_int8(model, calibration, bits)
         int8_acc, int8_work = traced(lambda: accuracy(deployed, test, int8=True))
         return (fp32_acc, int8_acc), build_work + load_work + fp32_work + deploy_work + int8_work
 
-    (fp32_acc, int8_acc), work = WORK_CACHE.once(evaluate_key(model_name, num_classes, calibration, test, bits), run)
+    (fp32_acc, int8_acc), work = WORK_CACHE.once(evaluate_key(model_ref, num_classes, calibration, test, bits), run)
     return fp32_acc, int8_acc, work
 
 
 def evaluate_payload(
-    payload: bytes, model_name: str, num_classes: int, calibration: Samples, test: Samples, bits: int
+    payload: bytes, model_ref: ModelRef | str, num_classes: int, calibration: Samples, test: Samples, bits: int
 ) -> tuple[float, float]:
     """fp32 and deployed accuracy of a global model sent as its fp32 payload (a worker's task).
 
     Bytes, not tensors: a process pool would move each tensor's storage into shared memory
     in place, from a background thread, while the engine goes on reading it.
     """
-    fp32_acc, int8_acc, _ = evaluate_global(decode_to_fp32(payload), model_name, num_classes, calibration, test, bits)
+    fp32_acc, int8_acc, _ = evaluate_global(decode_to_fp32(payload), model_ref, num_classes, calibration, test, bits)
     return fp32_acc, int8_acc
 
 
 def evaluation_work(
-    state: dict[str, torch.Tensor], model_name: str, num_classes: int, calibration: Samples, test: Samples, bits: int
+    state: dict[str, torch.Tensor],
+    model_ref: ModelRef | str,
+    num_classes: int,
+    calibration: Samples,
+    test: Samples,
+    bits: int,
 ) -> WorkProfile:
     """The work of :func:`evaluate_global`, which is the same for every global state of a
     model: the cached profile (traced now, on ``state``, if no evaluation ran yet)."""
-    cached = WORK_CACHE.get(evaluate_key(model_name, num_classes, calibration, test, bits))
-    return cached if cached is not None else evaluate_global(state, model_name, num_classes, calibration, test, bits)[2]
+    cached = WORK_CACHE.get(evaluate_key(model_ref, num_classes, calibration, test, bits))
+    return cached if cached is not None else evaluate_global(state, model_ref, num_classes, calibration, test, bits)[2]
 
 
 @dataclass(frozen=True)
@@ -115,11 +119,6 @@ class Update:
     nbytes: int
     decoded: dict[str, torch.Tensor] | None = field(default=None, compare=False, repr=False)
     """What decoding the payload gives, if it was already decoded where it was written."""
-
-
-def server_model_key(arch: Arch) -> tuple:
-    """Building the aggregator's model and loading the global state into it."""
-    return ("server-model", arch)
 
 
 def read_key(arch: Arch, label: str) -> tuple:
@@ -139,17 +138,14 @@ def aggregate_updates(
     updates: Sequence[Update], global_state: dict[str, torch.Tensor], arch: Arch
 ) -> tuple[dict[str, torch.Tensor], WorkProfile]:
     """Decode the updates, bring them into ``global_state``'s parameterization, FedAvg them."""
-    model_name, num_classes, input_shape = arch
-
-    def build() -> tuple[nn.Module, WorkProfile]:
-        model, build_work = traced_build(model_name, num_classes, seed=0, input_shape=input_shape)
-        return model, build_work + traced_load(model, global_state)
-
-    model, work = WORK_CACHE.once(server_model_key(arch), build)
+    work = WorkProfile()
 
     def in_form(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        # A quantized update of a batch-norm model comes folded (see quant/folding.py).
-        return state if state.keys() == global_state.keys() else unfold_batch_norm(model, state)
+        # Every format decodes to the global model's full state_dict (quant/payload.py); in its
+        # order, so the new global model serializes to the same bytes whatever its updates were.
+        if state.keys() != global_state.keys():
+            raise ValueError(f"an update's tensors {sorted(state.keys() ^ global_state.keys())} do not match the model")
+        return {key: state[key] for key in global_state}
 
     def read(payload: bytes) -> tuple[dict[str, torch.Tensor], WorkProfile]:
         state, decode_work = traced_decode(payload)
@@ -187,14 +183,14 @@ def gateway_round(
 def server_round(
     updates: Sequence[Update],
     global_state: dict[str, torch.Tensor],
-    model_name: str,
+    model_ref: ModelRef | str,
     num_classes: int,
     calibration: Samples,
     test: Samples,
     bits: int = 8,
 ) -> ServerResult:
     """Aggregate the reported updates into ``global_state``'s parameterization and evaluate."""
-    arch = (model_name, num_classes, tuple(test.x.shape[1:]))
+    arch = (model_ref, num_classes, tuple(test.x.shape[1:]))
     state, work = aggregate_updates(updates, global_state, arch)
-    fp32_acc, int8_acc, eval_work = evaluate_global(state, model_name, num_classes, calibration, test, bits)
+    fp32_acc, int8_acc, eval_work = evaluate_global(state, model_ref, num_classes, calibration, test, bits)
     return ServerResult(state, fp32_acc, int8_acc, work + eval_work)

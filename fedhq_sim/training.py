@@ -17,8 +17,8 @@ from torch import nn
 from torch.nn.functional import cross_entropy
 
 from fedhq_sim.data import Samples
-from fedhq_sim.models import Arch, traced_build, traced_load
-from fedhq_sim.quant import eager
+from fedhq_sim.models import Arch, ModelRef, traced_build, traced_load
+from fedhq_sim.quant import backend
 from fedhq_sim.quant.payload import fp32_message, quantized_message, traced_decode, traced_serialize
 from fedhq_sim.quant.strategy import Strategy
 from fedhq_sim.work import WORK_CACHE, WorkProfile, step_markers, traced
@@ -28,7 +28,7 @@ from fedhq_sim.work import WORK_CACHE, WorkProfile, step_markers, traced
 class LocalConfig:
     """The local-training settings shared by all clients of a run."""
 
-    model_name: str
+    model_ref: ModelRef | str
     num_classes: int
     local_epochs: int
     batch_size: int
@@ -44,7 +44,7 @@ class LocalConfig:
     @property
     def arch(self) -> Arch:
         """The model as its operations see it (part of every work-cache key)."""
-        return (self.model_name, self.num_classes, tuple(self.input_shape))
+        return (self.model_ref, self.num_classes, tuple(self.input_shape))
 
     def steps(self, n_samples: int) -> int:
         """Minibatch steps a client holding ``n_samples`` takes in a round."""
@@ -64,7 +64,7 @@ class LocalResult:
     divergence: float
     """Relative L2 distance of the trained weights from the global weights the round began with."""
     quantization_error: float | None = None
-    """PTQ only, when ``measure_quantization_error``: relative L2 distance of the int8 model's
+    """PTQ only, when ``measure_quantization_error``: relative L2 distance of the deployed model's
     outputs from the float model's on the calibration samples, i.e. how much conversion
     distorts what the client learned."""
 
@@ -160,10 +160,10 @@ def _head(
 ) -> tuple[tuple[nn.Module, torch.Tensor], WorkProfile]:
     """Read the global model into a fresh local one (prepared for QAT if asked); snapshot it."""
     global_state, read_work = traced_decode(global_payload)
-    model, build_work = traced_build(cfg.model_name, cfg.num_classes, seed=0, input_shape=cfg.input_shape)
+    model, build_work = traced_build(cfg.model_ref, cfg.num_classes, seed=0, input_shape=cfg.input_shape)
     work = read_work + build_work + traced_load(model, global_state)
     if strategy.kind == "qat":
-        model, prepare_work = eager.traced_prepare_qat(model, strategy.bits)
+        model, prepare_work = backend.traced_prepare_qat(model, strategy.bits)
         work = work + prepare_work
     start, snapshot_work = traced(lambda: _flat_parameters(model))
     return (model, start), work + snapshot_work
@@ -185,21 +185,20 @@ def _tail(
         payload, write_work = traced_serialize(lambda: fp32_message(model.state_dict()))
         return _Finished(payload, divergence, None), work + write_work
 
-    batch_norm = eager.batch_norm_state(model)
     quantization_error = None
     if strategy.kind == "ptq":
-        model, prepare_work = eager.traced_prepare_ptq(model, strategy.bits)
+        model, prepare_work = backend.traced_prepare_ptq(model, strategy.bits)
         batches = list(torch.split(data.x[: cfg.calibration_samples], cfg.batch_size))
-        float_outputs, calibrate_work = traced(lambda: eager.calibrate(model, batches))
+        float_outputs, calibrate_work = traced(lambda: backend.calibrate(model, batches))
         work = work + prepare_work + calibrate_work
-    quantized, convert_work = eager.traced_convert(model)
+    quantized, convert_work = backend.traced_convert(model)
     work = work + convert_work
     if strategy.kind == "ptq" and cfg.measure_quantization_error:
         quantization_error, check_work = traced(
-            lambda: _relative_distance(torch.cat([eager.run_int8(quantized, x) for x in batches]), float_outputs)
+            lambda: _relative_distance(torch.cat([backend.run_deployed(quantized, x) for x in batches]), float_outputs)
         )
         work = work + check_work
-    payload, write_work = traced_serialize(lambda: quantized_message(quantized, strategy.bits, batch_norm))
+    payload, write_work = traced_serialize(lambda: quantized_message(quantized, strategy.bits))
     return _Finished(payload, divergence, quantization_error), work + write_work
 
 

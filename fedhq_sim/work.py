@@ -1,7 +1,7 @@
 """Work profiles: what a real computation costs, counted operation by operation.
 
-:class:`WorkTracer` is a ``TorchDispatchMode``: while it is active, every aten (and
-``quantized::``) operation that PyTorch really executes is recorded with its FLOPs, the bytes
+:class:`WorkTracer` is a ``TorchDispatchMode``: while it is active, every aten operation
+that PyTorch really executes is recorded with its FLOPs, the bytes
 it reads and writes, its precision (``fp32``, ``fp16``, ``fake_quant`` or ``int8``) and its
 kernel class (:data:`OpKind`: dense matmul, convolution, its backward, int8 kernels, fake
 quantization, elementwise, view). The tracer also follows the bytes of every tensor the
@@ -9,9 +9,9 @@ work allocates, so a profile knows its peak working memory. The result, a
 :class:`WorkProfile`, depends on the model, the input shapes and the strategy but never on
 the host, which is what lets :mod:`fedhq_sim.charge` price it on any device.
 
-FLOPs of matmul and convolution come from ``torch.utils.flop_counter``'s registry; the
-int8 kernels are counted from their packed weights; other ops count one operation per
-output element (fake quantization: five, for scale, round, clamp, shift and rescale).
+FLOPs of matmul and convolution come from ``torch.utils.flop_counter``'s registry (a
+deployed model's layers run as int8 kernels on a device: see :func:`int8_execution`); other
+ops count one operation per output element (fake quantization: five, for scale, round, clamp, shift and rescale).
 View-like ops move no data and count only as dispatches.
 
 Work that is not a tensor operation but costs time on a device all the same, a training
@@ -85,8 +85,8 @@ _NORM_BACKWARD_OPS = {
 _MAX_POOL_OPS = {"max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices", "max_pool2d"}
 FAKE_QUANT_OPS_PER_ELEMENT = 5
 _SKIPPED_NAMESPACES = {"profiler"}
-# aten.fake_quantize_per_* and the fused observer + fake-quant kernel of eager QAT.
-_FAKE_QUANT_MARKERS = ("fake_quant", "_obs_fq_")
+# aten.fake_quantize_per_* (and their cachemask variants, which training runs).
+_FAKE_QUANT_MARKERS = ("fake_quant",)
 
 T = TypeVar("T")
 
@@ -157,33 +157,12 @@ def _tensors(values: Iterable[Any]) -> list[torch.Tensor]:
     return [v for v in values if isinstance(v, torch.Tensor)]
 
 
-def _packed_weight(args: tuple[Any, ...]) -> torch.Tensor | None:
-    for arg in args:
-        unpack = getattr(arg, "unpack", None)
-        if callable(unpack):
-            return unpack()[0]
-    return None
-
-
-def _int8_kernel_flops(args: tuple[Any, ...], out: Any) -> tuple[float, float]:
-    """FLOPs and weight bytes of a ``quantized::conv*``/``linear*`` call from its packed weight."""
-    weight = _packed_weight(args)
-    if weight is None or not isinstance(out, torch.Tensor):
-        return float(out.numel()) if isinstance(out, torch.Tensor) else 0.0, 0.0
-    # Each output element is a dot product over one weight row: in_features (linear) or
-    # in_channels/groups * kh * kw (conv), i.e. weight[0].numel() multiply-adds.
-    flops = 2.0 * out.numel() * weight[0].numel()
-    return flops, float(weight.numel() * weight.element_size())
-
-
 def _is_view(func: torch._ops.OpOverload) -> bool:
     returns = func._schema.returns
     return bool(returns) and all(r.alias_info is not None and not r.alias_info.is_write for r in returns)
 
 
 def _precision(name: str, tensors: list[torch.Tensor]) -> Precision:
-    if name.startswith("quantized.") or any(t.is_quantized for t in tensors):
-        return "int8"
     if any(marker in name for marker in _FAKE_QUANT_MARKERS):
         return "fake_quant"
     if any(t.dtype in _HALF_DTYPES for t in tensors):
@@ -194,12 +173,6 @@ def _precision(name: str, tensors: list[torch.Tensor]) -> Precision:
 def _dense_kind(name: str, precision: Precision) -> OpKind | None:
     """The dense kernel class of an op name such as ``aten.addmm.default``, if it is one."""
     base = name.split(".")[1] if "." in name else name
-    if name.startswith("quantized."):
-        if "linear" in base and "prepack" not in base:
-            return "int8_matmul"
-        if "conv" in base and "prepack" not in base:
-            return "int8_conv"
-        return None
     if base == "convolution_backward":
         return "conv_backward"
     if base in _CONV_OPS:
@@ -218,14 +191,53 @@ def _dense_kind(name: str, precision: Precision) -> OpKind | None:
 _GATHER_OPS = frozenset({"aten.index.Tensor", "aten.index_select.default"})
 
 
+_INT8_EXECUTION = ContextVar("fedhq_sim_int8_execution", default=False)
+
+
+@contextmanager
+def int8_execution() -> Iterator[None]:
+    """Trace a converted (reference) model as the int8 kernels a device would run for it.
+
+    The reference model computes in fp32 with fake quantization at the integer grid's
+    rounding points; a device runs the same layers as int8 kernels on int8 tensors. Inside
+    this context, convolutions and matrix products count as ``int8_conv``/``int8_matmul``,
+    fake quantization as one elementwise requantization pass, and every tensor element as
+    one byte, so a device profile prices what the device would run, not what the host did.
+    """
+    token = _INT8_EXECUTION.set(True)
+    try:
+        yield
+    finally:
+        _INT8_EXECUTION.reset(token)
+
+
+_AS_INT8: dict[OpKind, OpKind] = {"conv": "int8_conv", "matmul": "int8_matmul"}
+_FOLDED_BATCH_NORMS = frozenset({"_native_batch_norm_legit_no_training", "native_batch_norm", "batch_norm"})
+
+
+def _int8_op_cost(cost: OpCost, flat_in: list[torch.Tensor], flat_out: list[torch.Tensor]) -> OpCost:
+    base = cost.op.split(".")[1] if "." in cost.op else cost.op
+    if cost.kind in ("fake_quant", "view") or base in _FOLDED_BATCH_NORMS:
+        return OpCost(cost.op, "view", "int8", 0.0, 0.0)
+    nbytes = float(sum(t.numel() for t in flat_in + flat_out))
+    return OpCost(cost.op, _AS_INT8.get(cost.kind, cost.kind), "int8", cost.flops, nbytes)
+
+
 def op_cost(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCost:
     """The cost of one executed operation (see the module docstring for the counting rules)."""
+    cost, flat_in, flat_out = _op_cost(func, args, kwargs, out)
+    return _int8_op_cost(cost, flat_in, flat_out) if _INT8_EXECUTION.get() else cost
+
+
+def _op_cost(
+    func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
+) -> tuple[OpCost, list[torch.Tensor], list[torch.Tensor]]:
     name = str(func)
     flat_in = _tensors(tree_flatten((args, kwargs))[0])
     flat_out = _tensors(tree_flatten(out)[0])
     precision = _precision(name, flat_in + flat_out)
     if isinstance(func, torch._ops.OpOverload) and _is_view(func):
-        return OpCost(name, "view", precision, 0.0, 0.0)
+        return OpCost(name, "view", precision, 0.0, 0.0), flat_in, flat_out
     kind: OpKind = _dense_kind(name, precision) or "elementwise"
     if name in _GATHER_OPS:
         # A gather reads the rows it returns (and the index), not the whole source: counting
@@ -235,17 +247,17 @@ def op_cost(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) 
     else:
         nbytes = float(sum(t.numel() * t.element_size() for t in flat_in + flat_out))
     packet = getattr(func, "_overloadpacket", None)
+    if name == "aten._int_mm.default":  # int8 x int8 -> int32 products: 2 * M * K * N operations
+        (m, k), n = args[0].shape, args[1].shape[1]
+        return OpCost(name, "int8_matmul", "int8", 2.0 * m * k * n, nbytes), flat_in, flat_out
     if packet in flop_registry:
         flops = float(flop_registry[packet](*args, **kwargs, out_val=out))
-    elif kind in ("int8_matmul", "int8_conv"):
-        flops, weight_bytes = _int8_kernel_flops(args, out)
-        nbytes += weight_bytes
     elif kind == "fake_quant":
         # Only the quantized values count; the fused kernel's second output is a boolean mask.
         flops = float(flat_out[0].numel()) * FAKE_QUANT_OPS_PER_ELEMENT if flat_out else 0.0
     else:
         flops = float(sum(t.numel() for t in flat_out))
-    return OpCost(name, kind, precision, flops, nbytes)
+    return OpCost(name, kind, precision, flops, nbytes), flat_in, flat_out
 
 
 class _LiveBytes:
@@ -267,18 +279,14 @@ class _LiveBytes:
 
     def add(self, tensors: list[torch.Tensor]) -> None:
         for tensor in tensors:
-            if tensor.is_quantized:
-                nbytes, storage = tensor.numel() * tensor.element_size(), None
-            else:
-                storage = tensor.untyped_storage()
-                nbytes = storage.nbytes()
-            key = id(storage) if storage is not None else id(tensor)
+            storage = tensor.untyped_storage()
+            key, nbytes = id(storage), storage.nbytes()
             if key in self._seen:
                 continue
             self._seen.add(key)
             self.live += nbytes
             self.peak = max(self.peak, self.live)
-            weakref.finalize(storage if storage is not None else tensor, self._release, key, nbytes)
+            weakref.finalize(storage, self._release, key, nbytes)
 
 
 class WorkTracer(TorchDispatchMode):

@@ -45,7 +45,8 @@ def digits_federation():
     """The digits split over 4 clients (alpha 1.0, 20 % test, 64 server calibration samples)."""
     import numpy as np
 
-    from fedhq_sim.data import federate, load_digits
+    from fedhq_sim.data import federate
+    from fedhq_sim.datasets import load_digits
 
     return federate(
         load_digits(),

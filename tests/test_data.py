@@ -4,7 +4,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedhq_sim.data import PartitionError, dirichlet_partition, load_plant_sensors
+from fedhq_sim.data import PartitionError, dirichlet_partition
+from fedhq_sim.datasets import load_plant_sensors
 
 LABELS = np.repeat(np.arange(10), 50)
 
@@ -43,7 +44,7 @@ def test_federate_keeps_test_and_calibration_apart_from_training(digits_federati
 
 
 def test_plant_sensors_are_generated_the_same_every_time_and_balanced():
-    from fedhq_sim.data import SENSOR_CLASSES, SENSOR_FEATURES, load_plant_sensors
+    from fedhq_sim.datasets import SENSOR_CLASSES, SENSOR_FEATURES, load_plant_sensors
 
     one, two = load_plant_sensors(), load_plant_sensors()
     assert torch.equal(one.x, two.x) and torch.equal(one.y, two.y)
@@ -53,7 +54,7 @@ def test_plant_sensors_are_generated_the_same_every_time_and_balanced():
 
 
 def test_each_fault_moves_the_readings_away_from_normal():
-    from fedhq_sim.data import load_plant_sensors
+    from fedhq_sim.datasets import load_plant_sensors
 
     data = load_plant_sensors()
     normal = data.x[data.y == 0].mean(dim=0)

@@ -10,9 +10,10 @@ import torch
 from torch.nn.functional import cross_entropy
 
 from fedhq_sim.charge import charge_seconds, compute_joules
-from fedhq_sim.models import MLP, build_model
+from fedhq_sim.models import build_model
+from fedhq_sim.models.builtin import MLP
 from fedhq_sim.profiles import ProfileLibrary
-from fedhq_sim.quant import eager
+from fedhq_sim.quant import backend
 from fedhq_sim.quant.payload import encode_fp32
 from fedhq_sim.quant.strategy import FP32, Strategy
 from fedhq_sim.training import LocalConfig, local_work, step_key, step_plan
@@ -67,7 +68,7 @@ def test_time_grows_with_model_size(device):
 @pytest.mark.parametrize("device", sorted(DEVICES))
 def test_a_qat_step_costs_more_than_an_fp32_step_on_every_profile(device):
     fp32 = _train_step_work(build_model("small_cnn", 10, seed=0), 32)
-    qat = _train_step_work(eager.prepare_qat(build_model("small_cnn", 10, seed=0)), 32)
+    qat = _train_step_work(backend.prepare_qat(build_model("small_cnn", 10, seed=0)), 32)
     assert charge_seconds(qat, DEVICES[device]) > charge_seconds(fp32, DEVICES[device])
 
 
@@ -89,11 +90,11 @@ INT8_DEVICES = sorted(n for n in DEVICES if n != "jetson_nano")  # the Nano's Ma
 @pytest.mark.parametrize("device", INT8_DEVICES)
 def test_int8_inference_costs_less_than_fp32_on_a_profile_with_int8_units(device, client_data):
     model = build_model("resnet8", 10, seed=1).eval()
-    prepared = eager.prepare_ptq(model)
-    eager.calibrate(prepared, [client_data.x[:64]])
-    quantized = eager.convert(prepared)
+    prepared = backend.prepare_ptq(model)
+    backend.calibrate(prepared, [client_data.x[:64]])
+    quantized = backend.convert(prepared)
     x = client_data.x[:256]
-    _, int8_work = traced(lambda: eager.run_int8(quantized, x))
+    _, int8_work = traced(lambda: backend.run_deployed(quantized, x))
     with torch.no_grad():
         _, fp32_work = traced(lambda: model(x))
     assert charge_seconds(int8_work, DEVICES[device]) < charge_seconds(fp32_work, DEVICES[device])
@@ -153,18 +154,18 @@ def test_local_work_with_a_warm_cache_charges_what_a_cold_one_does(client_data, 
     assert warm.work == cold.work and warm.payload == cold.payload
 
 
-@pytest.mark.parametrize("model_name", ["small_cnn", "resnet8", "mlp"])
+@pytest.mark.parametrize("model_ref", ["small_cnn", "resnet8", "mlp"])
 @pytest.mark.parametrize("label", ["fp32", "ptq8", "qat4"])
 def test_a_piece_cached_from_one_client_costs_what_a_fresh_trace_on_another_client_does(
-    model_name, label, digits_federation
+    model_ref, label, digits_federation
 ):
     """The law behind the cache: which operations run, on which shapes, does not depend on
     the values, so a profile traced on one client's data holds for every client's."""
     strategy = Strategy.from_label(label)
-    cfg = dataclasses.replace(CFG, model_name=model_name, measure_quantization_error=True)
+    cfg = dataclasses.replace(CFG, model_ref=model_ref, measure_quantization_error=True)
     first, other = digits_federation.clients[0], digits_federation.clients[1]
     other = other.subset(np.arange(len(first)))  # the same number of samples, other values
-    payload = encode_fp32(build_model(model_name, 10, seed=1).state_dict())
+    payload = encode_fp32(build_model(model_ref, 10, seed=1).state_dict())
     WORK_CACHE.clear()
     local_work(payload, first, strategy, cfg, seed=5)
     warm = local_work(payload, other, strategy, cfg, seed=6)
@@ -178,7 +179,7 @@ def test_work_profiles_see_each_precision_and_kernel_class(results):
     assert results["qat"].work.flops("fake_quant") > 0
     assert results["qat"].work.count("fake_quant") > 0
     ptq_ops = {op.op for op in results["ptq"].work.counts}
-    assert "quantized.conv2d_prepack.default" in ptq_ops
+    assert "aten.round.default" in ptq_ops  # convert rounds the weights to integers
     for kind in ("conv", "conv_backward", "matmul", "elementwise", "view", "marker"):
         assert results["fp32"].work.count(kind) > 0, kind
     markers = {op.op for op in results["qat"].work.counts if op.kind == "marker"}
@@ -205,10 +206,10 @@ def test_normalization_and_max_pooling_are_priced_as_their_own_classes():
 
 def test_int8_inference_is_traced_as_int8_with_real_flops(client_data):
     model = build_model("small_cnn", 10, seed=1)
-    prepared = eager.prepare_ptq(model)
-    eager.calibrate(prepared, [client_data.x[:32]])
-    quantized = eager.convert(prepared)
-    _, work = traced(lambda: eager.run_int8(quantized, client_data.x[:16]))
+    prepared = backend.prepare_ptq(model)
+    backend.calibrate(prepared, [client_data.x[:32]])
+    quantized = backend.convert(prepared)
+    _, work = traced(lambda: backend.run_deployed(quantized, client_data.x[:16]))
     _, fp32_work = traced(lambda: model.eval()(client_data.x[:16]))
     # The int8 kernels do the same multiply-adds as the fp32 convolutions and linear layer.
     assert work.flops("int8") == pytest.approx(fp32_work.flops("fp32"), rel=0.05)
@@ -271,22 +272,34 @@ def test_local_training_lowers_the_loss(client_data, global_payload):
 
 
 def test_fake_quantization_counts_five_operations_per_value():
-    model = eager.prepare_qat(build_model("mlp", 10, seed=0))
+    model = backend.prepare_qat(build_model("mlp", 10, seed=0))
     x = torch.rand(16, 1, 8, 8)
     _, work = traced(lambda: model(x))
-    fused = [(op, n) for op, n in work.counts.items() if op.precision == "fake_quant"]
-    assert fused
+    fake_quant = [op for op in work.counts if op.precision == "fake_quant"]
+    # Three linear layers: each quantizes its input and its weight.
+    assert sum(work.counts[op] for op in fake_quant) == 6
     # The first fake-quant in the forward pass quantizes the input: 16 x 64 values.
-    input_fq = [op for op, _ in fused if op.flops == 5 * 16 * 64]
-    assert input_fq
+    assert [op for op in fake_quant if op.flops == 5 * 16 * 64]
 
 
-@pytest.mark.parametrize("model_name", ["small_cnn", "resnet8", "mlp"])
+def test_a_deployed_model_is_traced_as_int8_kernels_on_one_byte_values(client_data):
+    model = build_model("small_cnn", 10, seed=1).eval()
+    prepared = backend.prepare_ptq(model)
+    backend.calibrate(prepared, [client_data.x[:32]])
+    deployed = backend.convert(prepared)
+    _, work = traced(lambda: backend.run_deployed(deployed, client_data.x[:16]))
+    kinds = {op.kind for op in work.counts}
+    assert {"int8_conv", "int8_matmul"} <= kinds and not kinds & {"conv", "matmul", "fake_quant", "norm"}
+    _, fp32_work = traced(lambda: model(client_data.x[:16]))
+    assert work.nbytes < 0.3 * fp32_work.nbytes  # one byte a value instead of four
+
+
+@pytest.mark.parametrize("model_ref", ["small_cnn", "resnet8", "mlp"])
 @pytest.mark.parametrize("kind", ["fp32", "ptq", "qat"])
-def test_every_model_works_under_every_strategy(model_name, kind, client_data):
+def test_every_model_works_under_every_strategy(model_ref, kind, client_data):
     strategy = FP32 if kind == "fp32" else Strategy(kind, 8)
-    cfg = dataclasses.replace(CFG, model_name=model_name)
-    payload = encode_fp32(build_model(model_name, 10, seed=1).state_dict())
+    cfg = dataclasses.replace(CFG, model_ref=model_ref)
+    payload = encode_fp32(build_model(model_ref, 10, seed=1).state_dict())
     result = local_work(payload, client_data, strategy, cfg, seed=5)
     assert result.train_loss == result.train_loss  # not NaN
     assert charge_seconds(result.work, DEVICES["rpi5"]) > 0

@@ -65,8 +65,8 @@ class ClientReport:
 class PolicyOptions(StrictModel):
     """Options every quantizing policy has; subclasses add their own.
 
-    8 or 4 bits: the eager torch.ao backend has int8 kernels, so 4-bit models store their
-    restricted-range values in int8 and run on them; their updates travel packed at 4 bits.
+    8 or 4 bits: a 4-bit model stores its integer values in int8 (as int8 runtimes run them,
+    restricted to 16 levels); its updates travel packed two values per byte.
     The server deploys the global model at the same width.
     """
 

@@ -1,1 +1,1 @@
-"""Quantization: strategy values, the eager torch.ao backend and the wire format of updates."""
+"""Quantization: strategy values, the backend that quantizes any module, and the wire format of updates."""

@@ -1,9 +1,10 @@
 """The wire format of model updates, and the server's dequantization.
 
 An fp32 update is the model's ``state_dict``. A quantized update carries, per quantized
-layer, its int8 weight values as plain ``torch.int8`` tensors with per-channel scales and
-zero points, its fp32 bias, and the output activation scale; it avoids the deprecated
-quantized dtypes on the wire. Both are serialized with ``torch.save`` and read back with
+layer, its integer weight values as plain ``torch.int8`` tensors (two per byte at 4 bits)
+with per-channel scales and zero points, its fp32 bias and its input range, and every
+other tensor in fp32 (batch norm stays unfolded; :mod:`fedhq_sim.quant.backend` says why).
+Both are serialized with ``torch.save`` and read back with
 ``torch.load(weights_only=True)``, and the payload's length is what the network carries.
 """
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from fedhq_sim.quant import backend
 from fedhq_sim.work import WorkProfile, marker, traced
 
 
@@ -39,42 +41,32 @@ def encode_fp32(state: dict[str, torch.Tensor]) -> bytes:
     return _serialize(fp32_message(state))
 
 
-def _quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
-    return {name: m for name, m in model.named_modules() if callable(getattr(m, "weight", None))}
-
-
-def quantized_message(model: nn.Module, bits: int, batch_norm: dict[str, torch.Tensor] | None = None) -> dict:
-    """The message of a quantized update: integer weights plus their quantization parameters,
-    and the fp32 batch-norm parameters that conversion folded into them (if any)."""
+def quantized_message(model: nn.Module, bits: int) -> dict:
+    """The message of a converted model: per quantized layer its integer weights (packed two
+    per byte at 4 bits), per-channel scales, fp32 bias and input range; every other tensor of
+    its ``state_dict`` (batch norm, other layers) in fp32."""
     layers: dict[str, dict[str, torch.Tensor]] = {}
-    for name, layer in _quantized_layers(model).items():
-        weight = layer.weight()
-        if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
-            scales = weight.q_per_channel_scales().to(torch.float32)
-            zero_points = weight.q_per_channel_zero_points().to(torch.int32)
-            axis = torch.tensor(weight.q_per_channel_axis())
-        else:
-            scales = torch.tensor([weight.q_scale()], dtype=torch.float32)
-            zero_points = torch.tensor([weight.q_zero_point()], dtype=torch.int32)
-            axis = torch.tensor(-1)
-        bias = layer.bias()
-        values = weight.int_repr()
+    covered: set[str] = set()
+    for name, layer in backend.quantized_layers(model).items():
+        values = layer.weight_int
         layers[name] = {
             "weight_int": pack_nibbles(values) if bits == 4 else values.clone(),
             "weight_shape": torch.tensor(values.shape),
-            "scales": scales,
-            "zero_points": zero_points,
-            "axis": axis,
-            "bias": bias.detach().clone() if bias is not None else torch.empty(0),
-            "out_scale": torch.tensor(float(layer.scale)),
-            "out_zero_point": torch.tensor(int(layer.zero_point)),
+            "scales": layer.weight_scale.to(torch.float32).clone(),
+            "zero_points": torch.zeros(values.shape[0], dtype=torch.int32),
+            "axis": torch.tensor(0),
+            "bias": layer.bias.detach().clone() if layer.bias is not None else torch.empty(0),
+            "in_scale": layer.input_quantizer.scale.detach().clone(),
+            "in_zero_point": layer.input_quantizer.zero_point.detach().clone(),
         }
-    return {"format": "quantized", "bits": bits, "layers": layers, "batch_norm": dict(batch_norm or {})}
+        covered |= {f"{name}.weight", f"{name}.bias"}
+    rest = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in covered}
+    return {"format": "quantized", "bits": bits, "layers": layers, "float": rest}
 
 
-def encode_quantized(model: nn.Module, bits: int, batch_norm: dict[str, torch.Tensor] | None = None) -> bytes:
-    """Serialize a converted (int8) model as integer weights plus their quantization parameters."""
-    return _serialize(quantized_message(model, bits, batch_norm))
+def encode_quantized(model: nn.Module, bits: int) -> bytes:
+    """Serialize a converted model (see :func:`quantized_message`)."""
+    return _serialize(quantized_message(model, bits))
 
 
 def pack_nibbles(values: torch.Tensor) -> torch.Tensor:
@@ -117,7 +109,7 @@ def _message_state(message: dict) -> dict[str, torch.Tensor]:
         state[f"{name}.weight"] = _dequantize(layer, int(message["bits"]))
         if layer["bias"].numel():
             state[f"{name}.bias"] = layer["bias"]
-    return state | message.get("batch_norm", {})
+    return state | message["float"]
 
 
 def _tensor_count(message: dict) -> int:
