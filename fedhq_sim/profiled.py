@@ -192,5 +192,5 @@ class AggregationProfiles:
         model_ref, num_classes, _ = self.arch
         key = evaluate_key(model_ref, num_classes, calibration, test, bits)
         if WORK_CACHE.get(key) is None:
-            evaluate_global(self.global_state, model_ref, num_classes, calibration, test, bits)
+            evaluate_global(self.global_state, model_ref, num_classes, calibration, test, bits, price_only=True)
         return self.aggregate(labels) + _cached(key)

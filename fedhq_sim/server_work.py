@@ -34,15 +34,33 @@ class ServerResult:
     work: WorkProfile
 
 
-def accuracy(model: nn.Module, samples: Samples, *, int8: bool) -> float:
-    """Share of ``samples`` the model labels correctly (int8 models use the int8 kernels)."""
-    correct = 0
-    model.eval()
-    with torch.no_grad():
-        for x, y in zip(torch.split(samples.x, EVAL_BATCH), torch.split(samples.y, EVAL_BATCH), strict=True):
+def accuracy(model: nn.Module, samples: Samples, *, int8: bool, price_only: bool = False) -> tuple[float, WorkProfile]:
+    """Share of ``samples`` the model labels correctly (deployed models as int8 kernels), and
+    the work it took.
+
+    A batch's work depends on its shape alone, so each shape is traced once and its profile
+    charged for every batch of that shape; with ``price_only`` (timing-only mode, which
+    needs the work and not the accuracy) the other batches are not even run, and the share
+    is NaN. A large model's test set would otherwise cost a timing-only run tens of seconds.
+    """
+
+    def count(x: torch.Tensor, y: torch.Tensor) -> int:
+        with torch.no_grad():
             logits = backend.run_deployed(model, x) if int8 else model(x)
-            correct += int((logits.argmax(dim=1) == y).sum())
-    return correct / len(samples)
+            return int((logits.argmax(dim=1) == y).sum())
+
+    model.eval()
+    batches, work = traced(lambda: (torch.split(samples.x, EVAL_BATCH), torch.split(samples.y, EVAL_BATCH)))
+    correct, traced_shapes = 0, {}
+    for x, y in zip(*batches, strict=True):
+        shape = tuple(x.shape)
+        if shape not in traced_shapes:
+            right, traced_shapes[shape] = traced(lambda x=x, y=y: count(x, y))
+            correct += right
+        elif not price_only:
+            correct += count(x, y)
+        work = work + traced_shapes[shape]
+    return (float("nan") if price_only else correct / len(samples)), work
 
 
 def deploy_int8(model: nn.Module, calibration: Samples, bits: int = 8) -> tuple[nn.Module, WorkProfile]:
@@ -64,15 +82,18 @@ def evaluate_global(
     calibration: Samples,
     test: Samples,
     bits: int = 8,
+    *,
+    price_only: bool = False,
 ) -> tuple[float, float, WorkProfile]:
-    """fp32 and deployed (int8) test accuracy of a global state, with the work it took."""
+    """fp32 and deployed (int8) test accuracy of a global state, with the work it took
+    (``price_only``: the work alone, see :func:`accuracy`)."""
 
     def run() -> tuple[tuple[float, float], WorkProfile]:
         model, build_work = traced_build(model_ref, num_classes, seed=0, input_shape=tuple(test.x.shape[1:]))
         load_work = traced_load(model, state)
-        fp32_acc, fp32_work = traced(lambda: accuracy(model, test, int8=False))
+        fp32_acc, fp32_work = accuracy(model, test, int8=False, price_only=price_only)
         deployed, deploy_work = deploy_int8(model, calibration, bits)
-        int8_acc, int8_work = traced(lambda: accuracy(deployed, test, int8=True))
+        int8_acc, int8_work = accuracy(deployed, test, int8=True, price_only=price_only)
         return (fp32_acc, int8_acc), build_work + load_work + fp32_work + deploy_work + int8_work
 
     (fp32_acc, int8_acc), work = WORK_CACHE.once(evaluate_key(model_ref, num_classes, calibration, test, bits), run)
@@ -102,7 +123,9 @@ def evaluation_work(
     """The work of :func:`evaluate_global`, which is the same for every global state of a
     model: the cached profile (traced now, on ``state``, if no evaluation ran yet)."""
     cached = WORK_CACHE.get(evaluate_key(model_ref, num_classes, calibration, test, bits))
-    return cached if cached is not None else evaluate_global(state, model_ref, num_classes, calibration, test, bits)[2]
+    if cached is not None:
+        return cached
+    return evaluate_global(state, model_ref, num_classes, calibration, test, bits, price_only=True)[2]
 
 
 @dataclass(frozen=True)
