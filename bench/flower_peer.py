@@ -218,7 +218,7 @@ def run_flower(peer: Any, path: Path, rounds: int) -> Run:
     accuracies: list[float] = []
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        model = build_model(spec.model, data.num_classes, seed=0, input_shape=data.input_shape)
+        model = build_model(scenario.model, data.num_classes, seed=0, input_shape=data.input_shape)
         model.load_state_dict(arrays.to_torch_state_dict())
         accuracies.append(fp32_accuracy(model, data.test))
         stamps.append(time.perf_counter())
@@ -228,7 +228,7 @@ def run_flower(peer: Any, path: Path, rounds: int) -> Run:
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        initial = build_model(spec.model, data.num_classes, seed=spec.seed, input_shape=data.input_shape)
+        initial = build_model(scenario.model, data.num_classes, seed=spec.seed, input_shape=data.input_shape)
         strategy = FedAvg(
             fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=CLIENTS, min_available_nodes=CLIENTS
         )

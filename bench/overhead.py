@@ -59,7 +59,13 @@ def bare_run(simulation: Simulation) -> tuple[list[float], float]:
                 result = local_work(payload, data.clients[cid], strategy, fresh.local, client_seed(spec.seed, r, cid))
                 updates.append(Update(result.payload, result.num_samples, strategy.label, len(result.payload)))
             server = server_round(
-                updates, state, spec.model, data.num_classes, data.server_calibration, data.test, fresh.quantized_bits
+                updates,
+                state,
+                fresh.scenario.model,
+                data.num_classes,
+                data.server_calibration,
+                data.test,
+                fresh.quantized_bits,
             )
             state, accuracy = server.state, server.deployed_accuracy
             seconds.append(time.perf_counter() - start)

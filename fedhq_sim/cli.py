@@ -214,6 +214,7 @@ def _resumed(args: argparse.Namespace) -> tuple[LoadedScenario, dict]:
     """The scenario and checkpoint of the run to go on with; only the engine may differ."""
     from fedhq_sim.checkpoint import read_checkpoint, text_hash
     from fedhq_sim.scenario import load_scenario
+    from fedhq_sim.workload import inputs_digest
 
     if args.scenario is not None or args.out is not None:
         raise InputError("command line", "--resume", "goes on in its own folder with its own scenario: give neither")
@@ -222,6 +223,10 @@ def _resumed(args: argparse.Namespace) -> tuple[LoadedScenario, dict]:
     scenario = load_scenario(ran["path"], ran["overrides"])
     if text_hash(scenario.text()) != ran["sha256"]:
         raise InputError(ran["path"], "", "changed since the run began; a resumed run must be the same scenario")
+    if ran.get("inputs", "") != inputs_digest(scenario.model, scenario.data_source):
+        raise InputError(
+            ran["path"], "", "its model file or data changed since the run began; a resumed run reads the same"
+        )
     if checkpoint["round"] >= scenario.spec.training.rounds:
         raise InputError(args.resume, "--resume", f"the run finished all {checkpoint['round']} rounds")
     if args.timing_only and not checkpoint["timing_only"]:
@@ -263,6 +268,7 @@ def _simulate_into(
     from fedhq_sim.engine import Simulation
     from fedhq_sim.results import ResultsWriter
     from fedhq_sim.tables import links_frame, phases_frame, rounds_frame
+    from fedhq_sim.workload import inputs_digest
 
     say = (lambda _text: None) if args.quiet else _printer()
     host_start = time.perf_counter()
@@ -286,6 +292,7 @@ def _simulate_into(
         "path": str(scenario.path.resolve()),
         "overrides": scenario.overrides,
         "sha256": checkpoints.text_hash(scenario.text()),
+        "inputs": inputs_digest(scenario.model, scenario.data_source),
     }
     total = scenario.spec.training.rounds
     say(f"{scenario.spec.name}: {len(scenario.clients)} clients, {total} rounds, policy {scenario.spec.policy.name}")

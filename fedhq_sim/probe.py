@@ -197,12 +197,14 @@ def _elementwise_samples(repeats: int) -> list[Sample]:
 
 
 def _fake_quant_samples(repeats: int) -> list[Sample]:
-    """Fake quantization as QAT runs it: a layer's input at 8 bits, its range from the batch."""
+    """The fake-quantization operator alone, as QAT runs it on a layer's input (8 bits, with
+    gradients). The range tracking around it is elementwise work, priced as such."""
     samples = []
+    scale, zero_point = torch.tensor(0.02), torch.tensor(128, dtype=torch.int32)
+    fake_quantize = torch.fake_quantize_per_tensor_affine
     for n in ELEMENTWISE_SIZES:
-        quantizer = backend.ActivationQuantizer(backend.Ranges.at(8), "train").train()
-        x = torch.randn(n)
-        samples.append(measure(lambda fq=quantizer, x=x: fq(x), repeats))
+        x = torch.randn(n, requires_grad=True)
+        samples.append(measure(lambda x=x: fake_quantize(x, scale, zero_point, 0, 255), repeats))
     return samples
 
 

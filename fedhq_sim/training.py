@@ -128,7 +128,20 @@ def _train(
     model: nn.Module, data: Samples, cfg: LocalConfig, strategy: Strategy, seed: int
 ) -> tuple[float, WorkProfile]:
     """Plain local SGD (no momentum, as in FedAvg); returns the mean loss over the last pass's
-    worth of steps."""
+    worth of steps.
+
+    The global generator is seeded with ``seed`` for the round and restored after it: a model
+    with dropout (or any random layer) draws the same numbers whichever process runs it and
+    whatever ran there before, so results do not depend on where the work ran.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _seeded_train(model, data, cfg, strategy, seed)
+
+
+def _seeded_train(
+    model: nn.Module, data: Samples, cfg: LocalConfig, strategy: Strategy, seed: int
+) -> tuple[float, WorkProfile]:
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate)
     generator = torch.Generator().manual_seed(seed)
     model.train()

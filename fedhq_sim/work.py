@@ -192,6 +192,7 @@ _GATHER_OPS = frozenset({"aten.index.Tensor", "aten.index_select.default"})
 
 
 _INT8_EXECUTION = ContextVar("fedhq_sim_int8_execution", default=False)
+_INT8_LAYER = ContextVar("fedhq_sim_int8_layer", default=False)
 
 
 @contextmanager
@@ -200,9 +201,13 @@ def int8_execution() -> Iterator[None]:
 
     The reference model computes in fp32 with fake quantization at the integer grid's
     rounding points; a device runs the same layers as int8 kernels on int8 tensors. Inside
-    this context, convolutions and matrix products count as ``int8_conv``/``int8_matmul``,
-    fake quantization as one elementwise requantization pass, and every tensor element as
-    one byte, so a device profile prices what the device would run, not what the host did.
+    this context, the convolutions and matrix products of quantized layers (those run under
+    :func:`int8_layer`) count as ``int8_conv``/``int8_matmul``, and every other operation's
+    tensor elements as one byte each; fake quantization and inference-mode batch norm count
+    as views (no work), because an int8 runtime folds batch norm into the preceding
+    convolution and requantizes in each kernel's epilogue. A convolution or product outside
+    a quantized layer (a functional call, attention) stays an fp32 kernel, as on the device.
+    So a device profile prices what the device would run, not what the host did.
     """
     token = _INT8_EXECUTION.set(True)
     try:
@@ -215,10 +220,22 @@ _AS_INT8: dict[OpKind, OpKind] = {"conv": "int8_conv", "matmul": "int8_matmul"}
 _FOLDED_BATCH_NORMS = frozenset({"_native_batch_norm_legit_no_training", "native_batch_norm", "batch_norm"})
 
 
+@contextmanager
+def int8_layer() -> Iterator[None]:
+    """Mark the operations of one quantized layer of a deployed model (see :func:`int8_execution`)."""
+    token = _INT8_LAYER.set(True)
+    try:
+        yield
+    finally:
+        _INT8_LAYER.reset(token)
+
+
 def _int8_op_cost(cost: OpCost, flat_in: list[torch.Tensor], flat_out: list[torch.Tensor]) -> OpCost:
     base = cost.op.split(".")[1] if "." in cost.op else cost.op
     if cost.kind in ("fake_quant", "view") or base in _FOLDED_BATCH_NORMS:
         return OpCost(cost.op, "view", "int8", 0.0, 0.0)
+    if cost.kind in _AS_INT8 and not _INT8_LAYER.get():
+        return cost  # an fp32 kernel on the device too
     nbytes = float(sum(t.numel() for t in flat_in + flat_out))
     return OpCost(cost.op, _AS_INT8.get(cost.kind, cost.kind), "int8", cost.flops, nbytes)
 

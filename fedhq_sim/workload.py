@@ -9,6 +9,7 @@ checks up front that the model takes the data: one batch through it, before any 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,8 +21,17 @@ from pydantic import Field, model_validator
 
 from fedhq_sim.datasets import Dataset, load_registered, read_csv, read_image_folder, read_npz
 from fedhq_sim.errors import InputError, one_line
-from fedhq_sim.models import STAND_IN_MODELS, ModelRef, UserCode, build_model, load_user_code, model_ref, read_user_code
-from fedhq_sim.quant.backend import quantized_layers
+from fedhq_sim.models import (
+    STAND_IN_MODELS,
+    ModelRef,
+    UserCode,
+    build_model,
+    load_user_code,
+    model_ref,
+    read_user_code,
+)
+from fedhq_sim.models.registry import model_factory, registering_code
+from fedhq_sim.quant.backend import calibrate, convert, prepare_ptq, prepare_qat, quantized_layers
 from fedhq_sim.schema import StrictModel
 
 GENERATED_DATASETS = ("plant_sensors",)
@@ -163,8 +173,22 @@ def data_source(spec: DataSpec, path: Path) -> DataSource:
     if not resolved.exists():
         raise InputError(path, "data.dataset.path", f"no such file or folder: {dataset.path}")
     options = json.dumps(dataset.options(), sort_keys=True)
-    stat = resolved.stat()
-    return DataSource(None, dataset.format, str(resolved), options, code, str(path), (stat.st_mtime_ns, stat.st_size))
+    return DataSource(None, dataset.format, str(resolved), options, code, str(path), _stamp(resolved))
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """The latest modification time and the total size of a file, or of every file in a folder
+    (an image replaced inside a class folder changes neither the folder's time nor its size)."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    stats = [f.stat() for f in files]
+    return max((s.st_mtime_ns for s in stats), default=0), sum(s.st_size for s in stats)
+
+
+def inputs_digest(model: ModelRef, source: DataSource) -> str:
+    """What a run read besides its scenario file: the model's and the data's code, and the
+    data file's time and size. A resumed run must read the same."""
+    parts = [model.code.digest if model.code else "", source.code.digest if source.code else "", *source.stamp]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
 @lru_cache(maxsize=4)
@@ -194,30 +218,54 @@ def _user_code(module: str, path: Path, key: str) -> UserCode:
 def resolve_model(spec: ModelSpec, path: Path) -> ModelRef:
     """The :class:`ModelRef` of a scenario's ``model`` (its user code read and run once)."""
     code = _user_code(spec.module, path, "model.module") if spec.module is not None else None
-    return model_ref(spec.name, factory=spec.factory, code=code, args=spec.args)
+    try:
+        ref = model_ref(spec.name, factory=spec.factory, code=code, args=spec.args)
+    except TypeError as error:  # a YAML value with no JSON form (a date, binary data)
+        raise InputError(path, "model.args", f"expected plain numbers, strings, lists and mappings ({error})") from None
+    try:
+        factory = model_factory(ref)
+    except LookupError as error:
+        raise InputError(path, "model", str(error.args[0])) from None
+    registered_by = registering_code(factory)
+    if ref.code is None and registered_by is not None:  # a name that data.module or policy.module registered
+        ref = model_ref(ref.name, code=registered_by, args=spec.args)  # so every worker loads it too
+    return ref
 
 
 def check_model(ref: ModelRef, data: Dataset, path: Path, *, quantizes: bool) -> None:
-    """Build the model for the data and run two samples through it: a model that cannot take
-    the data, or gives the wrong number of outputs, fails here with the reason, not in round 1."""
+    """Build the model for the data and run two samples through everything a round does with
+    it: an eval forward, and (for a quantizing policy) a QAT training step and PTQ's prepare,
+    calibrate and convert. A model that cannot take the data, gives the wrong number of
+    outputs, or breaks under quantization fails here with the reason, not in round 1."""
     classes = len(data.classes)
+    x, y = data.samples.x[:2], data.samples.y[:2]
+    stage = "build"
     try:
         model = build_model(ref, classes, seed=0, input_shape=data.input_shape)
+        stage = "run"
         model.eval()
         with torch.no_grad():
-            out = model(data.samples.x[:2])
+            out = model(x)
+        if quantizes and isinstance(out, torch.Tensor) and tuple(out.shape) == (len(x), classes):
+            stage = "train under QAT"
+            qat = prepare_qat(model)
+            torch.nn.functional.cross_entropy(qat(x), y).backward()
+            stage = "quantize (PTQ)"
+            prepared = prepare_ptq(model)
+            calibrate(prepared, [x])
+            with torch.no_grad():
+                convert(prepared)(x)
     except Exception as error:  # the user's model: report it in one line, whatever it raised
-        message = f"{type(error).__name__}: {error}"
-        raise InputError(
-            path,
-            "model",
-            one_line(f"{ref.label} cannot take {data.kind} inputs of shape {data.input_shape}: {message}"),
-        ) from None
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(data.samples.x[:2]), classes):
+        inputs = f"{data.kind} inputs of shape {data.input_shape}"
+        what = {"build": f"cannot be built for {inputs}", "run": f"cannot take {inputs}"}.get(stage, f"cannot {stage}")
+        message = one_line(f"{ref.label} {what}: {type(error).__name__}: {error}")
+        raise InputError(path, "model", message) from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise InputError(path, "model", f"{ref.label} gives outputs {shape}; the data has {classes} classes")
     if quantizes and not quantized_layers(model):
-        raise InputError(path, "model", f"{ref.label} has no Conv1d/2d/3d or Linear layer to quantize")
+        message = f"{ref.label} has no nn.Conv1d/2d/3d or nn.Linear layer (of exactly those classes) to quantize"
+        raise InputError(path, "model", message)
 
 
 STAND_IN_NOTE = (

@@ -105,10 +105,35 @@ def test_qat_of_an_unmodified_module_trains_and_converts_to_its_grid(kind, bits)
     assert float((deployed_out - trained).norm() / trained.norm()) < (0.05 if bits == 8 else 0.3)
 
 
-def test_a_layer_that_saw_no_input_cannot_be_converted():
+def test_a_layer_that_never_runs_is_converted_and_travels_in_the_update():
     model = Residual1d().eval()
-    with pytest.raises(ValueError, match="saw no input"):
-        backend.convert(backend.prepare_ptq(model))
+    model.unused = nn.Linear(8, 2)  # an auxiliary head the forward pass never calls
+    prepared = backend.prepare_ptq(model)
+    backend.calibrate(prepared, [torch.randn(4, 3, 32)])
+    state = decode_to_fp32(encode_quantized(backend.convert(prepared), 8))
+    assert set(state) == set(model.state_dict())
+    assert (state["unused.weight"] - model.unused.weight).abs().max() <= model.unused.weight.abs().max() / 254 + 1e-7
+
+
+def test_only_the_quantized_layers_of_a_deployed_model_are_priced_as_int8():
+    from fedhq_sim.work import traced
+
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+            self.free = nn.Parameter(torch.randn(8, 4))  # used functionally: stays fp32
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.fc(x)) @ self.free
+
+    prepared = backend.prepare_ptq(Mixed().eval())
+    backend.calibrate(prepared, [torch.randn(16, 8)])
+    deployed = backend.convert(prepared)
+    _, work = traced(lambda: backend.run_deployed(deployed, torch.randn(16, 8)))
+    kinds = {op.kind for op in work.counts}
+    assert "int8_matmul" in kinds and "matmul" in kinds
+    assert work.flops("int8") >= 2 * 16 * 8 * 8 and work.flops("fp32") >= 2 * 16 * 8 * 4
 
 
 def test_only_exact_conv_and_linear_layers_are_quantized():

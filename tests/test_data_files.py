@@ -37,7 +37,9 @@ def test_an_npz_file_gives_its_samples_kind_and_classes(tmp_path):
         ({"y": np.zeros(120, dtype=int)}, "y", "at least two classes"),
         ({"y": np.arange(119) % 4}, "y", "one label per sample (120)"),
         ({"y": np.arange(120) % 4 - 1}, "y", "got -1"),
-        ({"x": np.full((120, 4), np.nan)}, "x", "480 values are NaN or infinite"),
+        ({"x": np.full((120, 4), np.nan)}, "x", "480 values are NaN, infinite or beyond float32"),
+        ({"x": np.full((120, 4), 1e300)}, "x", "480 values are NaN, infinite or beyond float32"),
+        ({"y": np.full(120, 10**11)}, "y", "got a label 100000000000"),
         ({"x": np.array(["a"] * 120)}, "x", "expected an array of samples"),
         ({"x": np.array([["a", "b"]] * 120)}, "x", "expected numbers"),
     ],
@@ -49,6 +51,12 @@ def test_a_wrong_npz_is_one_error_naming_the_file_and_array(tmp_path, arrays, ke
     assert caught.value.file == str(path) and caught.value.key_path == key and fragment in caught.value.problem
 
 
+def test_a_label_column_cannot_also_be_a_feature(tmp_path):
+    path = _csv(tmp_path / "r.csv", "a,label\n1,x\n2,y\n")
+    with pytest.raises(InputError, match="is the label column"):
+        read_csv(path, label="label", features=["a", "label"])
+
+
 def test_a_corrupt_or_incomplete_npz_is_refused(tmp_path):
     broken = tmp_path / "broken.npz"
     broken.write_bytes(b"PK\x03\x04 not really a zip")
@@ -57,6 +65,9 @@ def test_a_corrupt_or_incomplete_npz_is_refused(tmp_path):
     np.savez(tmp_path / "only_x.npz", x=np.zeros((4, 2)))
     with pytest.raises(InputError, match=r"no such array \(the file has: x\)"):
         read_npz(tmp_path / "only_x.npz")
+    np.save(tmp_path / "single.npy", np.zeros((4, 2)))
+    with pytest.raises(InputError, match=r"a single \.npy array"):
+        read_npz(tmp_path / "single.npy")
 
 
 def _csv(path, text):
@@ -82,11 +93,17 @@ def test_a_csv_file_with_named_classes_is_read_and_standardized(tmp_path):
         ("a,b\n1,2\n", "column 'label'", "no such label column (columns: a, b)"),
         ("a,b,label\n", "", "at least one row of samples"),
         ("a,b,label\n1,2,x\n3,4,x\n", "column 'label'", "at least two classes"),
-        ("a,b,label\n1,2,0\n3,4,2\n", "column 'label'", "class 1 has no samples"),
+        ("a,b,label\n1,2,0\n3,4,2\n", "column 'label'", "got a label 2"),
+        ("a,b,label\n1,2,x\n3,4,\n", "row 3, column 'label'", "the label is empty"),
+        ("a,b,label\n1,nan,x\n3,4,y\n", "row 2, column 'b'", "NaN or infinite"),
+        ("a,b,label\n1,2,-1\n3,4,01\n5,6,x\n", None, "no error: labels that only look like integers are names"),
     ],
 )
 def test_a_wrong_csv_is_one_error_naming_the_file_row_and_column(tmp_path, text, key, fragment):
     path = _csv(tmp_path / "bad.csv", text)
+    if key is None:
+        assert read_csv(path, label="label").classes == ("-1", "01", "x")
+        return
     with pytest.raises(InputError) as caught:
         read_csv(path, label="label")
     assert caught.value.file == str(path) and caught.value.key_path == key and fragment in caught.value.problem
@@ -125,6 +142,10 @@ def test_a_broken_image_folder_names_the_image_or_folder(tmp_path):
     assert caught.value.file == str(root / "dent") and "holds no PNG or JPEG images" in caught.value.problem
     with pytest.raises(InputError, match="at least two"):
         read_image_folder(_images(tmp_path / "one", classes=("good",)))
+    (root / "dent" / "deep.png").parent.mkdir(exist_ok=True)
+    Image.fromarray(np.full((12, 10), 40000, dtype=np.uint16)).save(root / "dent" / "deep.png")
+    with pytest.raises(InputError, match="16-bit or float"):
+        read_image_folder(root)
 
 
 def test_a_scenario_runs_validation_on_an_npz_file_and_refuses_a_broken_one(write_scenario, tmp_path, capsys):

@@ -211,7 +211,7 @@ def test_an_image_model_on_tabular_data_is_refused(write_scenario, capsys):
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     expected = (
-        "model: small_cnn cannot take tabular inputs of shape (16,): "
+        "model: small_cnn cannot be built for tabular inputs of shape (16,): "
         "ValueError: small_cnn takes (1, 8, 8) images, got inputs of shape (16,)"
     )
     assert err == f"error: {path}: {expected}"

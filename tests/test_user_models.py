@@ -1,5 +1,6 @@
 """A plant's own model: one registry, a file or module named in the scenario, clear errors."""
 
+import datetime
 import multiprocessing
 import pickle
 import textwrap
@@ -110,7 +111,12 @@ def test_a_scenario_names_a_user_model_file_and_it_is_checked_on_the_data(write_
         ({"module": "net.py", "factory": "nothing"}, MODEL_FILE, "defines no function or class 'nothing'"),
         ({"module": "net.py", "factory": "build"}, "import not_a_module\n", "importing 'net.py' failed"),
         ({"module": "net.py", "factory": "build", "args": {"depth": 3}}, MODEL_FILE, "unexpected keyword"),
-        ({"name": "no_such_model"}, MODEL_FILE, "unknown model 'no_such_model'"),
+        ({"name": "no_such_model"}, MODEL_FILE, "model: unknown model 'no_such_model' (registered:"),
+        (
+            {"module": "net.py", "factory": "Net", "args": {"when": datetime.date(2024, 1, 1)}},
+            MODEL_FILE,
+            "model.args: expected plain numbers",
+        ),
         ({"factory": "build"}, MODEL_FILE, "a factory needs the module"),
         ("no_such_model", MODEL_FILE, "unknown model 'no_such_model' (registered: mlp, resnet8, small_cnn"),
         (
@@ -153,3 +159,57 @@ def test_a_run_says_which_model_and_data_it_used_and_a_stand_in_says_so(write_sc
     report = (tmp_path / "toy" / "report.html").read_text()
     assert "small built-in stand-ins (6,090 parameters)" in report
     assert "small built-in stand-ins" not in (tmp_path / "own" / "report.html").read_text()
+
+
+DROPOUT_FILE = MODEL_FILE.replace(
+    "self.fc = nn.Linear(width, num_classes)", "self.fc = nn.Sequential(nn.Dropout(0.5), nn.Linear(width, num_classes))"
+)
+
+
+def _local_work_in_fresh_process(ref, queue):
+    from fedhq_sim.quant.payload import encode_fp32
+    from fedhq_sim.quant.strategy import Strategy
+    from fedhq_sim.training import LocalConfig, local_work
+
+    torch.set_num_threads(1)  # as the engine and its workers run client work (executors.on_one_thread)
+    torch.manual_seed(1234)  # whatever the process's generator holds, the result must not depend on it
+    x = torch.linspace(0, 1, 32 * 64).reshape(32, 1, 8, 8)
+    from fedhq_sim.data import Samples
+
+    data = Samples(x, torch.arange(32) % 4)
+    cfg = LocalConfig(ref, 4, 1, 8, 0.1, 8, (1, 8, 8))
+    payload = encode_fp32(build_model(ref, 4, seed=0, input_shape=(1, 8, 8)).state_dict())
+    result = local_work(payload, data, Strategy("qat", 8), cfg, seed=5)
+    queue.put((result.train_loss, result.payload, result.work.counts))
+
+
+def test_a_model_with_dropout_and_module_level_tensors_gives_the_same_work_in_any_process(tmp_path):
+    """Dropout draws from a generator seeded per client and round; the user's module runs
+    untraced, so a worker's first build traces what the main process's does."""
+    (tmp_path / "net.py").write_text("import torch\nSCALE = torch.linspace(0, 1, 16) * 2\n" + DROPOUT_FILE)
+    ref = model_ref(factory="build", code=read_user_code("net.py", tmp_path / "s.yaml"))
+    context = multiprocessing.get_context("spawn")
+    outcomes = []
+    for _ in range(2):
+        queue = context.Queue()
+        process = context.Process(target=_local_work_in_fresh_process, args=(ref, queue))
+        process.start()
+        outcomes.append(queue.get(timeout=120))
+        process.join(60)
+    here, threads = multiprocessing.Queue(), torch.get_num_threads()
+    try:
+        _local_work_in_fresh_process(ref, here)
+    finally:
+        torch.set_num_threads(threads)
+    outcomes.append(here.get(timeout=5))
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+
+
+def test_a_model_that_breaks_under_quantization_is_refused_before_any_round(write_scenario, tmp_path, capsys):
+    text = (
+        MODEL_FILE + "\n\nclass Odd(Net):\n    def __deepcopy__(self, memo):\n        raise RuntimeError('no copies')\n"
+    )
+    path = _scenario_with_model(write_scenario, tmp_path, {"module": "net.py", "factory": "Odd"}, text)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model: net.py:Odd cannot train under QAT: RuntimeError: no copies" in err and "\n" not in err

@@ -8,6 +8,7 @@ is wrong with it. Nothing is written and nothing is fetched.
 from __future__ import annotations
 
 import csv
+import re
 import zipfile
 from pathlib import Path
 
@@ -22,7 +23,10 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 def read_npz(path: Path, *, x_key: str = "x", y_key: str = "y", kind: DataKind | None = None) -> Dataset:
     """Arrays ``x`` (N, ...) and integer labels ``y`` (N,) from a ``.npz`` file (no pickles)."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise InputError(path, "", "a single .npy array, not an .npz archive of x and y (np.savez)")
+        with archive:
             missing = [k for k in (x_key, y_key) if k not in archive.files]
             if missing:
                 raise InputError(
@@ -61,6 +65,8 @@ def read_csv(path: Path, *, label: str, features: list[str] | None = None, stand
     if label not in header:
         raise InputError(path, f"column '{label}'", f"no such label column (columns: {', '.join(header)})")
     names = features if features is not None else [h for h in header if h != label]
+    if label in names:
+        raise InputError(path, f"column '{label}'", "is the label column; it cannot be a feature too")
     unknown = [n for n in names if n not in header]
     if unknown or not names:
         raise InputError(
@@ -76,9 +82,14 @@ def read_csv(path: Path, *, label: str, features: list[str] | None = None, stand
             raise InputError(path, f"row {number}", f"expected {len(header)} cells, got {len(row)}")
         values.append([_number(row[c], path, number, header[c]) for c in columns])
         labels.append(row[label_column].strip())
+        if not labels[-1]:
+            raise InputError(path, f"row {number}, column '{label}'", "the label is empty")
     classes = _class_names(labels)
     index = {name: i for i, name in enumerate(classes)}
     x = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(x).all():  # before standardizing, which would spread one NaN over its column
+        row, column = (int(i) for i in np.argwhere(~np.isfinite(x))[0])
+        raise InputError(path, f"row {row + 2}, column '{names[column]}'", "the value is NaN or infinite")
     if standardize:
         spread = x.std(axis=0)
         x = (x - x.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
@@ -91,7 +102,7 @@ def _class_names(labels: list[str]) -> tuple[str, ...]:
     """Class names in order: numerically for integer labels (0..K-1 must then all occur, which
     the array check enforces), alphabetically for names."""
     unique = set(labels)
-    if all(v.lstrip("-").isdigit() for v in unique):
+    if all(re.fullmatch(r"[0-9]+", v) for v in unique) and all(str(int(v)) == v for v in unique):
         return tuple(str(i) for i in range(max(int(v) for v in unique) + 1))
     return tuple(sorted(unique))
 
@@ -103,21 +114,27 @@ def read_image_folder(path: Path, *, size: tuple[int, int] | None = None, channe
 
     if not path.is_dir():
         raise InputError(path, "", "no such folder (expected one sub-folder of images per class)")
-    class_dirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs = sorted((p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
     if len(class_dirs) < 2:
         raise InputError(path, "", f"expected one sub-folder per class, at least two; found {len(class_dirs)}")
     images, labels = [], []
     mode = "L" if channels == 1 else "RGB"
     for label, class_dir in enumerate(class_dirs):
-        files = sorted(f for f in class_dir.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(
+            (f for f in class_dir.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES), key=lambda f: f.name
+        )
         if not files:
             raise InputError(class_dir, "", "class folder holds no PNG or JPEG images")
         for file in files:
             try:
                 with Image.open(file) as image:
                     image.load()
+                    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                        raise InputError(file, "", f"a {image.mode} (16-bit or float) image; save 8-bit PNG/JPEG")
                     picture = image.convert(mode)
-            except (UnidentifiedImageError, OSError, ValueError) as error:
+            except InputError:
+                raise
+            except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
                 raise InputError(file, "", f"not a readable PNG/JPEG image ({type(error).__name__}: {error})") from None
             if size is None:
                 size = (picture.height, picture.width)

@@ -68,19 +68,25 @@ def checked_samples(x: Any, y: Any, file: str, *, x_key: str = "x", y_key: str =
     Inputs must be numbers, finite, one row per sample; labels integers 0..K-1 with every
     class present (a missing class would silently shrink the model's output).
     """
-    x, y = np.asarray(x), np.asarray(y)
+    try:
+        x, y = np.asarray(x), np.asarray(y)
+    except (ValueError, TypeError) as error:  # ragged lists, objects
+        raise InputError(file, x_key, f"expected arrays of numbers ({error})") from None
     if x.ndim < 2 or x.shape[0] == 0:
         raise InputError(file, x_key, f"expected an array of samples (N, ...) with N >= 1, got shape {x.shape}")
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer) or x.dtype == bool):
         raise InputError(file, x_key, f"expected numbers, got {x.dtype} values")
+    x = x.astype(np.float32)  # what training sees: a float64 beyond its range becomes infinite here
     if not np.isfinite(x).all():
-        raise InputError(file, x_key, f"{int((~np.isfinite(x)).sum())} values are NaN or infinite")
+        raise InputError(file, x_key, f"{int((~np.isfinite(x)).sum())} values are NaN, infinite or beyond float32")
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise InputError(file, y_key, f"expected one label per sample ({x.shape[0]}), got shape {y.shape}")
     if not (np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
         raise InputError(file, y_key, f"labels must be integers 0..K-1, got {y.dtype} values")
     if y.min() < 0:
         raise InputError(file, y_key, f"labels must be integers 0..K-1, got {int(y.min())}")
+    if y.max() >= len(y):  # more classes than samples: some class is empty (and bincount would be huge)
+        raise InputError(file, y_key, f"labels must be 0..K-1 with every class present; got a label {int(y.max())}")
     counts = np.bincount(y.astype(np.int64))
     if len(counts) < 2:
         raise InputError(file, y_key, "a classifier needs at least two classes; every label is 0")
@@ -89,7 +95,7 @@ def checked_samples(x: Any, y: Any, file: str, *, x_key: str = "x", y_key: str =
         raise InputError(
             file, y_key, f"class {int(empty[0])} has no samples (labels must be 0..{len(counts) - 1}, each present)"
         )
-    return Samples(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long))
+    return Samples(torch.as_tensor(x), torch.as_tensor(y.astype(np.int64)))
 
 
 def load_registered(name: str, args: dict[str, Any], where: str) -> Dataset:
@@ -99,11 +105,11 @@ def load_registered(name: str, args: dict[str, Any], where: str) -> Dataset:
     registered = DATASETS[name]
     try:
         loaded = registered.loader(**args)
+        x, y = (loaded.x.detach().numpy(), loaded.y.detach().numpy()) if isinstance(loaded, Samples) else loaded
     except InputError:
         raise
     except Exception as error:  # the user's loader: report it in one line, whatever it raised
         raise InputError(where, "data.dataset", f"loading '{name}' failed: {type(error).__name__}: {error}") from None
-    x, y = (loaded.x.numpy(), loaded.y.numpy()) if isinstance(loaded, Samples) else loaded
     samples = checked_samples(x, y, f"dataset '{name}'")
     classes = tuple(str(i) for i in range(int(samples.y.max()) + 1))
     return Dataset(samples, registered.kind, classes)

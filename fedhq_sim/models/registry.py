@@ -40,7 +40,8 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
     """Decorator: make a model factory (function or class) available as ``model: <name>``."""
 
     def add(factory: ModelFactory) -> ModelFactory:
-        if name in MODELS and MODELS[name] is not factory:
+        replaces_user_code = registering_code(MODELS[name]) is not None if name in MODELS else False
+        if name in MODELS and MODELS[name] is not factory and not replaces_user_code:
             raise ValueError(f"a model named {name!r} is already registered")
         MODELS[name] = factory
         return factory
@@ -100,6 +101,13 @@ def read_user_code(module: str, relative_to: Path) -> UserCode:
 
 
 _LOADED: dict[str, types.ModuleType] = {}
+_CODE_OF_MODULE: dict[str, UserCode] = {}
+"""The user code each loaded module ran from, by the module's name."""
+
+
+def registering_code(factory: ModelFactory) -> UserCode | None:
+    """The user code whose module defined ``factory`` (None for the package's and installed code)."""
+    return _CODE_OF_MODULE.get(getattr(factory, "__module__", ""))
 
 
 def load_user_code(code: UserCode) -> types.ModuleType:
@@ -109,10 +117,12 @@ def load_user_code(code: UserCode) -> types.ModuleType:
         return _LOADED[key]
     if code.text is None:
         module = importlib.import_module(code.origin)
+        _CODE_OF_MODULE[module.__name__] = code
     else:
         module = types.ModuleType(f"fedhq_sim_user_model_{key}")
         module.__file__ = code.path
         sys.modules[module.__name__] = module  # dataclasses and pickling look classes up here
+        _CODE_OF_MODULE[module.__name__] = code
         directory = str(Path(code.path).parent)
         sys.path.insert(0, directory)  # so the file can import its neighbours
         try:
@@ -178,7 +188,13 @@ def build_model(
 def traced_build(
     model_ref: ModelRef | str, num_classes: int, seed: int, input_shape: tuple[int, ...] = IMAGE_INPUT
 ) -> tuple[nn.Module, WorkProfile]:
-    """:func:`build_model` with its work: initialisation ops plus a marker per module built."""
+    """:func:`build_model` with its work: initialisation ops plus a marker per module built.
+
+    The factory is looked up first, untraced: a worker's first build would otherwise run the
+    user's module (and any tensor operation at its top level) inside the trace, and its
+    profile would differ from the main process's.
+    """
+    model_factory(as_ref(model_ref))
     model, work = traced(lambda: build_model(model_ref, num_classes, seed, input_shape))
     return model, work + marker("build_module", sum(1 for _ in model.modules()))
 

@@ -36,14 +36,14 @@ the same, so PTQ and QAT differ only in training, as design.md asks.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional
 
-from fedhq_sim.work import WorkProfile, int8_execution, marker, traced
+from fedhq_sim.work import WorkProfile, int8_execution, int8_layer, marker, traced
 
 BACKEND = "fake-quantized conv/linear layers (per-channel symmetric weights, per-tensor affine inputs)"
 """What ``run.json`` says quantized the models."""
@@ -86,7 +86,8 @@ class ActivationQuantizer(nn.Module):
     def __init__(self, ranges: Ranges, mode: str) -> None:
         super().__init__()
         self.qmin, self.qmax, self.mode = ranges.act_min, ranges.act_max, mode
-        # The range starts empty at zero, which every range holds (zero must be exact).
+        # The range starts empty at zero, which every range holds (zero must be exact); QAT
+        # counts its batches, so that the first sets the range.
         self.register_buffer("min_val", torch.tensor(0.0), persistent=False)
         self.register_buffer("max_val", torch.tensor(0.0), persistent=False)
         self.register_buffer("batches", torch.tensor(0), persistent=False)
@@ -105,14 +106,15 @@ class ActivationQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "observe":
             with torch.no_grad():
-                self.batches += 1
                 self._set_range(torch.minimum(self.min_val, x.min()), torch.maximum(self.max_val, x.max()))
             return x
         if self.mode == "train" and self.training:
             with torch.no_grad():  # the same operations every batch: a step's work is one profile
+                low, high = x.detach().min(), x.detach().max()
+                first = self.batches == 0  # the first batch sets the range, as PyTorch's observers do
+                low = torch.where(first, low, torch.lerp(self.min_val, low, QAT_RANGE_AVERAGING))  # exact at 1.0
+                high = torch.where(first, high, torch.lerp(self.max_val, high, QAT_RANGE_AVERAGING))
                 self.batches += 1
-                low = torch.lerp(self.min_val, x.detach().min(), QAT_RANGE_AVERAGING)  # exact at weight 1.0
-                high = torch.lerp(self.max_val, x.detach().max(), QAT_RANGE_AVERAGING)
                 self._set_range(low, high)
         return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.qmin, self.qmax)
 
@@ -150,15 +152,21 @@ class _Quantized:
             return self.weight
         return _fake_quantize_weight(self.weight, self.ranges)
 
+    def _compute(self, layer: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if not self.converted:
+            return layer()
+        with int8_layer():  # a device runs this layer as an int8 kernel
+            return layer()
+
 
 class QuantizedLinear(_Quantized, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return functional.linear(self.input_quantizer(x), self._quantized_weight(), self.bias)
+        return self._compute(lambda: functional.linear(self.input_quantizer(x), self._quantized_weight(), self.bias))
 
 
 class _QuantizedConv(_Quantized):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.input_quantizer(x), self._quantized_weight(), self.bias)
+        return self._compute(lambda: self._conv_forward(self.input_quantizer(x), self._quantized_weight(), self.bias))
 
 
 class QuantizedConv1d(_QuantizedConv, nn.Conv1d):
@@ -219,12 +227,13 @@ def prepare_qat(model: nn.Module, bits: int = 8) -> nn.Module:
 
 def convert(prepared: nn.Module) -> nn.Module:
     """The deployed model of a calibrated (PTQ) or trained (QAT) one: integer weights, frozen
-    ranges. Each quantized layer keeps ``weight_int`` and ``weight_scale`` for its update."""
+    ranges. Each quantized layer keeps ``weight_int`` and ``weight_scale`` for its update, and
+    computes under :func:`fedhq_sim.work.int8_layer` (a device runs it as an int8 kernel)."""
     converted = copy.deepcopy(prepared).eval()
     with torch.no_grad():
-        for name, layer in quantized_layers(converted).items():
-            if not int(layer.input_quantizer.batches):
-                raise ValueError(f"layer '{name}' saw no input while the model was calibrated or trained")
+        for layer in quantized_layers(converted).values():
+            # A layer that saw no input (an unused head) keeps the empty range [0, 0]: it never
+            # runs, and its weights are rounded like every other layer's.
             scales = weight_scales(layer.weight, layer.ranges)
             shape = (-1,) + (1,) * (layer.weight.dim() - 1)
             integers = torch.clamp(

@@ -1,8 +1,8 @@
 """The wire format of model updates, and the server's dequantization.
 
 An fp32 update is the model's ``state_dict``. A quantized update carries, per quantized
-layer, its integer weight values as plain ``torch.int8`` tensors (two per byte at 4 bits)
-with per-channel scales and zero points, its fp32 bias and its input range, and every
+layer, its integer weight values as plain ``torch.int8`` tensors (at 4 bits, two values a
+byte in a ``uint8`` tensor) with per-channel scales, its fp32 bias and its input range, and every
 other tensor in fp32 (batch norm stays unfolded; :mod:`fedhq_sim.quant.backend` says why).
 Both are serialized with ``torch.save`` and read back with
 ``torch.load(weights_only=True)``, and the payload's length is what the network carries.
@@ -43,8 +43,10 @@ def encode_fp32(state: dict[str, torch.Tensor]) -> bytes:
 
 def quantized_message(model: nn.Module, bits: int) -> dict:
     """The message of a converted model: per quantized layer its integer weights (packed two
-    per byte at 4 bits), per-channel scales, fp32 bias and input range; every other tensor of
-    its ``state_dict`` (batch norm, other layers) in fp32."""
+    per byte at 4 bits), per-channel scales (symmetric: no zero points), fp32 bias and input
+    range (the scale and zero point the client calibrated or learned, which a deployment
+    from what clients send needs); every other tensor of its ``state_dict`` (batch norm,
+    other layers) in fp32."""
     layers: dict[str, dict[str, torch.Tensor]] = {}
     covered: set[str] = set()
     for name, layer in backend.quantized_layers(model).items():
@@ -53,8 +55,6 @@ def quantized_message(model: nn.Module, bits: int) -> dict:
             "weight_int": pack_nibbles(values) if bits == 4 else values.clone(),
             "weight_shape": torch.tensor(values.shape),
             "scales": layer.weight_scale.to(torch.float32).clone(),
-            "zero_points": torch.zeros(values.shape[0], dtype=torch.int32),
-            "axis": torch.tensor(0),
             "bias": layer.bias.detach().clone() if layer.bias is not None else torch.empty(0),
             "in_scale": layer.input_quantizer.scale.detach().clone(),
             "in_zero_point": layer.input_quantizer.zero_point.detach().clone(),
@@ -85,15 +85,10 @@ def unpack_nibbles(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 
 def _dequantize(layer: dict[str, torch.Tensor], bits: int) -> torch.Tensor:
+    """Symmetric per-output-channel weights: integer value times its channel's scale."""
     shape = torch.Size(layer["weight_shape"].tolist())
     values = unpack_nibbles(layer["weight_int"], shape) if bits == 4 else layer["weight_int"]
-    values = values.to(torch.float32)
-    axis = int(layer["axis"])
-    if axis < 0:
-        return (values - layer["zero_points"].float()) * layer["scales"]
-    shape = [1] * values.dim()
-    shape[axis] = -1
-    return (values - layer["zero_points"].float().view(shape)) * layer["scales"].view(shape)
+    return values.to(torch.float32) * layer["scales"].view(-1, *([1] * (len(shape) - 1)))
 
 
 def decode_to_fp32(payload: bytes) -> dict[str, torch.Tensor]:
