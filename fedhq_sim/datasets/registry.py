@@ -76,7 +76,8 @@ def checked_samples(x: Any, y: Any, file: str, *, x_key: str = "x", y_key: str =
         raise InputError(file, x_key, f"expected an array of samples (N, ...) with N >= 1, got shape {x.shape}")
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer) or x.dtype == bool):
         raise InputError(file, x_key, f"expected numbers, got {x.dtype} values")
-    x = x.astype(np.float32)  # what training sees: a float64 beyond its range becomes infinite here
+    with np.errstate(over="ignore"):  # what training sees: a float64 beyond its range becomes infinite here
+        x = x.astype(np.float32)
     if not np.isfinite(x).all():
         raise InputError(file, x_key, f"{int((~np.isfinite(x)).sum())} values are NaN, infinite or beyond float32")
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
