@@ -1,9 +1,13 @@
 """Fidelity check: profile this host, then predict and measure the same client work here.
 
-Runs ``fedhq-sim profile-device``'s measurement in-process (or loads ``--profile``), then
-for the three models x fp32/PTQ/QAT x the batch sizes compares the predicted charge with
-the measured wall time (median of ``--repeats``). Prints a Markdown table; ``--out`` also
-writes it. Reproduce docs/fidelity.md with:
+Runs ``fedhq-sim profile-device``'s measurement in-process (or loads ``--profile``) and, for
+the built-in models and two models the profile was never fitted on (a MobileNetV2 at width
+0.5 on 32 px generated inspection images and the 1D vibration CNN, both user files from
+``scenarios/``), x fp32/PTQ/QAT x the batch sizes, compares the predicted charge with the
+measured wall time (median of ``--repeats``). The profile's passes and the timed runs
+alternate (``--passes`` passes, each followed by its share of the repeats), so both see the
+host at the same speeds. Prints a Markdown table; ``--out`` also writes it. Reproduce
+docs/fidelity.md with:
 
     mkdir -p results && .venv/bin/python bench/fidelity.py --out results/fidelity.md
 """
@@ -18,14 +22,38 @@ from pathlib import Path
 
 import torch
 
+from fedhq_sim.data import Samples
 from fedhq_sim.errors import InputError
-from fedhq_sim.fidelity import compare, markdown_table
-from fedhq_sim.models import MODELS
-from fedhq_sim.probe import ProbeSettings, parse_measured, probe_device
+from fedhq_sim.fidelity import builtin_workloads, fidelity_rows, markdown_table, time_workloads, workloads
+from fedhq_sim.models import STAND_IN_MODELS, model_ref, read_user_code
+from fedhq_sim.models.registry import load_user_code
+from fedhq_sim.probe import ProbeSettings, parse_measured, probe_interleaved
 from fedhq_sim.profiles import DeviceProfile
 from fedhq_sim.quant.strategy import FP32, Strategy
 from fedhq_sim.schema import validate
 from fedhq_sim.yamlio import load_yaml_mapping
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+
+
+def unseen_workloads(n_samples: int) -> list:
+    """Two user models from ``scenarios/`` on their generated data (never seen by the probe)."""
+    anchor = SCENARIOS / "scenario.yaml"  # user files are named relative to a scenario file
+    generators = {}
+    for name, function in (("data/inspection.py", "inspection_images"), ("data/vibration.py", "vibration_windows")):
+        generators[function] = getattr(load_user_code(read_user_code(name, anchor)), function)
+    images = generators["inspection_images"](images_per_class=-(-n_samples // 4), size=32)
+    windows = generators["vibration_windows"](windows_per_condition=-(-n_samples // 5))
+    mobilenet = model_ref(
+        factory="MobileNetV2", code=read_user_code("models/mobilenet_v2.py", anchor), args={"width": 0.5}
+    )
+    vibration = model_ref(factory="build", code=read_user_code("models/vibration_cnn.py", anchor), args={"width": 24})
+
+    def samples(arrays):
+        x, y = arrays
+        return Samples(torch.as_tensor(x[:n_samples]), torch.as_tensor(y[:n_samples]))
+
+    return [("mobilenet_v2_w0.5_32px", mobilenet, samples(images)), ("vibration_cnn", vibration, samples(windows))]
 
 
 def main() -> int:
@@ -36,9 +64,15 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--passes", type=int, default=3, help="profile passes, each followed by repeats/passes timings")
+    parser.add_argument("--unseen-samples", type=int, default=64, help="samples of the two unseen models' clients")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    specs = builtin_workloads(sorted(STAND_IN_MODELS), args.samples) + unseen_workloads(args.unseen_samples)
+    strategies = (FP32, Strategy("ptq", 8), Strategy("qat", 8))
+    cases = workloads(specs, strategies=strategies, batch_sizes=args.batch_sizes, epochs=args.epochs)
+    times: list[list[float]] = [[] for _ in cases]
     if args.profile:
         try:
             mapping = load_yaml_mapping(args.profile)
@@ -46,20 +80,17 @@ def main() -> int:
         except InputError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+        time_workloads(cases, args.repeats, times)
     else:
-        device = parse_measured(probe_device(ProbeSettings("this_host", args.threads, args.repeats, None, None)))
-    rows = compare(
-        device,
-        models=list(MODELS),
-        strategies=(FP32, Strategy("ptq", 8), Strategy("qat", 8)),
-        batch_sizes=args.batch_sizes,
-        epochs=args.epochs,
-        n_samples=args.samples,
-        repeats=args.repeats,
-    )
+        per_pass = -(-args.repeats // args.passes)
+        settings = ProbeSettings("this_host", args.threads, args.repeats, None, None, passes=args.passes)
+        device = parse_measured(probe_interleaved(settings, lambda: time_workloads(cases, per_pass, times)))
+    rows = fidelity_rows(cases, device, times)
     header = (
         f"Host: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, {args.threads} "
-        f"thread(s); {args.samples} samples x {args.epochs} epochs, median of {args.repeats}; {date.today()}\n\n"
+        f"thread(s); {args.samples} samples ({args.unseen_samples} for the unseen models) x {args.epochs} epochs, "
+        f"median of {len(times[0])} runs alternated with {args.passes if not args.profile else 0} profile passes; "
+        f"{date.today()}\n\n"
     )
     text = header + markdown_table(rows)
     print(text)

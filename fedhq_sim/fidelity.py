@@ -18,12 +18,12 @@ import numpy as np
 from fedhq_sim.charge import charge_seconds
 from fedhq_sim.data import Samples, federate
 from fedhq_sim.datasets import DATASETS
-from fedhq_sim.models import build_model
+from fedhq_sim.models import ModelRef, build_model
 from fedhq_sim.profiles import DeviceProfile
 from fedhq_sim.quant.payload import encode_fp32
 from fedhq_sim.quant.strategy import Strategy
 from fedhq_sim.training import LocalConfig, local_work
-from fedhq_sim.work import untraced
+from fedhq_sim.work import WorkProfile, untraced
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,65 @@ def client_samples(n_samples: int, dataset: str = "digits") -> Samples:
     return Samples(client.x[:n_samples], client.y[:n_samples])
 
 
+@dataclass(frozen=True)
+class Case:
+    """One client workload: its model, strategy, configuration, data and traced work."""
+
+    model: str
+    strategy: Strategy
+    cfg: LocalConfig
+    payload: bytes
+    data: Samples
+    work: WorkProfile
+
+
+Workload = tuple[str, ModelRef | str, Samples]
+"""A row group of the table: its label, the model and one client's samples."""
+
+
+def builtin_workloads(models: Sequence[str], n_samples: int) -> list[Workload]:
+    """The built-in models, each on ``n_samples`` of the data it is meant for."""
+    return [(name, name, client_samples(n_samples, MODEL_DATASETS[name])) for name in models]
+
+
+def workloads(
+    specs: Sequence[Workload], *, strategies: Sequence[Strategy], batch_sizes: Sequence[int], epochs: int
+) -> list[Case]:
+    """Every (workload, strategy, batch size) case, run once traced for its work profile."""
+    cases = []
+    for label, model_ref, data in specs:
+        shape, classes = tuple(data.x.shape[1:]), int(data.y.max()) + 1
+        payload = encode_fp32(build_model(model_ref, classes, seed=0, input_shape=shape).state_dict())
+        for strategy in strategies:
+            for batch in batch_sizes:
+                cfg = LocalConfig(model_ref, classes, epochs, batch, 0.05, 32, shape)
+                work = local_work(payload, data, strategy, cfg, seed=1).work
+                cases.append(Case(label, strategy, cfg, payload, data, work))
+    return cases
+
+
+def time_workloads(cases: Sequence[Case], repeats: int, times: list[list[float]]) -> None:
+    """Run every workload ``repeats`` times, untraced, appending each wall time to ``times``.
+
+    Interleaved (each repeat runs every workload once), so that a slow spell of a shared host
+    spreads over all rows instead of spoiling one.
+    """
+    with untraced():
+        for _ in range(repeats):
+            for case, case_times in zip(cases, times, strict=True):
+                start = time.perf_counter()
+                local_work(case.payload, case.data, case.strategy, case.cfg, seed=1)
+                case_times.append(time.perf_counter() - start)
+
+
+def fidelity_rows(cases: Sequence[Case], device: DeviceProfile, times: Sequence[Sequence[float]]) -> list[FidelityRow]:
+    """Each workload's charge on ``device`` against the median of its measured times."""
+    return [
+        FidelityRow(c.model, c.strategy.label, c.cfg.batch_size, charge_seconds(c.work, device), statistics.median(t))
+        for c, t in zip(cases, times, strict=True)
+    ]
+
+
 def compare(
     device: DeviceProfile,
     *,
@@ -71,34 +130,12 @@ def compare(
     n_samples: int,
     repeats: int,
 ) -> list[FidelityRow]:
-    """Predict and measure every (model, strategy, batch size) combination.
-
-    The measurements are interleaved (each repeat runs every combination once) so that a
-    slow spell of a shared host spreads over all rows instead of spoiling one; each row
-    reports its median.
-    """
-    cases = []
-    for model_ref in models:
-        data = client_samples(n_samples, MODEL_DATASETS[model_ref])
-        shape, classes = tuple(data.x.shape[1:]), int(data.y.max()) + 1
-        payload = encode_fp32(build_model(model_ref, classes, seed=0, input_shape=shape).state_dict())
-        for strategy in strategies:
-            for batch in batch_sizes:
-                cfg = LocalConfig(model_ref, classes, epochs, batch, 0.05, 32, shape)
-                predicted = charge_seconds(local_work(payload, data, strategy, cfg, seed=1).work, device)
-                cases.append((model_ref, strategy, batch, cfg, payload, data, predicted))
+    """Predict and measure every (model, strategy, batch size) combination on a given profile."""
+    specs = builtin_workloads(models, n_samples)
+    cases = workloads(specs, strategies=strategies, batch_sizes=batch_sizes, epochs=epochs)
     times: list[list[float]] = [[] for _ in cases]
-    with untraced():
-        for _ in range(repeats):
-            for case, case_times in zip(cases, times, strict=True):
-                _, strategy, _, cfg, payload, data, _ = case
-                start = time.perf_counter()
-                local_work(payload, data, strategy, cfg, seed=1)
-                case_times.append(time.perf_counter() - start)
-    return [
-        FidelityRow(model_ref, strategy.label, batch, predicted, statistics.median(case_times))
-        for (model_ref, strategy, batch, _, _, _, predicted), case_times in zip(cases, times, strict=True)
-    ]
+    time_workloads(cases, repeats, times)
+    return fidelity_rows(cases, device, times)
 
 
 def summary(rows: Sequence[FidelityRow]) -> tuple[float, float]:
