@@ -1,8 +1,9 @@
 """Models: one registry for the built-ins and a user's own (importing this registers the built-ins)."""
 
 from fedhq_sim.models import builtin as _builtin  # noqa: F401 - registers the built-in models
-from fedhq_sim.models.builtin import IMAGE_SHAPE, STAND_IN_MODELS
+from fedhq_sim.models.builtin import STAND_IN_MODELS
 from fedhq_sim.models.registry import (
+    IMAGE_INPUT,
     MODELS,
     Arch,
     ModelRef,
@@ -17,7 +18,7 @@ from fedhq_sim.models.registry import (
 )
 
 __all__ = [
-    "IMAGE_SHAPE",
+    "IMAGE_INPUT",
     "MODELS",
     "STAND_IN_MODELS",
     "Arch",

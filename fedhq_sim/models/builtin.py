@@ -15,23 +15,20 @@ from torch import nn
 
 from fedhq_sim.models.registry import IMAGE_INPUT, register_model
 
-IMAGE_SHAPE = IMAGE_INPUT
-"""The input shape the convolutional models are sized for (the digits)."""
-
 STAND_IN_MODELS = frozenset({"small_cnn", "resnet8", "mlp"})
 """The built-ins: a run of one says in its report that the model is a small stand-in."""
 
 
 def _require_images(model: str, input_shape: tuple[int, ...]) -> None:
-    if tuple(input_shape) != IMAGE_SHAPE:
-        raise ValueError(f"{model} takes {IMAGE_SHAPE} images, got inputs of shape {tuple(input_shape)}")
+    if tuple(input_shape) != IMAGE_INPUT:
+        raise ValueError(f"{model} takes {IMAGE_INPUT} images, got inputs of shape {tuple(input_shape)}")
 
 
 @register_model("small_cnn")
 class SmallCNN(nn.Module):
     """Two conv+ReLU+pool blocks and a linear head, sized for 8x8 single-channel images."""
 
-    def __init__(self, num_classes: int = 10, input_shape: tuple[int, ...] = IMAGE_SHAPE) -> None:
+    def __init__(self, num_classes: int = 10, input_shape: tuple[int, ...] = IMAGE_INPUT) -> None:
         _require_images("small_cnn", input_shape)
         super().__init__()
         self.conv1 = nn.Conv2d(1, 16, kernel_size=3, padding=1)
@@ -52,7 +49,7 @@ class SmallCNN(nn.Module):
 class MLP(nn.Module):
     """A two-hidden-layer perceptron over the flattened input: tabular sensor readings."""
 
-    def __init__(self, num_classes: int = 10, input_shape: tuple[int, ...] = IMAGE_SHAPE, hidden: int = 64) -> None:
+    def __init__(self, num_classes: int = 10, input_shape: tuple[int, ...] = IMAGE_INPUT, hidden: int = 64) -> None:
         super().__init__()
         in_features = math.prod(input_shape)
         self.fc1 = nn.Linear(in_features, hidden)
@@ -95,7 +92,7 @@ class ResNet8(nn.Module):
     and FL literature (e.g. MLPerf Tiny's ResNet-8); here sized for 8x8 single-channel inputs.
     """
 
-    def __init__(self, num_classes: int = 10, input_shape: tuple[int, ...] = IMAGE_SHAPE) -> None:
+    def __init__(self, num_classes: int = 10, input_shape: tuple[int, ...] = IMAGE_INPUT) -> None:
         _require_images("resnet8", input_shape)
         super().__init__()
         self.conv = nn.Conv2d(1, 16, 3, padding=1, bias=False)
