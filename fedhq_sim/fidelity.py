@@ -120,24 +120,6 @@ def fidelity_rows(cases: Sequence[Case], device: DeviceProfile, times: Sequence[
     ]
 
 
-def compare(
-    device: DeviceProfile,
-    *,
-    models: Sequence[str],
-    strategies: Sequence[Strategy],
-    batch_sizes: Sequence[int],
-    epochs: int,
-    n_samples: int,
-    repeats: int,
-) -> list[FidelityRow]:
-    """Predict and measure every (model, strategy, batch size) combination on a given profile."""
-    specs = builtin_workloads(models, n_samples)
-    cases = workloads(specs, strategies=strategies, batch_sizes=batch_sizes, epochs=epochs)
-    times: list[list[float]] = [[] for _ in cases]
-    time_workloads(cases, repeats, times)
-    return fidelity_rows(cases, device, times)
-
-
 def summary(rows: Sequence[FidelityRow]) -> tuple[float, float]:
     """Median and worst absolute relative error."""
     errors = [abs(row.error) for row in rows]
