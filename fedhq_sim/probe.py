@@ -13,6 +13,7 @@ profile on those.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import platform
 import statistics
@@ -22,15 +23,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 from torch.nn import functional as F  # noqa: N812 - the conventional alias
 
-from fedhq_sim.charge import charge_seconds, op_seconds
+from fedhq_sim.charge import charge_seconds
+from fedhq_sim.in_situ import InSitu, apply_in_situ, in_situ
+from fedhq_sim.probe_networks import ChainNet, ConvNet, step_fn
 from fedhq_sim.profiles import DeviceProfile, Kernel, Kernels, Overheads
 from fedhq_sim.quant import backend
 from fedhq_sim.quant.payload import decode_to_fp32, encode_fp32
 from fedhq_sim.schema import validate
-from fedhq_sim.work import WorkProfile, step_markers, traced, untraced
+from fedhq_sim.work import WorkProfile, traced
 
 TARGET_LOOP_S = 0.004
 """Each timed sample repeats its call until it lasts about this long (timer resolution)."""
@@ -262,53 +264,9 @@ def dispatch_overhead(repeats: int) -> float:
     return median_seconds(lambda: x.view(16), repeats)
 
 
-class _ChainNet(nn.Module):
-    """A stack of small Linear+ReLU layers: training steps that are all bookkeeping."""
-
-    def __init__(self, depth: int, width: int = 8) -> None:
-        super().__init__()
-        self.body = nn.Sequential(*[nn.Sequential(nn.Linear(width, width), nn.ReLU()) for _ in range(depth)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-
-class _ConvNet(nn.Module):
-    """Conv+BN+ReLU blocks, a pool and a linear head: the layer types of small edge CNNs.
-
-    With ``widening`` each block doubles the channels and halves the feature map (strided
-    convolution), as CNN stages do.
-    """
-
-    def __init__(self, depth: int, channels: int = 8, *, widening: bool = False) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(1, channels, 3, padding=1)]
-        width = channels
-        for _ in range(depth):
-            out, stride = (2 * width, 2) if widening else (width, 1)
-            layers += [nn.Conv2d(width, out, 3, stride=stride, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
-            width = out
-        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(width, 8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
-
 def _residual(measured: float, work: WorkProfile, partial: DeviceProfile) -> float:
     """Wall time the charged operations do not explain (negative where timing noise says so)."""
     return measured - charge_seconds(work, partial)
-
-
-def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-
-    return step
 
 
 def measure_overheads(repeats: int, partial: DeviceProfile) -> Overheads:
@@ -316,23 +274,23 @@ def measure_overheads(repeats: int, partial: DeviceProfile) -> Overheads:
     x = torch.randn(8, 8)
     op_counts, step_residuals = [], []
     # Chains of tiny layers: their steps are bookkeeping, not kernels, so the residual is clean.
-    workloads = [(_ChainNet(depth), x) for depth in (1, 2, 4, 8, 16)]
+    workloads = [(ChainNet(depth), x) for depth in (1, 2, 4, 8, 16)]
     for model, inputs in workloads:
         labels = torch.randint(0, 8, (len(inputs),))
-        sample = measure(_step_fn(model.train(), inputs, labels), repeats)
+        sample = measure(step_fn(model.train(), inputs, labels), repeats)
         op_counts.append(sample.work.num_ops - sample.work.count("view"))
         step_residuals.append(_residual(sample.seconds, sample.work, partial))
     per_step, per_op_rate = fit_line(op_counts, step_residuals, relative=False)
-    model = _ChainNet(8)
+    model = ChainNet(8)
     modules = sum(1 for _ in model.modules())
     state = model.state_dict()
     tensors = len(state)
-    build = measure(lambda: _ConvNet(4), repeats)
-    conv_modules = sum(1 for _ in _ConvNet(4).modules())
+    build = measure(lambda: ConvNet(4), repeats)
+    conv_modules = sum(1 for _ in ConvNet(4).modules())
     load = measure(lambda: model.load_state_dict(state), repeats)
     write_sizes, write_residuals, read_residuals = [], [], []
     for depth in (1, 4, 16):
-        chain_state = _ChainNet(depth).state_dict()
+        chain_state = ChainNet(depth).state_dict()
         write = measure(lambda s=chain_state: encode_fp32(s), repeats)
         payload = encode_fp32(chain_state)
         read = measure(lambda p=payload: decode_to_fp32(p), repeats)
@@ -364,78 +322,6 @@ def measure_overheads(repeats: int, partial: DeviceProfile) -> Overheads:
         prepare_qat=max(_residual(qat.seconds, qat.work, partial) / modules, floor),
         convert=max(convert_residual / modules, floor),
     )
-
-
-def _training_steps(model: nn.Module, x: torch.Tensor, steps: int) -> WorkProfile:
-    """``steps`` fp32 training steps of a probe network on ``x``, with their work."""
-    step = _step_fn(model.train(), x, torch.randint(0, 8, (len(x),)))
-    work = WorkProfile()
-    for _ in range(steps):
-        _, step_work = traced(step)
-        work = work + step_work + step_markers(step_work)
-    return work
-
-
-CONV_GROUP = frozenset({"conv", "conv_backward", "norm", "norm_backward"})
-"""Kernel classes whose in-network cost the in-situ calibration corrects apart from the rest."""
-
-
-def _split_charge(work: WorkProfile, device: DeviceProfile) -> tuple[float, float]:
-    """Charge of ``work`` on ``device``: the convolution group's share and everything else."""
-    conv = sum(count * op_seconds(op, device) for op, count in work.counts.items() if op.kind in CONV_GROUP)
-    return conv, charge_seconds(work, device) - conv
-
-
-def in_situ_factors(repeats: int, partial: DeviceProfile) -> tuple[float, float]:
-    """Correction factors for the convolution group and for everything else.
-
-    Each kernel is timed in a tight loop, where caches, branch predictors, the allocator and
-    the kernel libraries' primitive caches are as warm as they will ever be. Inside a network
-    a convolution follows other layers and meets colder weights and primitives. Training
-    steps of probe networks (not of any model the simulator ships) are measured,
-    interleaved so that no workload follows itself. Networks without convolutions give the
-    factor of the rest (measured over predicted), convolutional ones the factor of the
-    convolution group from the time the rest leaves; each scales every time in its group.
-    """
-    workloads = (
-        (lambda: _ChainNet(2), torch.randn(64, 8)),
-        (lambda: _ChainNet(4), torch.randn(32, 8)),
-        (lambda: _ChainNet(16), torch.randn(16, 8)),
-        (lambda: _ConvNet(2), torch.randn(16, 1, 8, 8)),
-        (lambda: _ConvNet(3, channels=16, widening=True), torch.randn(32, 1, 8, 8)),
-        (lambda: _ConvNet(1, channels=32), torch.randn(64, 1, 8, 8)),
-    )
-    predicted = [_split_charge(_training_steps(factory(), x, 8), partial) for factory, x in workloads]
-    measured: list[list[float]] = [[] for _ in workloads]
-    with untraced():
-        for _ in range(repeats):
-            for (factory, x), times in zip(workloads, measured, strict=True):
-                model = factory()  # a fresh model each time, as each round's client builds one
-                start = time.perf_counter()
-                _training_steps(model, x, 8)
-                times.append(time.perf_counter() - start)
-    medians = [statistics.median(t) for t in measured]
-    # The chain networks have no convolution: they fix the factor of the rest; the conv
-    # networks then give the convolution group's factor from what the rest leaves.
-    chain = [(m, p) for m, p in zip(medians, predicted, strict=True) if p[0] == 0]
-    convs = [(m, p) for m, p in zip(medians, predicted, strict=True) if p[0] > 0]
-    rest_factor = statistics.median(m / (c + r) for m, (c, r) in chain)
-    conv_factor = statistics.median((m - rest_factor * r) / c for m, (c, r) in convs)
-    return min(max(conv_factor, 0.5), 3.0), min(max(rest_factor, 0.5), 3.0)
-
-
-def _scaled(
-    kernels: Kernels, overheads: Overheads, conv_factor: float, rest_factor: float
-) -> tuple[Kernels, Overheads]:
-    scaled_kernels = {}
-    for name, kernel in kernels:
-        if kernel is not None:
-            f = conv_factor if name in CONV_GROUP else rest_factor
-            scaled_kernels[name] = Kernel.model_construct(
-                overhead=kernel.overhead * f, throughput=kernel.throughput / f
-            )
-    scaled_overheads = {name: value * rest_factor for name, value in overheads}
-    return Kernels.model_construct(**scaled_kernels), Overheads.model_construct(**scaled_overheads)
 
 
 def host_memory() -> tuple[float, float]:
@@ -470,7 +356,7 @@ class _Pass:
     kernels: Kernels
     bandwidth: float
     overheads: Overheads
-    factors: tuple[float, float]
+    factors: InSitu
 
 
 def _measure_once(repeats: int, memory: float) -> _Pass:
@@ -486,8 +372,8 @@ def _measure_once(repeats: int, memory: float) -> _Pass:
     microbenchmarked = DeviceProfile.model_construct(
         kernels=kernels, memory_bandwidth=bandwidth, overheads=overheads, memory=memory
     )
-    factors = in_situ_factors(repeats, microbenchmarked)
-    kernels, overheads = _scaled(kernels, overheads, *factors)
+    factors = in_situ(repeats, microbenchmarked)
+    kernels, overheads = apply_in_situ(kernels, overheads, factors)
     return _Pass(kernels, bandwidth, overheads, factors)
 
 
@@ -509,7 +395,7 @@ def _median_pass(passes: Sequence[_Pass]) -> _Pass:
         Kernels.model_construct(**kernels),
         med(p.bandwidth for p in passes),
         Overheads.model_construct(**overheads),
-        (med(p.factors[0] for p in passes), med(p.factors[1] for p in passes)),
+        InSitu(*(med(getattr(p.factors, f.name) for p in passes) for f in dataclasses.fields(InSitu))),
     )
 
 
@@ -553,14 +439,15 @@ def profile_mapping(
     overheads: Overheads,
     memory: float,
     reserved: float,
-    factors: tuple[float, float],
+    factors: InSitu,
 ) -> dict[str, Any]:
     """The measured numbers in the library's YAML format, each with its ``[M]`` source."""
     how = (
         f"[M] fedhq-sim profile-device on this host ({platform.machine()}, {settings.threads} thread(s), "
         f"torch {torch.__version__}, median of {settings.repeats} timed loops, median of {settings.passes} passes; "
-        f"in-situ factors x{factors[0]:.3f} "
-        f"convolution/normalization, x{factors[1]:.3f} the rest"
+        f"in-situ factors x{factors.conv_factor:.3f} convolution/normalization intercepts, "
+        f"x{factors.conv_compute_factor:.3f} their compute, x{factors.rest_factor:.3f} the rest, "
+        f"x{factors.round_factor:.3f} once-per-round overheads"
     )
     sources: dict[str, str] = {}
     kernel_map: dict[str, Any] = {}
@@ -582,6 +469,9 @@ def profile_mapping(
         f"{how}; intercept of training-step wall time minus charged operations over operations per step)"
     )
     sources["overheads.train_op"] = f"{how}; slope of the same fit)"
+    sources["overheads.warmup_op"] = (
+        f"{how}; a fresh probe network's first 8 training steps minus its next 8, per operation of a step)"
+    )
     for name, unit in (("build_module", "module"), ("load_tensor", "tensor")):
         sources[f"overheads.{name}"] = f"{how}; wall time minus charged operations, per {unit})"
     for name in ("serialize", "deserialize"):

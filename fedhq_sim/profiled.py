@@ -50,8 +50,9 @@ from fedhq_sim.training import (
     step_key,
     step_plan,
     tail_key,
+    training_work,
 )
-from fedhq_sim.work import WORK_CACHE, WorkProfile, step_markers
+from fedhq_sim.work import WORK_CACHE, WorkProfile
 
 
 def _cached(key: tuple) -> WorkProfile:
@@ -108,9 +109,9 @@ class LocalProfiles:
             work = self._piece(head_key(cfg, strategy), strategy, min(n_samples, cfg.batch_size))
             _, shuffle = shuffled(n_samples, torch.Generator())
             work = work + shuffle.times(len(plan))
-            for size, count in Counter(size for sizes in plan for size in sizes).items():
-                step = self._piece(step_key(cfg, strategy, size), strategy, size)
-                work = work + (step + step_markers(step)).times(count)
+            sizes = dict.fromkeys(size for pass_sizes in plan for size in pass_sizes)  # in the plan's order
+            steps = {size: self._piece(step_key(cfg, strategy, size), strategy, size) for size in sizes}
+            work = work + training_work(plan, steps)
             tail = tail_key(cfg, strategy, n_samples)
             work = work + self._piece(tail, strategy, min(n_samples, cfg.calibration_samples))
             self._profiles[key] = work

@@ -107,6 +107,9 @@ class Overheads(StrictModel):
     ``dispatch`` is what a view (an op that moves no data) costs. ``train_step`` is the
     framework's bookkeeping per training step beyond its operations (loss, backward launch,
     optimizer loop) and ``train_op`` its extra per operation recorded for autograd.
+    ``warmup_op`` is what a freshly built model's first training steps cost beyond later ones
+    (state created on first use: autograd and optimizer bookkeeping, allocator blocks, kernel
+    library primitives), per operation of one step, once per round.
     ``build_module`` is per module constructed, ``load_tensor`` per tensor loaded into a
     model, ``serialize`` and ``deserialize`` per tensor written to or read from a payload, and
     ``serialize_payload``/``deserialize_payload`` once per payload (archive set-up).
@@ -117,6 +120,7 @@ class Overheads(StrictModel):
     dispatch: Seconds
     train_step: Seconds
     train_op: Seconds
+    warmup_op: Seconds
     build_module: Seconds
     load_tensor: Seconds
     serialize: Seconds

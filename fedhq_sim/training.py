@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +22,8 @@ from fedhq_sim.models import Arch, ModelRef, traced_build, traced_load
 from fedhq_sim.quant import backend
 from fedhq_sim.quant.payload import fp32_message, quantized_message, traced_decode, traced_serialize
 from fedhq_sim.quant.strategy import Strategy
-from fedhq_sim.work import WORK_CACHE, WorkProfile, step_markers, traced
+from fedhq_sim.rng import seeded_cpu_generator
+from fedhq_sim.work import WORK_CACHE, WorkProfile, step_markers, traced, warmup_markers
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,18 @@ def step_plan(n_samples: int, cfg: LocalConfig) -> list[list[int]]:
     return plan
 
 
+def training_work(plan: list[list[int]], step_work: Mapping[int, WorkProfile]) -> WorkProfile:
+    """The work of a round's training steps, from each batch size's traced step.
+
+    Every step is its operations plus their bookkeeping; the round's model is freshly built,
+    so its first step also carries the warm-up (:func:`~fedhq_sim.work.warmup_markers`).
+    """
+    work = WorkProfile()
+    for size, count in Counter(size for sizes in plan for size in sizes).items():
+        work = work + (step_work[size] + step_markers(step_work[size])).times(count)
+    return work + warmup_markers(step_work[plan[0][0]])
+
+
 def head_key(cfg: LocalConfig, strategy: Strategy) -> tuple:
     """Reading the global model, building and loading the local one, preparing QAT."""
     return ("local-head", cfg.arch, strategy)
@@ -115,7 +129,9 @@ def tail_key(cfg: LocalConfig, strategy: Strategy, n_samples: int) -> tuple:
     return ("local-tail", cfg.arch, strategy, batches, cfg.measure_quantization_error)
 
 
-def _sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, data: Samples, index: torch.Tensor) -> float:
+def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, data: Samples, index: torch.Tensor) -> float:
+    """One plain-SGD step on the samples at ``index``; returns the loss (read back, as a
+    client logs it). The device probe measures its training steps with this same function."""
     x, y = data.x[index], data.y[index]
     optimizer.zero_grad(set_to_none=True)
     loss = cross_entropy(model(x), y)
@@ -134,8 +150,7 @@ def _train(
     with dropout (or any random layer) draws the same numbers whichever process runs it and
     whatever ran there before, so results do not depend on where the work ran.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_cpu_generator(seed):
         return _seeded_train(model, data, cfg, strategy, seed)
 
 
@@ -146,24 +161,26 @@ def _seeded_train(
     generator = torch.Generator().manual_seed(seed)
     model.train()
     work = WorkProfile()
-    # Steps of one batch shape execute the same operations: count them and add their work
-    # once per shape at the end, so that bookkeeping stays off the per-step path.
-    steps: Counter[int] = Counter()
+    # Steps of one batch shape execute the same operations: the first of each shape gets its
+    # work from the cache (tracing it if new), the others just run, and the works are added
+    # up at the end. A device pays nothing for this bookkeeping, so it stays off the step path.
     step_work: dict[int, WorkProfile] = {}
     losses: list[float] = []
     n = len(data)
-    for sizes in step_plan(n, cfg):
+    plan = step_plan(n, cfg)
+    for sizes in plan:
         order, shuffle_work = shuffled(n, generator)
         work = work + shuffle_work
         for start, size in zip(range(0, n, cfg.batch_size), sizes, strict=False):
             index = order[start : start + size]
+            if size in step_work:
+                losses.append(sgd_step(model, optimizer, data, index))
+                continue
             loss, step_work[size] = WORK_CACHE.run(
-                step_key(cfg, strategy, size), lambda index=index: _sgd_step(model, optimizer, data, index)
+                step_key(cfg, strategy, size), lambda index=index: sgd_step(model, optimizer, data, index)
             )
-            steps[size] += 1
             losses.append(loss)
-    for size, count in steps.items():
-        work = work + (step_work[size] + step_markers(step_work[size])).times(count)
+    work = work + training_work(plan, step_work)
     last_pass = losses[-math.ceil(n / cfg.batch_size) :]
     return sum(last_pass) / len(last_pass), work
 

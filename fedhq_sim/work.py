@@ -52,6 +52,7 @@ OpKind = Literal[
 MarkerKind = Literal[
     "train_step",
     "train_op",
+    "warmup_op",
     "build_module",
     "load_tensor",
     "serialize",
@@ -151,6 +152,11 @@ def marker(kind: MarkerKind, count: int = 1) -> WorkProfile:
 def step_markers(step_work: WorkProfile) -> WorkProfile:
     """The bookkeeping of one training step: once per step, and once per recorded operation."""
     return marker("train_step") + marker("train_op", step_work.num_ops - step_work.count("view"))
+
+
+def warmup_markers(first_step: WorkProfile) -> WorkProfile:
+    """A freshly built model's warm-up: once per recorded operation of its first training step."""
+    return marker("warmup_op", first_step.num_ops - first_step.count("view"))
 
 
 def _tensors(values: Iterable[Any]) -> list[torch.Tensor]:

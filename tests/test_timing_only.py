@@ -31,7 +31,7 @@ def _plant(data: dict) -> dict:
     outage = {"link": "backhaul:yard", "start": "0.05 s", "duration": "0.2 s"}
     data["network"] = {"outages": [outage], "stall_timeout": "0.1 s"}
     data["availability"] = {"maintenance": [{"client": "hall/rpi4-1", "start": "0.4 s", "duration": "1 h"}]}
-    data["training"] |= {"rounds": 3, "clients_per_round": 6, "round_deadline": "0.35 s"}
+    data["training"] |= {"rounds": 3, "clients_per_round": 6, "round_deadline": "0.25 s"}
     return data
 
 
@@ -64,8 +64,8 @@ def test_timing_only_gives_the_timings_bytes_and_energy_of_a_full_run(variant, w
 
 def test_timing_only_runs_no_training_per_round(write_scenario, monkeypatch):
     steps = []
-    real_step = training._sgd_step
-    monkeypatch.setattr(training, "_sgd_step", lambda *args: steps.append(1) or real_step(*args))
+    real_step = training.sgd_step
+    monkeypatch.setattr(training, "sgd_step", lambda *args: steps.append(1) or real_step(*args))
     counts = []
     for rounds in (1, 4):
         data = tiny_scenario_dict()

@@ -191,6 +191,7 @@ def test_work_profiles_see_each_precision_and_kernel_class(results):
         "sim.prepare_qat",
         "sim.train_step",
         "sim.train_op",
+        "sim.warmup_op",
         "sim.convert",
         "sim.serialize",
         "sim.serialize_payload",

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedhq_sim.rng import seeded_cpu_generator
 from fedhq_sim.work import WorkProfile, marker, traced
 
 ModelFactory = Callable[..., nn.Module]
@@ -177,12 +178,8 @@ def build_model(
     """A freshly initialised model; the same ``seed`` gives the same weights on any host."""
     ref = as_ref(model)
     factory = model_factory(ref)
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with seeded_cpu_generator(seed):
         return _call(factory, num_classes, input_shape, ref.args)
-    finally:
-        torch.random.set_rng_state(generator_state)
 
 
 def traced_build(

@@ -1,0 +1,257 @@
+"""In-situ calibration of a measured profile: work inside a client's round, not in a tight loop.
+
+The device probe times each kernel class and each framework overhead in a tight loop,
+where caches, branch predictors, the allocator and the kernel libraries' primitive caches
+are as warm as they will ever be. A client's round runs its pieces once each, one after
+another, in a freshly built model: a convolution follows other layers and meets colder
+weights and primitives; reading, building and writing a model run once per round, after
+the training has evicted their code and data; the first training steps of a fresh model
+create state on first use. Rounds of probe clients (networks that are none of the
+simulator's models) are timed here and compared with their tight-loop charge; the
+factors and the warm-up they give turn the tight-loop profile into the in-situ one.
+
+The factors scale per-call and per-step costs; of the throughputs only the convolution
+group's, by a factor fitted apart from its intercepts on probe clients that range from
+intercept-bound to compute-bound convolutions. One factor for both (as before) fitted the
+small probe networks, which cannot tell the two apart, and predicted ResNet-18 at 224 px
+1.7x slower than it runs on the reference host.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedhq_sim.charge import kernel_for
+from fedhq_sim.models import traced_load
+from fedhq_sim.probe_networks import ChainNet, ConvNet, labels_for, step_fn, training_steps
+from fedhq_sim.profiles import DeviceProfile, Kernel, Kernels, Overheads
+from fedhq_sim.quant import backend
+from fedhq_sim.quant.payload import decode_to_fp32, encode_fp32, fp32_message, traced_decode, traced_serialize
+from fedhq_sim.work import WorkProfile, marker, traced, untraced
+
+CONV_GROUP = frozenset({"conv", "conv_backward", "norm", "norm_backward"})
+"""Kernel classes whose in-network cost the in-situ calibration corrects apart from the rest."""
+
+STEP_OVERHEADS = frozenset({"dispatch", "train_step", "train_op"})
+"""Overheads paid on every step: scaled like the kernels outside the convolution group."""
+
+ROUND_OVERHEADS = frozenset(Overheads.model_fields) - STEP_OVERHEADS - {"warmup_op"}
+"""Overheads paid once per round: reading, building, rewriting and writing a model (``warmup_op``
+is measured in situ, not scaled)."""
+
+STEPS = 8
+"""Training steps per timed half of a probe round."""
+
+
+@dataclass(frozen=True)
+class ProbeClient:
+    """A probe client: its network, its batch shape, and whether it trains with QAT."""
+
+    network: Callable[[], nn.Module]
+    batch: tuple[int, ...]
+    qat: bool = False
+
+
+PROBE_CLIENTS = (
+    ProbeClient(lambda: ChainNet(2), (64, 8)),
+    ProbeClient(lambda: ChainNet(4), (32, 8)),
+    ProbeClient(lambda: ChainNet(16), (16, 8)),
+    ProbeClient(lambda: ChainNet(3, width=64), (64, 64)),
+    ProbeClient(lambda: ChainNet(4), (32, 8), qat=True),
+    ProbeClient(lambda: ChainNet(3, width=64), (64, 64), qat=True),
+    ProbeClient(lambda: ConvNet(2), (16, 1, 8, 8)),
+    ProbeClient(lambda: ConvNet(3, channels=16, widening=True), (32, 1, 8, 8)),
+    ProbeClient(lambda: ConvNet(1, channels=32), (64, 1, 8, 8)),
+    ProbeClient(lambda: ConvNet(2), (16, 1, 8, 8), qat=True),
+    ProbeClient(lambda: ConvNet(2, channels=32), (8, 1, 32, 32)),
+)
+"""Fully connected and convolutional networks of edge-model widths, under fp32 and QAT
+training (QAT's fake quantization adds operations and module calls of its own)."""
+
+
+@dataclass(frozen=True)
+class InSitu:
+    """How a client's round runs against the tight-loop profile."""
+
+    conv_factor: float
+    """Scales the convolution group's per-call intercepts."""
+    conv_compute_factor: float
+    """Scales the convolution group's compute and memory time (divides its throughput)."""
+    rest_factor: float
+    """Scales every other kernel's intercept and the per-step overheads."""
+    round_factor: float
+    """Scales the once-per-round overheads (:data:`ROUND_OVERHEADS`)."""
+    warmup_op: float
+    """Seconds a fresh model's first steps cost beyond steady ones, per operation of a step."""
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """Seconds of some work on the tight-loop profile, by how the calibration scales them."""
+
+    conv: float
+    """Per-call intercepts of the convolution group."""
+    conv_compute: float
+    """The convolution group's compute and memory terms."""
+    step: float
+    """The other kernels' intercepts, views and per-step overheads."""
+    round: float
+    """Once-per-round overheads."""
+    fixed: float
+    """The other kernels' compute and memory terms (FLOPs over throughput, bytes over
+    bandwidth): a large kernel runs in a network as fast as in a tight loop, so these are
+    not scaled."""
+
+
+def _parts(work: WorkProfile, device: DeviceProfile) -> _Parts:
+    conv = conv_compute = step = round_ = fixed = 0.0
+    for op, count in work.counts.items():
+        if op.kind == "view":
+            step += count * device.overheads.dispatch
+        elif op.kind == "marker":
+            name = op.op.removeprefix("sim.")
+            seconds = count * getattr(device.overheads, name)
+            if name in ROUND_OVERHEADS:
+                round_ += seconds
+            else:
+                step += seconds
+        else:
+            kernel = kernel_for(op, device)
+            compute = count * max(op.flops / kernel.throughput, op.nbytes / device.memory_bandwidth)
+            if op.kind in CONV_GROUP:
+                conv += count * kernel.overhead
+                conv_compute += compute
+            else:
+                step += count * kernel.overhead
+                fixed += compute
+    return _Parts(conv, conv_compute, step, round_, fixed)
+
+
+@dataclass(frozen=True)
+class _Predicted:
+    """One probe client's tight-loop charges: its steady training steps and the rest of its round."""
+
+    steady: _Parts
+    round: _Parts
+    step_ops: int
+
+
+def _predict(client: ProbeClient, x: torch.Tensor, payload: bytes, device: DeviceProfile) -> _Predicted:
+    """The charge of a probe client's round on the tight-loop profile, traced once."""
+    state, read = traced_decode(payload)
+    model, build = traced(client.network)
+    build = build + marker("build_module", sum(1 for _ in model.modules()))
+    load = traced_load(model, state)
+    if client.qat:
+        model, prepare = backend.traced_prepare_qat(model)
+        load = load + prepare
+    steps, one_step = training_steps(model, x, STEPS)
+    _, write = traced_serialize(lambda: fp32_message(model.state_dict()))
+    ops = one_step.num_ops - one_step.count("view")
+    return _Predicted(_parts(steps, device), _parts(read + build + load + write, device), ops)
+
+
+def _timed_round(client: ProbeClient, x: torch.Tensor, payload: bytes) -> tuple[float, float, float]:
+    """Seconds of a probe client's round: reading, building (and preparing) and writing the
+    model; the fresh model's first :data:`STEPS` training steps; and as many more (the
+    steady state)."""
+    labels = labels_for(x)
+    start = time.perf_counter()
+    model = client.network()
+    model.load_state_dict(decode_to_fp32(payload))
+    if client.qat:
+        model = backend.prepare_qat(model)
+    built = time.perf_counter()
+    step = step_fn(model.train(), x, labels)
+    for _ in range(STEPS):
+        step()
+    warm = time.perf_counter()
+    for _ in range(STEPS):
+        step()
+    trained = time.perf_counter()
+    encode_fp32(model.state_dict())
+    return built - start + time.perf_counter() - trained, warm - built, trained - warm
+
+
+def _clamped(factor: float) -> float:
+    return min(max(factor, 0.5), 4.0)
+
+
+def _conv_factors(clients: list[tuple[float, float, _Parts]]) -> tuple[float, float]:
+    """The convolution group's intercept and compute factors, from ``(measured, left, parts)``
+    of each convolutional client, ``left`` being what its time leaves after the rest.
+
+    Least squares on relative error, over clients whose convolutions range from
+    intercept-bound (8x8 maps) to compute-bound (32x32 maps), tells the two apart. The
+    compute factor stays within [1, 2] (a convolution streams no faster in a network than in
+    a loop); the intercept factor is then the median of what each client leaves for it.
+    """
+    measured = np.array([m for m, _, _ in clients])
+    design = np.array([[p.conv, p.conv_compute] for _, _, p in clients]) / measured[:, None]
+    target = np.array([left for _, left, _ in clients]) / measured
+    (_, compute), *_ = np.linalg.lstsq(design, target, rcond=None)
+    compute = min(max(float(compute), 1.0), 2.0)
+    intercept = statistics.median((left - compute * p.conv_compute) / p.conv for _, left, p in clients)
+    return intercept, compute
+
+
+def in_situ(repeats: int, device: DeviceProfile) -> InSitu:
+    """Factors and warm-up of ``device`` (a tight-loop profile of this host), measured here.
+
+    Each probe client's timed round follows an untimed round of the same client, as a
+    client's round follows its previous round and not another model's work (whose cache
+    footprint would be charged to this one); the clients are interleaved so that a slow
+    spell of the host spreads over all of them. The steady half of the training gives the
+    factors of the intercepts: networks without convolutions the factor of the rest (what
+    the measured time leaves after the compute and memory terms, over what the intercepts
+    predict), convolutional ones that of the convolution group from the time the rest
+    leaves. Reading, building and writing give the factor of the once-per-round
+    overheads from what their operations leave, and the fresh half's excess over the
+    steady half is the warm-up, per operation of one step.
+    """
+    clients = [(c, torch.randn(c.batch), encode_fp32(c.network().state_dict())) for c in PROBE_CLIENTS]
+    predicted = [_predict(client, x, payload, device) for client, x, payload in clients]
+    times: list[list[tuple[float, float, float]]] = [[] for _ in clients]
+    with untraced():
+        for _ in range(repeats):
+            for (client, x, payload), client_times in zip(clients, times, strict=True):
+                _timed_round(client, x, payload)  # the previous round of the same client
+                client_times.append(_timed_round(client, x, payload))
+    rounds, fresh, steady = ([statistics.median(t[i] for t in client) for client in times] for i in range(3))
+    pairs = [(m, p.steady) for m, p in zip(steady, predicted, strict=True)]
+    rest = statistics.median((m - p.fixed) / p.step for m, p in pairs if p.conv == 0)
+    conv, conv_compute = _conv_factors([(m, m - rest * p.step - p.fixed, p) for m, p in pairs if p.conv > 0])
+    round_factor = statistics.median(
+        (m - rest * p.round.step - conv * p.round.conv - conv_compute * p.round.conv_compute - p.round.fixed)
+        / p.round.round
+        for m, p in zip(rounds, predicted, strict=True)
+    )
+    warmup = statistics.median((f - s) / p.step_ops for f, s, p in zip(fresh, steady, predicted, strict=True))
+    return InSitu(_clamped(conv), conv_compute, _clamped(rest), _clamped(round_factor), max(warmup, 1e-9))
+
+
+def apply_in_situ(kernels: Kernels, overheads: Overheads, factors: InSitu) -> tuple[Kernels, Overheads]:
+    """The tight-loop kernels and overheads scaled to a client's round, with its warm-up."""
+    scaled_kernels = {}
+    for name, kernel in kernels:
+        if kernel is not None:
+            if name in CONV_GROUP:
+                overhead = kernel.overhead * factors.conv_factor
+                throughput = kernel.throughput / factors.conv_compute_factor
+            else:
+                overhead, throughput = kernel.overhead * factors.rest_factor, kernel.throughput
+            scaled_kernels[name] = Kernel.model_construct(overhead=overhead, throughput=throughput)
+    scaled_overheads = {
+        name: value * (factors.round_factor if name in ROUND_OVERHEADS else factors.rest_factor)
+        for name, value in overheads
+        if name in ROUND_OVERHEADS | STEP_OVERHEADS
+    }
+    scaled_overheads["warmup_op"] = factors.warmup_op  # measured in situ already
+    return Kernels.model_construct(**scaled_kernels), Overheads.model_construct(**scaled_overheads)

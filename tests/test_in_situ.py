@@ -1,0 +1,40 @@
+"""The in-situ calibration's bookkeeping: which costs each factor scales, and the warm-up charge."""
+
+from __future__ import annotations
+
+from fedhq_sim.in_situ import CONV_GROUP, ROUND_OVERHEADS, STEP_OVERHEADS, InSitu, apply_in_situ
+from fedhq_sim.profiles import Kernel, Kernels, Overheads
+from fedhq_sim.training import training_work
+from fedhq_sim.work import WorkProfile, marker, step_markers
+
+
+def test_every_overhead_is_scaled_by_exactly_one_factor_or_measured_in_situ():
+    assert STEP_OVERHEADS.isdisjoint(ROUND_OVERHEADS)
+    assert STEP_OVERHEADS | ROUND_OVERHEADS | {"warmup_op"} == set(Overheads.model_fields)
+
+
+def test_factors_scale_intercepts_and_overheads_and_only_the_convolutions_throughput():
+    kernels = Kernels.model_construct(
+        conv=Kernel.model_construct(overhead=1e-4, throughput=5e10),
+        matmul=Kernel.model_construct(overhead=2e-6, throughput=8e10),
+    )
+    overheads = Overheads.model_construct(**dict.fromkeys(STEP_OVERHEADS | ROUND_OVERHEADS, 1e-6))
+    factors = InSitu(conv_factor=3.0, conv_compute_factor=1.25, rest_factor=1.5, round_factor=2.0, warmup_op=7e-6)
+    scaled_kernels, scaled = apply_in_situ(kernels, overheads, factors)
+    assert "conv" in CONV_GROUP and "matmul" not in CONV_GROUP
+    assert scaled_kernels.conv.overhead == 1e-4 * 3.0 and scaled_kernels.conv.throughput == 5e10 / 1.25
+    assert scaled_kernels.matmul.overhead == 2e-6 * 1.5 and scaled_kernels.matmul.throughput == 8e10
+    assert scaled.train_step == 1e-6 * 1.5 and scaled.deserialize == 1e-6 * 2.0 and scaled.warmup_op == 7e-6
+
+
+def _step(ops: int) -> WorkProfile:
+    return marker("build_module", ops)  # any work with a known number of non-view operations
+
+
+def test_the_warm_up_is_charged_once_per_round_for_the_first_step_only():
+    steps = {32: _step(10), 8: _step(4)}
+    plan = [[32, 32, 8], [32, 32, 8]]  # two passes, a partial last batch in each
+    work = training_work(plan, steps)
+    assert work.counts[next(iter(marker("warmup_op").counts))] == 10  # the first step's 10 operations
+    expected = (steps[32] + step_markers(steps[32])).times(4) + (steps[8] + step_markers(steps[8])).times(2)
+    assert work == expected + marker("warmup_op", 10)

@@ -1,0 +1,115 @@
+"""Re-derive the library device profiles' host-scaled numbers from a new reference-host profile.
+
+Most numbers of the library's device profiles are derived, and each says how in its
+``sources`` entry. The per-call and per-step framework costs (kernel intercepts and the
+overheads) are the reference host's measured value times a stated single-thread speed
+factor: ``"[I] reference host 4.5016 us [M] x 4.5 (why) = 20.3 us: ..."``. After
+``fedhq-sim profile-device`` re-measures the reference host (a new PyTorch, a new
+quantization backend), this script rewrites every such value and its source from the new
+measurement, keeping each device's factor and reasoning, and adds an overhead the profile
+lacks (scaled by the factor of the closest one: ``warmup_op`` by ``train_op``'s). Numbers
+derived any other way (throughputs anchored on published figures, memory, power) are left
+as they are. Run it from the repository root:
+
+    .venv/bin/python tools/rescale_profiles.py device_profiles/devices/reference_host.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+SCALED = re.compile(
+    r'^  (?P<key>[\w.]+): "\[I\] reference host (?P<ref>[\d.]+) us \[M\] x (?P<factor>[\d.]+) '
+    r"(?P<why>\(.*?\)) = (?P<value>[\d.]+) us(?P<rest>.*)\"$"
+)
+NEW_OVERHEADS = {"warmup_op": "train_op"}
+"""Overheads a profile may lack, each scaled like the named one."""
+
+
+def microseconds(quantity: str) -> float:
+    number, unit = quantity.split()
+    return float(number) * {"us": 1.0, "ms": 1e3, "s": 1e6}[unit]
+
+
+def reference_values(path: Path) -> dict[str, float]:
+    """The reference host's kernel intercepts and overheads, in microseconds, by key path."""
+    profile = yaml.safe_load(path.read_text(encoding="utf-8"))
+    values = {f"overheads.{k}": microseconds(v) for k, v in profile["overheads"].items()}
+    values |= {f"kernels.{k}.overhead": microseconds(v["overhead"]) for k, v in profile["kernels"].items()}
+    return values
+
+
+def _number(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _set_value(lines: list[str], key: str, value: str) -> None:
+    """Replace the value of ``key`` (``overheads.name`` or ``kernels.name.overhead``)."""
+    section, name = key.split(".")[:2]
+    if section == "overheads":
+        pattern = re.compile(rf"^(  {name}: )[\d.e+-]+( us)$")
+    else:
+        pattern = re.compile(rf"^(  {name}: \{{overhead: )[\d.e+-]+( us,.*)$")
+    for i, line in enumerate(lines):
+        if pattern.match(line):
+            lines[i] = pattern.sub(rf"\g<1>{value}\g<2>", line)
+            return
+    raise LookupError(f"no line holds {key}")
+
+
+def rescale(text: str, reference: dict[str, float]) -> str:
+    lines = text.split("\n")
+    templates: dict[str, re.Match] = {}
+    for i, line in enumerate(lines):
+        match = SCALED.match(line)
+        if match is None:
+            continue
+        key, factor = match["key"], float(match["factor"])
+        templates[key] = match
+        value = _number(reference[key] * factor)
+        lines[i] = (
+            f'  {key}: "[I] reference host {reference[key]:.6g} us [M] x {match["factor"]} {match["why"]} '
+            f'= {value} us{match["rest"]}"'
+        )
+        _set_value(lines, key, value)
+    if not templates:  # a measured profile (the reference host itself): nothing is derived
+        return text
+    for new, like in NEW_OVERHEADS.items():
+        key = f"overheads.{new}"
+        if any(line.startswith(f"  {key}:") for line in lines):
+            continue
+        template = templates[f"overheads.{like}"]
+        value = _number(reference[key] * float(template["factor"]))
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"  {like}: "))
+        lines.insert(at + 1, f"  {new}: {value} us")
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"  overheads.{like}: "))
+        lines.insert(
+            at + 1,
+            f'  {key}: "[I] reference host {reference[key]:.6g} us [M] x {template["factor"]} {template["why"]} '
+            f'= {value} us{template["rest"]}"',
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reference", type=Path, help="the re-measured reference-host profile")
+    parser.add_argument("--devices", type=Path, default=Path("device_profiles/devices"))
+    args = parser.parse_args()
+    reference = reference_values(args.reference)
+    for path in sorted(args.devices.glob("*.yaml")):
+        text = path.read_text(encoding="utf-8")
+        new = rescale(text, reference)
+        if new != text:
+            path.write_text(new, encoding="utf-8")
+            print(f"rescaled {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
