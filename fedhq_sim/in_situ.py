@@ -181,6 +181,9 @@ def _timed_round(client: ProbeClient, x: torch.Tensor, payload: bytes) -> tuple[
 
 
 def _clamped(factor: float) -> float:
+    """A factor kept within [0.5, 4]: beyond that a probe round went wrong (a stall of the
+    host, a timer glitch), not the host's in-situ behaviour; 4, not 3, because convolution
+    intercepts alone (their compute has a factor of its own) measured up to about 3 here."""
     return min(max(factor, 0.5), 4.0)
 
 
@@ -227,14 +230,16 @@ def in_situ(repeats: int, device: DeviceProfile) -> InSitu:
     rounds, fresh, steady = ([statistics.median(t[i] for t in client) for client in times] for i in range(3))
     pairs = [(m, p.steady) for m, p in zip(steady, predicted, strict=True)]
     rest = statistics.median((m - p.fixed) / p.step for m, p in pairs if p.conv == 0)
+    rest = _clamped(rest)
     conv, conv_compute = _conv_factors([(m, m - rest * p.step - p.fixed, p) for m, p in pairs if p.conv > 0])
+    conv = _clamped(conv)
     round_factor = statistics.median(
         (m - rest * p.round.step - conv * p.round.conv - conv_compute * p.round.conv_compute - p.round.fixed)
         / p.round.round
         for m, p in zip(rounds, predicted, strict=True)
     )
     warmup = statistics.median((f - s) / p.step_ops for f, s, p in zip(fresh, steady, predicted, strict=True))
-    return InSitu(_clamped(conv), conv_compute, _clamped(rest), _clamped(round_factor), max(warmup, 1e-9))
+    return InSitu(conv, conv_compute, rest, _clamped(round_factor), max(warmup, 1e-9))
 
 
 def apply_in_situ(kernels: Kernels, overheads: Overheads, factors: InSitu) -> tuple[Kernels, Overheads]:

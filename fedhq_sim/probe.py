@@ -26,7 +26,7 @@ import torch
 from torch.nn import functional as F  # noqa: N812 - the conventional alias
 
 from fedhq_sim.charge import charge_seconds
-from fedhq_sim.in_situ import InSitu, apply_in_situ, in_situ
+from fedhq_sim.in_situ import STEPS, InSitu, apply_in_situ, in_situ
 from fedhq_sim.probe_networks import ChainNet, ConvNet, step_fn
 from fedhq_sim.profiles import DeviceProfile, Kernel, Kernels, Overheads
 from fedhq_sim.quant import backend
@@ -470,7 +470,7 @@ def profile_mapping(
     )
     sources["overheads.train_op"] = f"{how}; slope of the same fit)"
     sources["overheads.warmup_op"] = (
-        f"{how}; a fresh probe network's first 8 training steps minus its next 8, per operation of a step)"
+        f"{how}; a fresh probe network's first {STEPS} training steps minus its next {STEPS}, per operation of a step)"
     )
     for name, unit in (("build_module", "module"), ("load_tensor", "tensor")):
         sources[f"overheads.{name}"] = f"{how}; wall time minus charged operations, per {unit})"

@@ -21,7 +21,7 @@ def seeded_cpu_generator(seed: int) -> Iterator[None]:
     """The global CPU generator seeded with ``seed`` inside, its previous state restored after."""
     generator = torch.default_generator
     state = generator.get_state()
-    generator.manual_seed(seed)
+    generator.manual_seed(int(seed))  # as torch.manual_seed: numpy integers too
     try:
         yield
     finally:

@@ -8,8 +8,9 @@ factor: ``"[I] reference host 4.5016 us [M] x 4.5 (why) = 20.3 us: ..."``. After
 quantization backend), this script rewrites every such value and its source from the new
 measurement, keeping each device's factor and reasoning, and adds an overhead the profile
 lacks (scaled by the factor of the closest one: ``warmup_op`` by ``train_op``'s). Numbers
-derived any other way (throughputs anchored on published figures, memory, power) are left
-as they are. Run it from the repository root:
+derived any other way are left as they are: throughputs (anchored on published figures,
+some through the reference host's ratio between two kernel classes, which each source
+quotes with the measurement it used), GPU-side intercepts, memory and power. Run it from the repository root:
 
     .venv/bin/python tools/rescale_profiles.py device_profiles/devices/reference_host.yaml
 """
@@ -23,10 +24,13 @@ from pathlib import Path
 
 import yaml
 
+NUMBER = r"[\d.]+(?:e[+-]?\d+)?"
 SCALED = re.compile(
-    r'^  (?P<key>[\w.]+): "\[I\] reference host (?P<ref>[\d.]+) us \[M\] x (?P<factor>[\d.]+) '
-    r"(?P<why>\(.*?\)) = (?P<value>[\d.]+) us(?P<rest>.*)\"$"
+    rf'^  (?P<key>[\w.]+): "\[I\] reference host (?P<ref>{NUMBER}) us \[M\] x (?P<factor>[\d.]+) '
+    rf"(?P<why>\(.*?\)) = (?P<value>{NUMBER}) us(?P<rest>.*)\"$"
 )
+LOOKS_SCALED = re.compile(r'^  [\w.]+: "\[I\] reference host [^"]* \[M\] x [\d.]+ \(')
+"""A source line of the scaled form: one that :data:`SCALED` does not parse is an error."""
 NEW_OVERHEADS = {"warmup_op": "train_op"}
 """Overheads a profile may lack, each scaled like the named one."""
 
@@ -45,7 +49,9 @@ def reference_values(path: Path) -> dict[str, float]:
 
 
 def _number(value: float) -> str:
-    return f"{value:.3g}"
+    """Three significant digits, never in e-notation (which the next run must parse back)."""
+    text = f"{value:.3g}"
+    return f"{float(text):.0f}" if "e" in text else text
 
 
 def _set_value(lines: list[str], key: str, value: str) -> None:
@@ -68,6 +74,8 @@ def rescale(text: str, reference: dict[str, float]) -> str:
     for i, line in enumerate(lines):
         match = SCALED.match(line)
         if match is None:
+            if LOOKS_SCALED.match(line):
+                raise ValueError(f"a scaled source line that this tool cannot parse: {line[:120]}")
             continue
         key, factor = match["key"], float(match["factor"])
         templates[key] = match
