@@ -6,8 +6,9 @@ the built-in models and two models the profile was never fitted on (a MobileNetV
 ``scenarios/``), x fp32/PTQ/QAT x the batch sizes, compares the predicted charge with the
 measured wall time (median of ``--repeats``). The profile's passes and the timed runs
 alternate (``--passes`` passes, each followed by its share of the repeats), so both see the
-host at the same speeds. Prints a Markdown table; ``--out`` also writes it. Reproduce
-docs/fidelity.md with:
+host at the same speeds; a last line also gives the error with each pass's own profile paired
+with the timings right after it. Prints a Markdown table; ``--out`` also writes it.
+Reproduce docs/fidelity.md with:
 
     mkdir -p results && .venv/bin/python bench/fidelity.py --out results/fidelity.md
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import sys
 from datetime import date
 from pathlib import Path
@@ -24,7 +26,14 @@ import torch
 
 from fedhq_sim.data import Samples
 from fedhq_sim.errors import InputError
-from fedhq_sim.fidelity import builtin_workloads, fidelity_rows, markdown_table, time_workloads, workloads
+from fedhq_sim.fidelity import (
+    builtin_workloads,
+    fidelity_rows,
+    markdown_table,
+    paired_errors,
+    time_workloads,
+    workloads,
+)
 from fedhq_sim.models import STAND_IN_MODELS, model_ref, read_user_code
 from fedhq_sim.models.registry import load_user_code
 from fedhq_sim.probe import ProbeSettings, parse_measured, probe_interleaved
@@ -34,6 +43,8 @@ from fedhq_sim.schema import validate
 from fedhq_sim.yamlio import load_yaml_mapping
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+PROBE_REPEATS = 7
+"""Timed loops per probe measurement, as ``fedhq-sim profile-device`` takes by default."""
 
 
 def unseen_workloads(n_samples: int) -> list:
@@ -73,6 +84,7 @@ def main() -> int:
     strategies = (FP32, Strategy("ptq", 8), Strategy("qat", 8))
     cases = workloads(specs, strategies=strategies, batch_sizes=args.batch_sizes, epochs=args.epochs)
     times: list[list[float]] = [[] for _ in cases]
+    passes: list[tuple[DeviceProfile, list[list[float]]]] = []  # each pass's profile and the timings after it
     if args.profile:
         try:
             mapping = load_yaml_mapping(args.profile)
@@ -83,8 +95,16 @@ def main() -> int:
         time_workloads(cases, args.repeats, times)
     else:
         per_pass = -(-args.repeats // args.passes)
-        settings = ProbeSettings("this_host", args.threads, args.repeats, None, None, passes=args.passes)
-        device = parse_measured(probe_interleaved(settings, lambda: time_workloads(cases, per_pass, times)))
+
+        def between(pass_profile: DeviceProfile) -> None:
+            pass_times: list[list[float]] = [[] for _ in cases]
+            time_workloads(cases, per_pass, pass_times)
+            for all_times, new in zip(times, pass_times, strict=True):
+                all_times.extend(new)
+            passes.append((pass_profile, pass_times))
+
+        settings = ProbeSettings("this_host", args.threads, PROBE_REPEATS, None, None, passes=args.passes)
+        device = parse_measured(probe_interleaved(settings, between))
     rows = fidelity_rows(cases, device, times)
     header = (
         f"Host: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, {args.threads} "
@@ -93,6 +113,12 @@ def main() -> int:
         f"{date.today()}\n\n"
     )
     text = header + markdown_table(rows)
+    if passes:
+        paired = [abs(e) for e in paired_errors(cases, passes)]
+        text += (
+            f"\nPaired with each pass (each pass's profile against the timings right after it, median over "
+            f"passes): median absolute error {statistics.median(paired):.1%}, worst {max(paired):.1%}."
+        )
     print(text)
     if args.out:
         args.out.write_text(text + "\n", encoding="utf-8")

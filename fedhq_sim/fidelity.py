@@ -124,6 +124,24 @@ def fidelity_rows(cases: Sequence[Case], device: DeviceProfile, times: Sequence[
     ]
 
 
+def paired_errors(
+    cases: Sequence[Case], passes: Sequence[tuple[DeviceProfile, Sequence[Sequence[float]]]]
+) -> list[float]:
+    """Each workload's error with every profile pass paired with the timings taken right after
+    it: the median over passes of ``charge(pass profile) / median(its timings) - 1``.
+
+    The table's error compares the median profile with the median of all timings; when the
+    host's speed drifts over the minutes a run takes, pairing compares a prediction with
+    measurements made under the same conditions, which is the model's error without the drift.
+    """
+    return [
+        statistics.median(
+            charge_seconds(case.work, device) / statistics.median(pass_times[i]) - 1.0 for device, pass_times in passes
+        )
+        for i, case in enumerate(cases)
+    ]
+
+
 def summary(rows: Sequence[FidelityRow]) -> tuple[float, float]:
     """Median and worst absolute relative error."""
     errors = [abs(row.error) for row in rows]

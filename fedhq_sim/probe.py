@@ -405,21 +405,26 @@ def probe_device(settings: ProbeSettings) -> dict[str, Any]:
     The whole measurement runs ``settings.passes`` times and each number is the median over
     the passes: on a shared or throttling machine one pass can be off by tens of percent.
     """
-    return probe_interleaved(settings, lambda: None)
+    return probe_interleaved(settings, lambda _pass_profile: None)
 
 
-def probe_interleaved(settings: ProbeSettings, between: Callable[[], None]) -> dict[str, Any]:
-    """:func:`probe_device`, calling ``between()`` after each pass (on ``settings.threads``
-    threads): the fidelity check times its workloads there, so that the profile and the
-    measurements see the host at the same speeds, whatever it does over the minutes they take."""
+def probe_interleaved(settings: ProbeSettings, between: Callable[[DeviceProfile], None]) -> dict[str, Any]:
+    """:func:`probe_device`, calling ``between(pass_profile)`` after each pass with that pass's
+    own profile (on ``settings.threads`` threads): the fidelity check times its workloads
+    there, so that the profile and the measurements see the host at the same speeds, whatever
+    it does over the minutes they take, and can compare each pass with the timings after it."""
     threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:
         memory, reserved = host_memory()
         passes = []
         for _ in range(settings.passes):
-            passes.append(_measure_once(settings.repeats, memory))
-            between()
+            one = _measure_once(settings.repeats, memory)
+            passes.append(one)
+            mapping = profile_mapping(
+                settings, one.kernels, one.bandwidth, one.overheads, memory, reserved, one.factors
+            )
+            between(parse_measured(mapping))
         result = _median_pass(passes)
     finally:
         torch.set_num_threads(threads)

@@ -26,7 +26,7 @@ def test_predicted_time_is_within_50_percent_of_measured_time_on_this_host():
         # Profile passes alternate with the timed runs, as in bench/fidelity.py: a shared
         # host's speed can shift between a profile taken first and measurements taken after.
         settings = ProbeSettings("this_host", 1, 3, None, None, passes=3)
-        device = parse_measured(probe_interleaved(settings, lambda: time_workloads(cases, 1, times)))
+        device = parse_measured(probe_interleaved(settings, lambda _pass: time_workloads(cases, 1, times)))
         rows = fidelity_rows(cases, device, times)
     finally:
         torch.set_num_threads(threads)
