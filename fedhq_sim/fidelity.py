@@ -105,7 +105,7 @@ def time_workloads(cases: Sequence[Case], repeats: int, times: list[list[float]]
     spreads over all rows instead of spoiling one. Each timed run follows an untimed run of
     the same workload, as a device's round follows its previous round: without it a small
     model's row would be charged for the caches that the previous row's larger model
-    evicted, an effect of the table's order, not of the work (up to +40 % on the MLP).
+    evicted, an effect of the table's order, not of the work (``bench/small_work_costs.py``).
     """
     with untraced():
         for _ in range(repeats):

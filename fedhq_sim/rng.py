@@ -3,8 +3,8 @@
 Model initialisation and layers such as dropout draw from the global generator, so the work
 that uses it is seeded for reproducibility. ``torch.manual_seed`` also seeds every
 accelerator backend, and where none is initialised it queues that call with a formatted
-Python stack (``torch.cuda._lazy_call``): 0.1-0.8 ms per call, more than a small model's
-whole training step, and a cost no device pays. The simulator runs its work on the CPU,
+Python stack (``torch.cuda._lazy_call``): 0.1-0.4 ms per call (``bench/small_work_costs.py``),
+more than a small model's whole training step, and a cost no device pays. The simulator runs its work on the CPU,
 so only the CPU generator is seeded and saved.
 """
 
