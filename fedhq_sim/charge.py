@@ -27,14 +27,20 @@ def kernel_for(op: OpCost, device: DeviceProfile) -> Kernel:
     return getattr(kernels, op.kind)
 
 
+def kernel_terms(op: OpCost, device: DeviceProfile) -> tuple[float, float]:
+    """A kernel operation's two terms on ``device``: its per-call intercept, and the larger of
+    its compute and memory times (the in-situ calibration scales them apart)."""
+    kernel = kernel_for(op, device)
+    return kernel.overhead, max(op.flops / kernel.throughput, op.nbytes / device.memory_bandwidth)
+
+
 def op_seconds(op: OpCost, device: DeviceProfile) -> float:
     """Time of one operation on ``device``, overhead included."""
     if op.kind == "view":
         return device.overheads.dispatch
     if op.kind == "marker":
         return getattr(device.overheads, op.op.removeprefix("sim."))
-    kernel = kernel_for(op, device)
-    return kernel.overhead + max(op.flops / kernel.throughput, op.nbytes / device.memory_bandwidth)
+    return sum(kernel_terms(op, device))
 
 
 def charge_seconds(work: WorkProfile, device: DeviceProfile) -> float:

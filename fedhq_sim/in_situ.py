@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedhq_sim.charge import kernel_for
+from fedhq_sim.charge import kernel_terms
 from fedhq_sim.models import traced_load
 from fedhq_sim.probe_networks import ChainNet, ConvNet, labels_for, step_fn, training_steps
 from fedhq_sim.profiles import DeviceProfile, Kernel, Kernels, Overheads
@@ -123,14 +123,13 @@ def _parts(work: WorkProfile, device: DeviceProfile) -> _Parts:
             else:
                 step += seconds
         else:
-            kernel = kernel_for(op, device)
-            compute = count * max(op.flops / kernel.throughput, op.nbytes / device.memory_bandwidth)
+            intercept, compute = kernel_terms(op, device)
             if op.kind in CONV_GROUP:
-                conv += count * kernel.overhead
-                conv_compute += compute
+                conv += count * intercept
+                conv_compute += count * compute
             else:
-                step += count * kernel.overhead
-                fixed += compute
+                step += count * intercept
+                fixed += count * compute
     return _Parts(conv, conv_compute, step, round_, fixed)
 
 
