@@ -34,6 +34,7 @@ from fedhq_sim.probe_networks import ChainNet, ConvNet, labels_for, step_fn, tra
 from fedhq_sim.profiles import DeviceProfile, Kernel, Kernels, Overheads
 from fedhq_sim.quant import backend
 from fedhq_sim.quant.payload import decode_to_fp32, encode_fp32, fp32_message, traced_decode, traced_serialize
+from fedhq_sim.timing import InterleavedTimer
 from fedhq_sim.work import WorkProfile, marker, traced, untraced
 
 CONV_GROUP = frozenset({"conv", "conv_backward", "norm", "norm_backward"})
@@ -134,16 +135,16 @@ def _parts(work: WorkProfile, device: DeviceProfile) -> _Parts:
 
 
 @dataclass(frozen=True)
-class _Predicted:
-    """One probe client's tight-loop charges: its steady training steps and the rest of its round."""
+class _Traced:
+    """One probe client's work: its steady training steps and the rest of its round."""
 
-    steady: _Parts
-    round: _Parts
+    steady: WorkProfile
+    round: WorkProfile
     step_ops: int
 
 
-def _predict(client: ProbeClient, x: torch.Tensor, payload: bytes, device: DeviceProfile) -> _Predicted:
-    """The charge of a probe client's round on the tight-loop profile, traced once."""
+def _trace(client: ProbeClient, x: torch.Tensor, payload: bytes) -> _Traced:
+    """The work of a probe client's round, traced once."""
     state, read = traced_decode(payload)
     model, build = traced(client.network)
     build = build + marker("build_module", sum(1 for _ in model.modules()))
@@ -154,7 +155,7 @@ def _predict(client: ProbeClient, x: torch.Tensor, payload: bytes, device: Devic
     steps, one_step = training_steps(model, x, STEPS)
     _, write = traced_serialize(lambda: fp32_message(model.state_dict()))
     ops = one_step.num_ops - one_step.count("view")
-    return _Predicted(_parts(steps, device), _parts(read + build + load + write, device), ops)
+    return _Traced(steps, read + build + load + write, ops)
 
 
 def _timed_round(client: ProbeClient, x: torch.Tensor, payload: bytes) -> tuple[float, float, float]:
@@ -204,41 +205,46 @@ def _conv_factors(clients: list[tuple[float, float, _Parts]]) -> tuple[float, fl
     return intercept, compute
 
 
-def in_situ(repeats: int, device: DeviceProfile) -> InSitu:
-    """Factors and warm-up of ``device`` (a tight-loop profile of this host), measured here.
+def in_situ(timer: InterleavedTimer) -> Callable[[DeviceProfile], InSitu]:
+    """Register the probe clients' rounds with ``timer``; the returned function gives the
+    factors and warm-up of a tight-loop profile of this host once ``timer`` has run.
 
     Each probe client's timed round follows an untimed round of the same client, as a
     client's round follows its previous round and not another model's work (whose cache
-    footprint would be charged to this one); the clients are interleaved so that a slow
-    spell of the host spreads over all of them. The steady half of the training gives the
-    factors of the intercepts: networks without convolutions the factor of the rest (what
-    the measured time leaves after the compute and memory terms, over what the intercepts
-    predict), convolutional ones that of the convolution group from the time the rest
-    leaves. Reading, building and writing give the factor of the once-per-round
-    overheads from what their operations leave, and the fresh half's excess over the
-    steady half is the warm-up, per operation of one step.
+    footprint would be charged to this one); the timer takes the clients' rounds in turns
+    with the tight-loop measurements, so that both see the host over the same period. The
+    steady half of the training gives the factors of the intercepts: networks without
+    convolutions the factor of the rest (what the measured time leaves after the compute
+    and memory terms, over what the intercepts predict), convolutional ones that of the
+    convolution group from the time the rest leaves. Reading, building and writing give the
+    factor of the once-per-round overheads from what their operations leave, and the fresh
+    half's excess over the steady half is the warm-up, per operation of one step.
     """
     clients = [(c, torch.randn(c.batch), encode_fp32(c.network().state_dict())) for c in PROBE_CLIENTS]
-    predicted = [_predict(client, x, payload, device) for client, x, payload in clients]
-    times: list[list[tuple[float, float, float]]] = [[] for _ in clients]
-    with untraced():
-        for _ in range(repeats):
-            for (client, x, payload), client_times in zip(clients, times, strict=True):
-                _timed_round(client, x, payload)  # the previous round of the same client
-                client_times.append(_timed_round(client, x, payload))
-    rounds, fresh, steady = ([statistics.median(t[i] for t in client) for client in times] for i in range(3))
-    pairs = [(m, p.steady) for m, p in zip(steady, predicted, strict=True)]
-    rest = statistics.median((m - p.fixed) / p.step for m, p in pairs if p.conv == 0)
-    rest = _clamped(rest)
-    conv, conv_compute = _conv_factors([(m, m - rest * p.step - p.fixed, p) for m, p in pairs if p.conv > 0])
-    conv = _clamped(conv)
-    round_factor = statistics.median(
-        (m - rest * p.round.step - conv * p.round.conv - conv_compute * p.round.conv_compute - p.round.fixed)
-        / p.round.round
-        for m, p in zip(rounds, predicted, strict=True)
-    )
-    warmup = statistics.median((f - s) / p.step_ops for f, s, p in zip(fresh, steady, predicted, strict=True))
-    return InSitu(conv, conv_compute, rest, _clamped(round_factor), max(warmup, 1e-9))
+    traced_work = [_trace(client, x, payload) for client, x, payload in clients]
+
+    def turn(client: ProbeClient, x: torch.Tensor, payload: bytes) -> tuple[float, float, float]:
+        with untraced():
+            _timed_round(client, x, payload)  # the previous round of the same client
+            return _timed_round(client, x, payload)
+
+    timings = [timer.job(lambda c=c, x=x, p=p: turn(c, x, p)) for c, x, p in clients]
+
+    def fitted(device: DeviceProfile) -> InSitu:
+        rounds, fresh, steady = ([t.part(i) for t in timings] for i in range(3))
+        parts = [(_parts(w.steady, device), _parts(w.round, device)) for w in traced_work]
+        pairs = [(m, p) for m, (p, _) in zip(steady, parts, strict=True)]
+        rest = _clamped(statistics.median((m - p.fixed) / p.step for m, p in pairs if p.conv == 0))
+        conv, conv_compute = _conv_factors([(m, m - rest * p.step - p.fixed, p) for m, p in pairs if p.conv > 0])
+        conv = _clamped(conv)
+        round_factor = statistics.median(
+            (m - rest * r.step - conv * r.conv - conv_compute * r.conv_compute - r.fixed) / r.round
+            for m, (_, r) in zip(rounds, parts, strict=True)
+        )
+        warmup = statistics.median((f - s) / w.step_ops for f, s, w in zip(fresh, steady, traced_work, strict=True))
+        return InSitu(conv, conv_compute, rest, _clamped(round_factor), max(warmup, 1e-9))
+
+    return fitted
 
 
 def apply_in_situ(kernels: Kernels, overheads: Overheads, factors: InSitu) -> tuple[Kernels, Overheads]:

@@ -23,47 +23,34 @@ from typing import Any
 import torch
 from torch.nn import functional as F  # noqa: N812 - the conventional alias
 
-from fedhq_sim.charge import charge_seconds
+from fedhq_sim.charge import charge_seconds, padded_flops
 from fedhq_sim.in_situ import InSitu, apply_in_situ, in_situ
 from fedhq_sim.probe_networks import ChainNet, ConvNet, step_fn
-from fedhq_sim.probe_profile import ProbeSettings, host_memory, parse_measured, profile_mapping
+from fedhq_sim.probe_profile import ProbeSettings, host_channel_block, host_memory, parse_measured, profile_mapping
 from fedhq_sim.profiles import DeviceProfile, Kernel, Kernels, Overheads
 from fedhq_sim.quant import backend
 from fedhq_sim.quant.payload import decode_to_fp32, encode_fp32
+from fedhq_sim.timing import InterleavedTimer, Timing
 from fedhq_sim.work import WorkProfile, traced
-
-TARGET_LOOP_S = 0.004
-"""Each timed sample repeats its call until it lasts about this long (timer resolution)."""
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One measured call: the work it executed (traced) and its median seconds per call."""
+    """One measured call: the work it executed (traced) and its timing (once the timer ran)."""
 
     work: WorkProfile
-    seconds: float
+    timing: Timing
+
+    @property
+    def seconds(self) -> float:
+        """Seconds per call."""
+        return self.timing.seconds
 
 
-def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    """Median wall time of one call of ``fn`` over ``repeats`` timed loops (after a warm-up)."""
-    fn()
-    start = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - start, 1e-7)
-    loop = max(1, min(1000, round(TARGET_LOOP_S / once)))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(loop):
-            fn()
-        times.append((time.perf_counter() - start) / loop)
-    return statistics.median(times)
-
-
-def measure(fn: Callable[[], Any], repeats: int) -> Sample:
-    """Trace ``fn`` once and time it untraced."""
+def measure(fn: Callable[[], Any], timer: InterleavedTimer) -> Sample:
+    """Trace ``fn`` once now; ``timer`` times it untraced when it runs."""
     _, work = traced(fn)
-    return Sample(work, median_seconds(fn, repeats))
+    return Sample(work, timer.loop(fn))
 
 
 def fit_line(flops: Sequence[float], seconds: Sequence[float], *, relative: bool = True) -> tuple[float, float]:
@@ -91,7 +78,10 @@ def fit_line(flops: Sequence[float], seconds: Sequence[float], *, relative: bool
 
 
 def _target_flops(sample: Sample, kind: str) -> float:
-    return sum(count * op.flops for op, count in sample.work.counts.items() if op.kind == kind)
+    """The FLOPs a sample's kernels of ``kind`` cost, channels padded as the charge pads them
+    (the sweep's sizes fill whole channel blocks, so this changes nothing on today's ISAs)."""
+    block, _ = host_channel_block()
+    return sum(count * padded_flops(op, block) for op, count in sample.work.counts.items() if op.kind == kind)
 
 
 def fit_kernel(samples: Sequence[Sample], kind: str) -> Kernel:
@@ -120,11 +110,11 @@ MATMUL_SIZES = ((4, 16, 16), (16, 64, 64), (64, 128, 128), (64, 256, 256), (256,
 ELEMENTWISE_SIZES = (16, 1024, 16_384, 262_144, 1_048_576)
 
 
-def _matmul_samples(repeats: int, dtype: torch.dtype = torch.float32) -> list[Sample]:
+def _matmul_samples(timer: InterleavedTimer, dtype: torch.dtype = torch.float32) -> list[Sample]:
     samples = []
     for rows, k, m in MATMUL_SIZES:
         x, w, b = torch.randn(rows, k, dtype=dtype), torch.randn(m, k, dtype=dtype), torch.randn(m, dtype=dtype)
-        samples.append(measure(lambda x=x, w=w, b=b: F.linear(x, w, b), repeats))
+        samples.append(measure(lambda x=x, w=w, b=b: F.linear(x, w, b), timer))
     return samples
 
 
@@ -134,15 +124,15 @@ def _conv_inputs(size: tuple[int, ...], dtype: torch.dtype = torch.float32):
     return x, w, stride, k // 2
 
 
-def _conv_samples(repeats: int, dtype: torch.dtype = torch.float32) -> list[Sample]:
+def _conv_samples(timer: InterleavedTimer, dtype: torch.dtype = torch.float32) -> list[Sample]:
     samples = []
     for size in CONV_SIZES:
         x, w, stride, pad = _conv_inputs(size, dtype)
-        samples.append(measure(lambda x=x, w=w, s=stride, p=pad: F.conv2d(x, w, stride=s, padding=p), repeats))
+        samples.append(measure(lambda x=x, w=w, s=stride, p=pad: F.conv2d(x, w, stride=s, padding=p), timer))
     return samples
 
 
-def _conv_backward_samples(repeats: int) -> list[Sample]:
+def _conv_backward_samples(timer: InterleavedTimer) -> list[Sample]:
     samples = []
     for size in CONV_SIZES:
         x, w, stride, pad = _conv_inputs(size)
@@ -156,11 +146,11 @@ def _conv_backward_samples(repeats: int) -> list[Sample]:
                 grad, x, w, [w.shape[0]], [s, s], [p, p], [1, 1], False, [0, 0], 1, mask
             )
 
-        samples.append(measure(backward, repeats))
+        samples.append(measure(backward, timer))
     return samples
 
 
-def _norm_samples(repeats: int) -> tuple[list[Sample], list[Sample]]:
+def _norm_samples(timer: InterleavedTimer) -> tuple[list[Sample], list[Sample]]:
     """Training-mode batch norm, forward and backward, over a size sweep."""
     forward, backward = [], []
     for batch, channels, hw in NORM_SIZES:
@@ -168,35 +158,35 @@ def _norm_samples(repeats: int) -> tuple[list[Sample], list[Sample]]:
         weight, bias = torch.ones(channels), torch.zeros(channels)
         mean, var = torch.zeros(channels), torch.ones(channels)
         out, save_mean, save_invstd = torch.ops.aten.native_batch_norm(x, weight, bias, mean, var, True, 0.1, 1e-5)
-        forward.append(measure(lambda x=x, w=weight, b=bias, m=mean, v=var: F.batch_norm(x, m, v, w, b, True), repeats))
+        forward.append(measure(lambda x=x, w=weight, b=bias, m=mean, v=var: F.batch_norm(x, m, v, w, b, True), timer))
         grad = torch.randn_like(out)
 
         def norm_backward(x=x, g=grad, w=weight, m=mean, v=var, sm=save_mean, si=save_invstd):
             return torch.ops.aten.native_batch_norm_backward(g, x, w, m, v, sm, si, True, 1e-5, [True, True, True])
 
-        backward.append(measure(norm_backward, repeats))
+        backward.append(measure(norm_backward, timer))
     return forward, backward
 
 
-def _max_pool_samples(repeats: int) -> list[Sample]:
+def _max_pool_samples(timer: InterleavedTimer) -> list[Sample]:
     """2x2 max pooling with indices (what training runs) over a size sweep."""
     samples = []
     for batch, channels, hw in NORM_SIZES:
         x = torch.randn(batch, channels, hw, hw)
-        samples.append(measure(lambda x=x: torch.ops.aten.max_pool2d_with_indices(x, [2, 2], [2, 2]), repeats))
+        samples.append(measure(lambda x=x: torch.ops.aten.max_pool2d_with_indices(x, [2, 2], [2, 2]), timer))
     return samples
 
 
-def _elementwise_samples(repeats: int) -> list[Sample]:
+def _elementwise_samples(timer: InterleavedTimer) -> list[Sample]:
     samples = []
     for n in ELEMENTWISE_SIZES:
         x, y = torch.randn(n), torch.randn(n)
-        samples.append(measure(lambda x=x, y=y: torch.add(x, y), repeats))
-        samples.append(measure(lambda x=x: torch.relu(x), repeats))
+        samples.append(measure(lambda x=x, y=y: torch.add(x, y), timer))
+        samples.append(measure(lambda x=x: torch.relu(x), timer))
     return samples
 
 
-def _fake_quant_samples(repeats: int) -> list[Sample]:
+def _fake_quant_samples(timer: InterleavedTimer) -> list[Sample]:
     """The fake-quantization operator alone, as QAT runs it on a layer's input (8 bits, with
     gradients). The range tracking around it is elementwise work, priced as such."""
     samples = []
@@ -204,7 +194,7 @@ def _fake_quant_samples(repeats: int) -> list[Sample]:
     fake_quantize = torch.fake_quantize_per_tensor_affine
     for n in ELEMENTWISE_SIZES:
         x = torch.randn(n, requires_grad=True)
-        samples.append(measure(lambda x=x: fake_quantize(x, scale, zero_point, 0, 255), repeats))
+        samples.append(measure(lambda x=x: fake_quantize(x, scale, zero_point, 0, 255), timer))
     return samples
 
 
@@ -214,52 +204,77 @@ def _int8_matmul(rows: int, inner: int, cols: int) -> Callable[[], torch.Tensor]
     return lambda: torch._int_mm(x, w)
 
 
-def _int8_samples(repeats: int) -> tuple[list[Sample], list[Sample]]:
+def _int8_samples(timer: InterleavedTimer) -> tuple[list[Sample], list[Sample]]:
     """This host's int8 matrix product (``torch._int_mm``: int8 inputs, int32 sums) over the
     matmul sizes, and over the matrix products that convolutions lower to in an int8 runtime
     (im2col: output positions x (in_channels * k * k), times out_channels)."""
-    linear = [measure(_int8_matmul(rows, k, m), repeats) for rows, k, m in MATMUL_SIZES]
+    linear = [measure(_int8_matmul(rows, k, m), timer) for rows, k, m in MATMUL_SIZES]
     conv = []
     for batch, cin, hw, cout, stride, k in CONV_SIZES:
         positions = batch * (-(-hw // stride)) ** 2
-        conv.append(measure(_int8_matmul(positions, cin * k * k, cout), repeats))
+        conv.append(measure(_int8_matmul(positions, cin * k * k, cout), timer))
     return linear, conv
 
 
-def measure_kernels(repeats: int) -> Kernels:
-    """Fit every kernel class on this host (fp16 only where fp16 matmul beats fp32)."""
-    int8_linear, int8_conv = _int8_samples(repeats)
-    norm_forward, norm_backward = _norm_samples(repeats)
-    kernels: dict[str, Kernel] = {
-        "matmul": fit_kernel(_matmul_samples(repeats), "matmul"),
-        "conv": fit_kernel(_conv_samples(repeats), "conv"),
-        "conv_backward": fit_kernel(_conv_backward_samples(repeats), "conv_backward"),
-        "norm": fit_kernel(norm_forward, "norm"),
-        "norm_backward": fit_kernel(norm_backward, "norm_backward"),
-        "max_pool": fit_kernel(_max_pool_samples(repeats), "max_pool"),
-        "elementwise": fit_kernel(_elementwise_samples(repeats), "elementwise"),
-        "fake_quant": fit_kernel(_fake_quant_samples(repeats), "fake_quant"),
-        "int8_matmul": fit_kernel(int8_linear, "int8_matmul"),
-        "int8_conv": fit_kernel(int8_conv, "int8_matmul"),  # measured as its im2col product
+def _fp16_matmul_is_faster() -> bool:
+    """Whether this host's largest swept matmul runs faster in fp16 than in fp32 (best of 5)."""
+    rows, inner, cols = MATMUL_SIZES[-1]
+    best = {}
+    for dtype in (torch.float32, torch.float16):
+        x, w = torch.randn(rows, inner, dtype=dtype), torch.randn(cols, inner, dtype=dtype)
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            F.linear(x, w)
+            times.append(time.perf_counter() - start)
+        best[dtype] = min(times)
+    return best[torch.float16] < best[torch.float32]
+
+
+def measure_kernels(timer: InterleavedTimer) -> Callable[[], Kernels]:
+    """Register every kernel class's size sweep; the returned function fits them once ``timer``
+    has run (fp16 only where fp16 matmul beats fp32)."""
+    int8_linear, int8_conv = _int8_samples(timer)
+    norm_forward, norm_backward = _norm_samples(timer)
+    sweeps: dict[str, tuple[list[Sample], str]] = {
+        "matmul": (_matmul_samples(timer), "matmul"),
+        "conv": (_conv_samples(timer), "conv"),
+        "conv_backward": (_conv_backward_samples(timer), "conv_backward"),
+        "norm": (norm_forward, "norm"),
+        "norm_backward": (norm_backward, "norm_backward"),
+        "max_pool": (_max_pool_samples(timer), "max_pool"),
+        "elementwise": (_elementwise_samples(timer), "elementwise"),
+        "fake_quant": (_fake_quant_samples(timer), "fake_quant"),
+        "int8_matmul": (int8_linear, "int8_matmul"),
+        "int8_conv": (int8_conv, "int8_matmul"),  # measured as its im2col product
     }
-    fp16_matmul = fit_kernel(_matmul_samples(repeats, torch.float16), "matmul")
-    if fp16_matmul.throughput > kernels["matmul"].throughput:
-        kernels["fp16_matmul"] = fp16_matmul
-        kernels["fp16_conv"] = fit_kernel(_conv_samples(repeats, torch.float16), "conv")
-    return Kernels.model_construct(**kernels)
+    fp16_sweeps = {"fp16_matmul": (_matmul_samples(timer, torch.float16), "matmul")}
+    if _fp16_matmul_is_faster():  # else its convolutions can be 100x slower: not worth timing
+        fp16_sweeps["fp16_conv"] = (_conv_samples(timer, torch.float16), "conv")
+
+    def fitted() -> Kernels:
+        kernels = {name: fit_kernel(samples, kind) for name, (samples, kind) in sweeps.items()}
+        fp16 = {name: fit_kernel(samples, kind) for name, (samples, kind) in fp16_sweeps.items()}
+        if "fp16_conv" in fp16 and fp16["fp16_matmul"].throughput > kernels["matmul"].throughput:
+            kernels.update(fp16)
+        return Kernels.model_construct(**kernels)
+
+    return fitted
 
 
-def memory_bandwidth(repeats: int, nbytes: int = 64 * 2**20) -> float:
+def memory_bandwidth(timer: InterleavedTimer, nbytes: int = 64 * 2**20) -> Callable[[], float]:
     """Bytes per second of a large copy into a preallocated tensor (read plus write)."""
     source = torch.ones(nbytes // 4)
     target = torch.empty_like(source)
-    return 2 * nbytes / median_seconds(lambda: target.copy_(source), repeats)
+    timing = timer.loop(lambda: target.copy_(source))
+    return lambda: 2 * nbytes / timing.seconds
 
 
-def dispatch_overhead(repeats: int) -> float:
+def dispatch_overhead(timer: InterleavedTimer) -> Callable[[], float]:
     """Seconds per call of a view, an operation that moves no data."""
     x = torch.ones(4, 4)
-    return median_seconds(lambda: x.view(16), repeats)
+    timing = timer.loop(lambda: x.view(16))
+    return lambda: timing.seconds
 
 
 def _residual(measured: float, work: WorkProfile, partial: DeviceProfile) -> float:
@@ -267,59 +282,63 @@ def _residual(measured: float, work: WorkProfile, partial: DeviceProfile) -> flo
     return measured - charge_seconds(work, partial)
 
 
-def measure_overheads(repeats: int, partial: DeviceProfile) -> Overheads:
-    """Residual overheads of steps and module rewriting, given the kernels in ``partial``."""
+def measure_overheads(timer: InterleavedTimer) -> Callable[[DeviceProfile], Overheads]:
+    """Register the workloads whose residuals give the overheads of steps and module
+    rewriting; the returned function computes them, given the kernels in ``partial``, once
+    ``timer`` has run."""
     x = torch.randn(8, 8)
-    op_counts, step_residuals = [], []
     # Chains of tiny layers: their steps are bookkeeping, not kernels, so the residual is clean.
-    workloads = [(ChainNet(depth), x) for depth in (1, 2, 4, 8, 16)]
-    for model, inputs in workloads:
-        labels = torch.randint(0, 8, (len(inputs),))
-        sample = measure(step_fn(model.train(), inputs, labels), repeats)
-        op_counts.append(sample.work.num_ops - sample.work.count("view"))
-        step_residuals.append(_residual(sample.seconds, sample.work, partial))
-    per_step, per_op_rate = fit_line(op_counts, step_residuals, relative=False)
+    steps = []
+    for depth in (1, 2, 4, 8, 16):
+        chain = ChainNet(depth)
+        steps.append(measure(step_fn(chain.train(), x, torch.randint(0, 8, (len(x),))), timer))
     model = ChainNet(8)
     modules = sum(1 for _ in model.modules())
     state = model.state_dict()
-    tensors = len(state)
-    build = measure(lambda: ConvNet(4), repeats)
+    build = measure(lambda: ConvNet(4), timer)
     conv_modules = sum(1 for _ in ConvNet(4).modules())
-    load = measure(lambda: model.load_state_dict(state), repeats)
-    write_sizes, write_residuals, read_residuals = [], [], []
+    load = measure(lambda: model.load_state_dict(state), timer)
+    payloads = []  # (tensors, write, read) of payloads of three sizes
     for depth in (1, 4, 16):
         chain_state = ChainNet(depth).state_dict()
-        write = measure(lambda s=chain_state: encode_fp32(s), repeats)
         payload = encode_fp32(chain_state)
-        read = measure(lambda p=payload: decode_to_fp32(p), repeats)
-        write_sizes.append(len(chain_state))
-        write_residuals.append(_residual(write.seconds, write.work, partial))
-        read_residuals.append(_residual(read.seconds, read.work, partial))
-    serialize_payload, serialize_rate = fit_line(write_sizes, write_residuals, relative=False)
-    deserialize_payload, deserialize_rate = fit_line(write_sizes, read_residuals, relative=False)
-    ptq = measure(lambda: backend.prepare_ptq(model), repeats)
-    qat = measure(lambda: backend.prepare_qat(model), repeats)
+        write = measure(lambda s=chain_state: encode_fp32(s), timer)
+        payloads.append((len(chain_state), write, measure(lambda p=payload: decode_to_fp32(p), timer)))
+    ptq = measure(lambda: backend.prepare_ptq(model), timer)
+    qat = measure(lambda: backend.prepare_qat(model), timer)
     prepared = backend.prepare_ptq(model)
     backend.calibrate(prepared, [x])
-    conv = measure(lambda: backend.convert(copy.deepcopy(prepared)), repeats)
-    deepcopy = measure(lambda: copy.deepcopy(prepared), repeats)
-    # The copy is there only to convert a fresh model each time: take its time and work out.
-    convert_residual = _residual(conv.seconds, conv.work, partial) - _residual(deepcopy.seconds, deepcopy.work, partial)
-    floor = 1e-9  # a residual lost in timing noise is still a positive (negligible) cost
-    return Overheads.model_construct(
-        dispatch=partial.overheads.dispatch,
-        train_step=max(per_step, floor),
-        train_op=max(1.0 / per_op_rate, floor),
-        build_module=max(_residual(build.seconds, build.work, partial) / conv_modules, floor),
-        load_tensor=max(_residual(load.seconds, load.work, partial) / tensors, floor),
-        serialize=max(1.0 / serialize_rate, floor),
-        serialize_payload=max(serialize_payload, floor),
-        deserialize=max(1.0 / deserialize_rate, floor),
-        deserialize_payload=max(deserialize_payload, floor),
-        prepare_ptq=max(_residual(ptq.seconds, ptq.work, partial) / modules, floor),
-        prepare_qat=max(_residual(qat.seconds, qat.work, partial) / modules, floor),
-        convert=max(convert_residual / modules, floor),
-    )
+    conv = measure(lambda: backend.convert(copy.deepcopy(prepared)), timer)
+    deepcopy = measure(lambda: copy.deepcopy(prepared), timer)
+
+    def computed(partial: DeviceProfile) -> Overheads:
+        def residual(sample: Sample) -> float:
+            return _residual(sample.seconds, sample.work, partial)
+
+        op_counts = [step.work.num_ops - step.work.count("view") for step in steps]
+        per_step, per_op_rate = fit_line(op_counts, [residual(step) for step in steps], relative=False)
+        sizes = [tensors for tensors, _, _ in payloads]
+        serialize_payload, serialize_rate = fit_line(sizes, [residual(w) for _, w, _ in payloads], relative=False)
+        deserialize_payload, deserialize_rate = fit_line(sizes, [residual(r) for _, _, r in payloads], relative=False)
+        # The copy is there only to convert a fresh model each time: take its time and work out.
+        convert_residual = residual(conv) - residual(deepcopy)
+        floor = 1e-9  # a residual lost in timing noise is still a positive (negligible) cost
+        return Overheads.model_construct(
+            dispatch=partial.overheads.dispatch,
+            train_step=max(per_step, floor),
+            train_op=max(1.0 / per_op_rate, floor),
+            build_module=max(residual(build) / conv_modules, floor),
+            load_tensor=max(residual(load) / len(state), floor),
+            serialize=max(1.0 / serialize_rate, floor),
+            serialize_payload=max(serialize_payload, floor),
+            deserialize=max(1.0 / deserialize_rate, floor),
+            deserialize_payload=max(deserialize_payload, floor),
+            prepare_ptq=max(residual(ptq) / modules, floor),
+            prepare_qat=max(residual(qat) / modules, floor),
+            convert=max(convert_residual / modules, floor),
+        )
+
+    return computed
 
 
 @dataclass(frozen=True)
@@ -333,19 +352,25 @@ class _Pass:
 
 
 def _measure_once(repeats: int, memory: float) -> _Pass:
-    kernels = measure_kernels(repeats)
-    bandwidth = memory_bandwidth(repeats)
-    placeholder = Overheads.model_construct(
-        **dict.fromkeys(Overheads.model_fields, 0.0) | {"dispatch": dispatch_overhead(repeats)}
-    )
-    partial = DeviceProfile.model_construct(
-        kernels=kernels, memory_bandwidth=bandwidth, overheads=placeholder, memory=memory
-    )
-    overheads = measure_overheads(repeats, partial)
-    microbenchmarked = DeviceProfile.model_construct(
-        kernels=kernels, memory_bandwidth=bandwidth, overheads=overheads, memory=memory
-    )
-    factors = in_situ(repeats, microbenchmarked)
+    """One pass: every measurement registered, timed in turns (:class:`InterleavedTimer`), then fitted."""
+    timer = InterleavedTimer(repeats)
+    fitted_kernels = measure_kernels(timer)
+    bandwidth_of = memory_bandwidth(timer)
+    dispatch_of = dispatch_overhead(timer)
+    overheads_of = measure_overheads(timer)
+    factors_of = in_situ(timer)
+    timer.run()
+    kernels, bandwidth = fitted_kernels(), bandwidth_of()
+    block, _ = host_channel_block()
+    placeholder = Overheads.model_construct(**dict.fromkeys(Overheads.model_fields, 0.0) | {"dispatch": dispatch_of()})
+
+    def profile(overheads: Overheads) -> DeviceProfile:
+        return DeviceProfile.model_construct(
+            kernels=kernels, memory_bandwidth=bandwidth, overheads=overheads, memory=memory, conv_channel_block=block
+        )
+
+    overheads = overheads_of(profile(placeholder))
+    factors = factors_of(profile(overheads))
     kernels, overheads = apply_in_situ(kernels, overheads, factors)
     return _Pass(kernels, bandwidth, overheads, factors)
 

@@ -32,6 +32,26 @@ def host_memory() -> tuple[float, float]:
     return total, total - available
 
 
+FP32_LANES = {"AVX512": 16, "AVX2": 8, "SVE256": 8}
+"""fp32 lanes of the vector ISA PyTorch dispatches to, by ``torch.backends.cpu.get_cpu_capability()``;
+any other (NEON, SSE, VSX, ZVECTOR: 128-bit vectors) has 4."""
+
+
+def host_channel_block() -> tuple[int, str]:
+    """The convolution kernels' channel block on this host, and how it is known.
+
+    Read from the vector ISA rather than timed: a timing of 24 against 32 channels would tell
+    the same on a quiet host, but on a noisy one it can misread a 1.8x step, while the ISA
+    is a fact of the CPU and the PyTorch build.
+    """
+    capability = torch.backends.cpu.get_cpu_capability()
+    lanes = FP32_LANES.get(capability, 4)
+    return lanes, (
+        f"[M] vector ISA PyTorch dispatches to on this host (torch.backends.cpu.get_cpu_capability() = "
+        f"{capability}): {lanes} fp32 lanes, the channel block of its convolution kernels"
+    )
+
+
 @dataclass(frozen=True)
 class ProbeSettings:
     """What ``profile-device`` was asked for; recorded in the profile's sources."""
@@ -78,6 +98,7 @@ def profile_mapping(
         sources[f"kernels.{name}.overhead"] = f"{how}; intercept of a relative-error line fit over a size sweep)"
         sources[f"kernels.{name}.throughput"] = f"{how}; inverse slope of the same fit)"
     sources["memory_bandwidth"] = f"{how}; copy of a 64 MiB tensor, read plus write bytes)"
+    block, sources["conv_channel_block"] = host_channel_block()
     sources["memory"] = "[M] installed memory reported by the OS (sysconf)"
     sources["memory_reserved"] = "[M] memory in use when profiled (MemTotal - MemAvailable): OS, runtime, others"
     sources["overheads.dispatch"] = f"{how}; a view, which moves no data)"
@@ -117,6 +138,7 @@ def profile_mapping(
         "memory_reserved": _quantity(reserved / 2**30, "GiB"),
         "overheads": {name: _quantity(getattr(overheads, name) * 1e6, "us") for name in Overheads.model_fields},
         "power": power,
+        "conv_channel_block": block,
         "sources": sources,
     }
 

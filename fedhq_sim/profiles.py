@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, PositiveInt, model_validator
 
 from fedhq_sim.errors import InputError
 from fedhq_sim.schema import (
@@ -44,7 +44,7 @@ def numeric_keys(model: BaseModel, prefix: str = "") -> list[str]:
         value = getattr(model, name)
         if isinstance(value, BaseModel):
             keys += numeric_keys(value, f"{prefix}{name}.")
-        elif isinstance(value, float):
+        elif isinstance(value, (float, int)) and not isinstance(value, bool):
             keys.append(f"{prefix}{name}")
     return keys
 
@@ -157,6 +157,11 @@ class DeviceProfile(_Sourced):
     memory_reserved: NonNegativeByteSize
     overheads: Overheads
     power: DevicePower
+    conv_channel_block: PositiveInt = 1
+    """Channels the fp32 convolution kernels compute at once (the vector width in fp32 lanes
+    on CPUs: 16 with AVX-512, 8 with AVX2, 4 with 128-bit NEON); a convolution is priced on
+    its channels rounded up to it (:func:`fedhq_sim.charge.padded_flops`). 1, the default,
+    prices the channels as they are."""
 
     @model_validator(mode="after")
     def _reserve_below_memory(self) -> DeviceProfile:

@@ -104,6 +104,10 @@ class OpCost(NamedTuple):
     precision: Precision
     flops: float
     nbytes: float
+    channels: tuple[int, ...] = ()
+    """A convolution's ``(in_channels, out_channels, groups, computes_input_gradient)``, empty
+    for every other operation: a device whose convolution kernels block channels by its vector
+    width pays for the padded channels (see :func:`fedhq_sim.charge.padded_flops`)."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,19 @@ def _dense_kind(name: str, precision: Precision) -> OpKind | None:
 
 
 _GATHER_OPS = frozenset({"aten.index.Tensor", "aten.index_select.default"})
+_CONV_FORWARD = frozenset({"aten.convolution.default", "aten._convolution.default"})
+
+
+def _conv_channels(name: str, args: tuple[Any, ...]) -> tuple[int, ...]:
+    """``(in_channels, out_channels, groups, computes_input_gradient)`` of a convolution (forward
+    or backward, not transposed), from its weight's shape and its groups argument."""
+    if name in _CONV_FORWARD and len(args) >= 9 and not args[6]:
+        weight, groups, grad_input = args[1], int(args[8]), 0
+    elif name == "aten.convolution_backward.default" and len(args) >= 11 and not args[7]:
+        weight, groups, grad_input = args[2], int(args[9]), int(bool(args[10][0]))
+    else:
+        return ()
+    return (int(weight.shape[1]) * groups, int(weight.shape[0]), groups, grad_input)
 
 
 _INT8_EXECUTION = ContextVar("fedhq_sim_int8_execution", default=False)
@@ -280,7 +297,8 @@ def _op_cost(
         flops = float(flat_out[0].numel()) * FAKE_QUANT_OPS_PER_ELEMENT if flat_out else 0.0
     else:
         flops = float(sum(t.numel() for t in flat_out))
-    return OpCost(name, kind, precision, flops, nbytes), flat_in, flat_out
+    channels = _conv_channels(name, args) if kind in ("conv", "conv_backward") else ()
+    return OpCost(name, kind, precision, flops, nbytes, channels), flat_in, flat_out
 
 
 class _LiveBytes:
