@@ -145,7 +145,12 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument("--out", type=Path, help="profile YAML to write (default: print it); its stem is the name")
     profile.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     profile.add_argument("--threads", type=int, help="threads to measure with (default: PyTorch's default here)")
-    profile.add_argument("--repeats", type=int, default=7, help="timed loops per measurement (median; default 7)")
+    profile.add_argument(
+        "--repeats",
+        type=int,
+        default=7,
+        help="timed loops per measurement, taken in turns (their mean without the slowest; default 7)",
+    )
     profile.add_argument("--passes", type=int, default=3, help="whole measurements, medians taken (default 3)")
     profile.add_argument("--power-idle", help="idle power of the device, e.g. '2.7 W' (meter or datasheet)")
     profile.add_argument("--power-active", help="power while computing, e.g. '6.4 W' (meter or datasheet)")

@@ -2,7 +2,8 @@
 
 Every kernel class of :class:`~fedhq_sim.profiles.Kernels` is timed on synthetic tensors over
 a sweep of sizes, and a line ``time = overhead + FLOPs / throughput`` is fitted to the
-medians (weighted by relative error, so small and large calls count alike). The overheads
+times (weighted by relative error, so small and large calls count alike; all measurements of
+a pass are taken in turns, :mod:`fedhq_sim.timing`). The overheads
 that are no single operation's (a training step's bookkeeping, module rewriting at prepare
 and convert) are measured as residuals: the wall time of a synthetic workload minus what
 its traced operations are charged, so nothing is counted twice. None of the workloads is
@@ -216,12 +217,14 @@ def _int8_samples(timer: InterleavedTimer) -> tuple[list[Sample], list[Sample]]:
     return linear, conv
 
 
-def _fp16_matmul_is_faster() -> bool:
-    """Whether this host's largest swept matmul runs faster in fp16 than in fp32 (best of 5)."""
+def fp16_matmul_is_faster() -> bool:
+    """Whether this host's largest swept matmul runs faster in fp16 than in fp32 (best of 5
+    after a warm-up): decided once per profile, so that every pass has the same kernels."""
     rows, inner, cols = MATMUL_SIZES[-1]
     best = {}
     for dtype in (torch.float32, torch.float16):
         x, w = torch.randn(rows, inner, dtype=dtype), torch.randn(cols, inner, dtype=dtype)
+        F.linear(x, w)
         times = []
         for _ in range(5):
             start = time.perf_counter()
@@ -231,9 +234,9 @@ def _fp16_matmul_is_faster() -> bool:
     return best[torch.float16] < best[torch.float32]
 
 
-def measure_kernels(timer: InterleavedTimer) -> Callable[[], Kernels]:
+def measure_kernels(timer: InterleavedTimer, fp16: bool) -> Callable[[], Kernels]:
     """Register every kernel class's size sweep; the returned function fits them once ``timer``
-    has run (fp16 only where fp16 matmul beats fp32)."""
+    has run (the fp16 classes only with ``fp16``, where fp16 matmul beats fp32)."""
     int8_linear, int8_conv = _int8_samples(timer)
     norm_forward, norm_backward = _norm_samples(timer)
     sweeps: dict[str, tuple[list[Sample], str]] = {
@@ -248,16 +251,12 @@ def measure_kernels(timer: InterleavedTimer) -> Callable[[], Kernels]:
         "int8_matmul": (int8_linear, "int8_matmul"),
         "int8_conv": (int8_conv, "int8_matmul"),  # measured as its im2col product
     }
-    fp16_sweeps = {"fp16_matmul": (_matmul_samples(timer, torch.float16), "matmul")}
-    if _fp16_matmul_is_faster():  # else its convolutions can be 100x slower: not worth timing
-        fp16_sweeps["fp16_conv"] = (_conv_samples(timer, torch.float16), "conv")
+    if fp16:  # not timed otherwise: fp16 convolutions without fp16 units can be 100x slower
+        sweeps["fp16_matmul"] = (_matmul_samples(timer, torch.float16), "matmul")
+        sweeps["fp16_conv"] = (_conv_samples(timer, torch.float16), "conv")
 
     def fitted() -> Kernels:
-        kernels = {name: fit_kernel(samples, kind) for name, (samples, kind) in sweeps.items()}
-        fp16 = {name: fit_kernel(samples, kind) for name, (samples, kind) in fp16_sweeps.items()}
-        if "fp16_conv" in fp16 and fp16["fp16_matmul"].throughput > kernels["matmul"].throughput:
-            kernels.update(fp16)
-        return Kernels.model_construct(**kernels)
+        return Kernels.model_construct(**{name: fit_kernel(samples, kind) for name, (samples, kind) in sweeps.items()})
 
     return fitted
 
@@ -351,10 +350,10 @@ class _Pass:
     factors: InSitu
 
 
-def _measure_once(repeats: int, memory: float) -> _Pass:
+def _measure_once(repeats: int, memory: float, fp16: bool) -> _Pass:
     """One pass: every measurement registered, timed in turns (:class:`InterleavedTimer`), then fitted."""
     timer = InterleavedTimer(repeats)
-    fitted_kernels = measure_kernels(timer)
+    fitted_kernels = measure_kernels(timer, fp16)
     bandwidth_of = memory_bandwidth(timer)
     dispatch_of = dispatch_overhead(timer)
     overheads_of = measure_overheads(timer)
@@ -415,9 +414,10 @@ def probe_interleaved(settings: ProbeSettings, between: Callable[[DeviceProfile]
     torch.set_num_threads(settings.threads)
     try:
         memory, reserved = host_memory()
+        fp16 = fp16_matmul_is_faster()
         passes = []
         for _ in range(settings.passes):
-            one = _measure_once(settings.repeats, memory)
+            one = _measure_once(settings.repeats, memory, fp16)
             passes.append(one)
             mapping = profile_mapping(
                 settings, one.kernels, one.bandwidth, one.overheads, memory, reserved, one.factors

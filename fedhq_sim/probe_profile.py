@@ -41,8 +41,9 @@ def host_channel_block() -> tuple[int, str]:
     """The convolution kernels' channel block on this host, and how it is known.
 
     Read from the vector ISA rather than timed: a timing of 24 against 32 channels would tell
-    the same on a quiet host, but on a noisy one it can misread a 1.8x step, while the ISA
-    is a fact of the CPU and the PyTorch build.
+    the same on a quiet host, but on a noisy one it can misread a 1.8x step. The capability
+    is PyTorch's own dispatch level (``ATEN_CPU_CAPABILITY`` can lower it; oneDNN detects its
+    ISA itself, ``ONEDNN_MAX_CPU_ISA``), so a host run with either set may block otherwise.
     """
     capability = torch.backends.cpu.get_cpu_capability()
     lanes = FP32_LANES.get(capability, 4)
@@ -80,7 +81,8 @@ def profile_mapping(
     """The measured numbers in the library's YAML format, each with its ``[M]`` source."""
     how = (
         f"[M] fedhq-sim profile-device on this host ({platform.machine()}, {settings.threads} thread(s), "
-        f"torch {torch.__version__}, median of {settings.repeats} timed loops, median of {settings.passes} passes; "
+        f"torch {torch.__version__}, mean of {settings.repeats} interleaved timed loops without the slowest, "
+        f"median of {settings.passes} passes; "
         f"in-situ factors x{factors.conv_factor:.3f} convolution/normalization intercepts, "
         f"x{factors.conv_compute_factor:.3f} their compute, x{factors.rest_factor:.3f} the rest, "
         f"x{factors.round_factor:.3f} once-per-round overheads"
