@@ -40,7 +40,7 @@ from fedhq_sim.work import WorkProfile, marker, traced, untraced
 CONV_GROUP = frozenset({"conv", "conv_backward", "norm", "norm_backward"})
 """Kernel classes whose in-network cost the in-situ calibration corrects apart from the rest."""
 
-STEP_OVERHEADS = frozenset({"dispatch", "train_step", "train_op"})
+STEP_OVERHEADS = frozenset({"dispatch", "train_step", "train_op", "qat_op"})
 """Overheads paid on every step: scaled like the kernels outside the convolution group."""
 
 ROUND_OVERHEADS = frozenset(Overheads.model_fields) - STEP_OVERHEADS - {"warmup_op"}

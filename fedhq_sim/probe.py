@@ -287,10 +287,12 @@ def measure_overheads(timer: InterleavedTimer) -> Callable[[DeviceProfile], Over
     ``timer`` has run."""
     x = torch.randn(8, 8)
     # Chains of tiny layers: their steps are bookkeeping, not kernels, so the residual is clean.
-    steps = []
-    for depth in (1, 2, 4, 8, 16):
-        chain = ChainNet(depth)
-        steps.append(measure(step_fn(chain.train(), x, torch.randint(0, 8, (len(x),))), timer))
+    labels = torch.randint(0, 8, (len(x),))
+    steps = [measure(step_fn(ChainNet(depth).train(), x, labels), timer) for depth in (1, 2, 4, 8, 16)]
+    # The same chains fake-quantized: what their steps leave beyond the float line is qat_op.
+    qat_steps = [
+        measure(step_fn(backend.prepare_qat(ChainNet(depth)).train(), x, labels), timer) for depth in (1, 2, 4, 8)
+    ]
     model = ChainNet(8)
     modules = sum(1 for _ in model.modules())
     state = model.state_dict()
@@ -316,6 +318,11 @@ def measure_overheads(timer: InterleavedTimer) -> Callable[[DeviceProfile], Over
 
         op_counts = [step.work.num_ops - step.work.count("view") for step in steps]
         per_step, per_op_rate = fit_line(op_counts, [residual(step) for step in steps], relative=False)
+        qat_op = statistics.median(
+            (residual(step) - per_step - ops / per_op_rate) / ops
+            for step in qat_steps
+            for ops in [step.work.num_ops - step.work.count("view")]
+        )
         sizes = [tensors for tensors, _, _ in payloads]
         serialize_payload, serialize_rate = fit_line(sizes, [residual(w) for _, w, _ in payloads], relative=False)
         deserialize_payload, deserialize_rate = fit_line(sizes, [residual(r) for _, _, r in payloads], relative=False)
@@ -326,6 +333,7 @@ def measure_overheads(timer: InterleavedTimer) -> Callable[[DeviceProfile], Over
             dispatch=partial.overheads.dispatch,
             train_step=max(per_step, floor),
             train_op=max(1.0 / per_op_rate, floor),
+            qat_op=max(qat_op, floor),
             build_module=max(residual(build) / conv_modules, floor),
             load_tensor=max(residual(load) / len(state), floor),
             serialize=max(1.0 / serialize_rate, floor),

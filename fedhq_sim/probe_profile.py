@@ -108,6 +108,10 @@ def profile_mapping(
         f"{how}; intercept of training-step wall time minus charged operations over operations per step)"
     )
     sources["overheads.train_op"] = f"{how}; slope of the same fit)"
+    sources["overheads.qat_op"] = (
+        f"{how}; fake-quantized chains' training-step wall time minus charged operations and that fit, "
+        "per operation, median over depths)"
+    )
     sources["overheads.warmup_op"] = (
         f"{how}; a fresh probe network's first {STEPS} training steps minus its next {STEPS}, per operation of a step)"
     )

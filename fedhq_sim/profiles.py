@@ -106,7 +106,9 @@ class Overheads(StrictModel):
 
     ``dispatch`` is what a view (an op that moves no data) costs. ``train_step`` is the
     framework's bookkeeping per training step beyond its operations (loss, backward launch,
-    optimizer loop) and ``train_op`` its extra per operation recorded for autograd.
+    optimizer loop) and ``train_op`` its extra per operation recorded for autograd;
+    ``qat_op`` is what each operation of a fake-quantized (QAT) training step costs beyond
+    that (its quantizers' Python range bookkeeping).
     ``warmup_op`` is what a freshly built model's first training steps cost beyond later ones
     (state created on first use: autograd and optimizer bookkeeping, allocator blocks, kernel
     library primitives), per operation of one step, once per round.
@@ -120,6 +122,7 @@ class Overheads(StrictModel):
     dispatch: Seconds
     train_step: Seconds
     train_op: Seconds
+    qat_op: Seconds
     warmup_op: Seconds
     build_module: Seconds
     load_tensor: Seconds

@@ -52,6 +52,7 @@ OpKind = Literal[
 MarkerKind = Literal[
     "train_step",
     "train_op",
+    "qat_op",
     "warmup_op",
     "build_module",
     "load_tensor",
@@ -154,8 +155,19 @@ def marker(kind: MarkerKind, count: int = 1) -> WorkProfile:
 
 
 def step_markers(step_work: WorkProfile) -> WorkProfile:
-    """The bookkeeping of one training step: once per step, and once per recorded operation."""
-    return marker("train_step") + marker("train_op", step_work.num_ops - step_work.count("view"))
+    """The bookkeeping of one training step: once per step, and once per recorded operation.
+
+    A fake-quantized (QAT) step pays more per operation than a float one: its quantizers are
+    Python modules whose range updates run as many tiny no-grad operations with scalar
+    arguments, each costing more than the autograd-recorded operations that ``train_op``
+    is fitted on (about 20 % of a QAT step on the reference host). Such a step, recognized
+    by its fake-quantization operations, also carries ``qat_op`` per operation.
+    """
+    ops = step_work.num_ops - step_work.count("view")
+    markers = marker("train_step") + marker("train_op", ops)
+    if step_work.count("fake_quant"):
+        markers = markers + marker("qat_op", ops)
+    return markers
 
 
 def warmup_markers(first_step: WorkProfile) -> WorkProfile:

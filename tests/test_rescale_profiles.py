@@ -32,10 +32,13 @@ def test_a_new_measurement_scales_every_value_by_its_factor_and_survives_a_secon
     assert rescale_profiles.rescale(once, doubled) == once
 
 
-def test_a_profile_without_warmup_op_gains_it_scaled_like_train_op():
-    lines = [line for line in RPI4.split("\n") if "warmup_op" not in line]
+@pytest.mark.parametrize("overhead", ["warmup_op", "qat_op"])
+def test_a_profile_without_a_new_overhead_gains_it_scaled_like_train_op(overhead):
+    lines = [line for line in RPI4.split("\n") if overhead not in line]
     text = rescale_profiles.rescale("\n".join(lines), REFERENCE)
-    assert f"  warmup_op: {rescale_profiles._number(REFERENCE['overheads.warmup_op'] * 4.5)} us" in text.split("\n")
+    expected = rescale_profiles._number(REFERENCE[f"overheads.{overhead}"] * 4.5)
+    assert f"  {overhead}: {expected} us" in text.split("\n")
+    assert text == RPI4  # the same line, at the same place, with the same source
 
 
 def test_a_scaled_source_line_it_cannot_parse_is_an_error_not_a_skip():

@@ -72,6 +72,17 @@ def test_a_qat_step_costs_more_than_an_fp32_step_on_every_profile(device):
     assert charge_seconds(qat, DEVICES[device]) > charge_seconds(fp32, DEVICES[device])
 
 
+def test_a_fake_quantized_step_carries_qat_op_per_operation_and_a_float_step_none():
+    def qat_ops(model):
+        work = _train_step_work(model, 8)
+        return sum(c for op, c in work.counts.items() if op.op == "sim.qat_op"), work
+
+    float_ops, _ = qat_ops(build_model("small_cnn", 10, seed=0))
+    fake_quantized, work = qat_ops(backend.prepare_qat(build_model("small_cnn", 10, seed=0)))
+    assert float_ops == 0
+    assert fake_quantized == work.num_ops - work.count("view") - work.count("marker") > 0
+
+
 def test_time_grows_with_batch_count_and_epochs(client_data, global_payload):
     device = DEVICES["rpi4"]
     small = dataclasses.replace(client_data, x=client_data.x[:64], y=client_data.y[:64])
@@ -191,6 +202,7 @@ def test_work_profiles_see_each_precision_and_kernel_class(results):
         "sim.prepare_qat",
         "sim.train_step",
         "sim.train_op",
+        "sim.qat_op",
         "sim.warmup_op",
         "sim.convert",
         "sim.serialize",

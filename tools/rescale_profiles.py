@@ -7,7 +7,7 @@ factor: ``"[I] reference host 4.5016 us [M] x 4.5 (why) = 20.3 us: ..."``. After
 ``fedhq-sim profile-device`` re-measures the reference host (a new PyTorch, a new
 quantization backend), this script rewrites every such value and its source from the new
 measurement, keeping each device's factor and reasoning, and adds an overhead the profile
-lacks (scaled by the factor of the closest one: ``warmup_op`` by ``train_op``'s). Numbers
+lacks (scaled by the factor of the closest one: ``warmup_op`` and ``qat_op`` by ``train_op``'s). Numbers
 derived any other way are left as they are: throughputs (anchored on published figures,
 some through the reference host's ratio between two kernel classes, which each source
 quotes with the measurement it used), GPU-side intercepts, memory and power. Run it from the repository root:
@@ -31,8 +31,8 @@ SCALED = re.compile(
 )
 LOOKS_SCALED = re.compile(r'^  [\w.]+: "\[I\] reference host [^"]* \[M\] x [\d.]+ \(')
 """A source line of the scaled form: one that :data:`SCALED` does not parse is an error."""
-NEW_OVERHEADS = {"warmup_op": "train_op"}
-"""Overheads a profile may lack, each scaled like the named one."""
+NEW_OVERHEADS = {"qat_op": "train_op", "warmup_op": "train_op"}
+"""Overheads a profile may lack, each scaled like the named one, in the order they follow it."""
 
 
 def microseconds(quantity: str) -> float:
@@ -93,9 +93,11 @@ def rescale(text: str, reference: dict[str, float]) -> str:
             continue
         template = templates[f"overheads.{like}"]
         value = _number(reference[key] * float(template["factor"]))
-        at = next(i for i, line in enumerate(lines) if line.startswith(f"  {like}: "))
+        names = list(NEW_OVERHEADS)
+        before = [like, *names[: names.index(new)]]  # the new line goes after the last of these
+        at = max(i for i, line in enumerate(lines) if any(line.startswith(f"  {name}: ") for name in before))
         lines.insert(at + 1, f"  {new}: {value} us")
-        at = next(i for i, line in enumerate(lines) if line.startswith(f"  overheads.{like}: "))
+        at = max(i for i, line in enumerate(lines) if any(line.startswith(f"  overheads.{name}: ") for name in before))
         lines.insert(
             at + 1,
             f'  {key}: "[I] reference host {reference[key]:.6g} us [M] x {template["factor"]} {template["why"]} '
