@@ -80,7 +80,7 @@ def analyze(
     steps = {
         s.label: training_step(scenario.model, data.num_classes, s, (cfg.batch_size, *shape)).work for s in strategies
     }
-    uploads = {s.label: payload_bytes(scenario.model, data.num_classes, s, shape) for s in strategies}
+    uploads = {s.label: payload_bytes(scenario.model, data.num_classes, s, shape, cfg.range_bits) for s in strategies}
     counts = [np.bincount(c.y.numpy(), minlength=data.num_classes) for c in data.clients]
     fleet = np.sum(counts, axis=0)
     result = {}

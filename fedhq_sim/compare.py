@@ -34,7 +34,7 @@ def policy_overrides(scenario: Path, policy: str) -> dict[str, Any]:
     if cls is None:
         names = ", ".join(sorted(POLICIES))
         raise InputError(scenario, "policy.name", f"unknown policy '{policy}' (available: {names})")
-    kept = {k: v for k, v in section.items() if k in cls.Options.model_fields}
+    kept = {k: v for k, v in section.items() if k in cls.Options.model_fields and k != "bits"}  # deployment.bits
     if "module" in section:
         kept["module"] = section["module"]
     return {"policy": {"name": policy, **kept}}
@@ -44,7 +44,8 @@ def policy_variants(
     scenario: Path, policies: Sequence[str], seeds: Sequence[int], common: Mapping[str, Any] | None = None
 ) -> list[Variant]:
     """Every (policy, seed), each with ``common`` overrides too (a what-if shared by all,
-    applied after the policy section, so ``policy.bits=8`` holds for every policy)."""
+    applied after the policy section, so ``policy.latency_budget=0.1`` holds for every policy
+    that has the option)."""
     return [
         Variant(scenario, {"policy": p}, s, {**policy_overrides(scenario, p), **(common or {})})
         for p in policies

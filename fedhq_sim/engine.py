@@ -12,6 +12,7 @@ the engine charges the same either way. Host time never enters simulated results
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import time
@@ -94,20 +95,28 @@ def _streams(seed: int) -> dict[str, np.random.Generator]:
 
 
 def federated_data(scenario: LoadedScenario, rng: np.random.Generator | None = None) -> FederatedData:
-    """The scenario's data split; a split that cannot satisfy the scenario is an input error."""
-    d = scenario.spec.data
+    """The scenario's data split; a split that cannot satisfy the scenario is an input error.
+
+    ``deployment.server_samples`` are held out whichever deployment runs, so that the clients
+    hold the same data under both and the two deployments compare on the same training; when
+    the clients' ranges set the deployment, the server is given none of them.
+    """
+    d, deployment = scenario.spec.data, scenario.spec.deployment
     try:
-        return federate(
+        data = federate(
             load_data(scenario.data_source).samples,
             n_clients=len(scenario.clients),
             alpha=d.dirichlet_alpha,
             test_fraction=d.test_fraction,
-            server_calibration=d.server_calibration_samples,
+            server_calibration=deployment.server_samples,
             min_client_samples=d.min_client_samples,
             rng=rng if rng is not None else _streams(scenario.spec.seed)["partition"],
         )
     except PartitionError as error:
         raise InputError(scenario.path, "data", str(error)) from None
+    if deployment.from_clients:
+        data = dataclasses.replace(data, server_calibration=data.server_calibration.subset(np.arange(0)))
+    return data
 
 
 class Simulation:
@@ -162,6 +171,7 @@ class Simulation:
             self.data.input_shape,
             t.local_steps,
             scenario.policy_class.observes_quantization_error,
+            self.range_bits,
         )
         self.analysis = analyze(scenario, self.data, self.topology, self.local, self._candidate_strategies())
         infos = [
@@ -185,11 +195,10 @@ class Simulation:
         if not self.eligible:
             reasons = [f.reason for f in self.feasibility if not f.able] or ["the policy assigns nothing they can run"]
             raise InputError(scenario.path, "sites", f"no client can take part: {reasons[0]}")
-        bits = self.quantized_bits
         self.work: RoundWork = (
-            ProfiledWork(self.data, self.local, spec.seed, bits)
+            ProfiledWork(self.data, self.local, spec.seed, spec.deployment)
             if timing_only
-            else ExecutedWork(self.data, self.local, spec.seed, bits, executor)
+            else ExecutedWork(self.data, self.local, spec.seed, spec.deployment, executor)
         )
         self.rounds: list[RoundRecord] = []
         self.phases: list[PhaseRecord] = []
@@ -255,9 +264,15 @@ class Simulation:
                 self.network.set_down(link, False)
 
     @property
+    def range_bits(self) -> int | None:
+        """The deployment's width when the clients' updates carry its activation ranges."""
+        deployment = self.scenario.spec.deployment
+        return deployment.bits if deployment.from_clients else None
+
+    @property
     def quantized_bits(self) -> int:
         """The bit width of the run's quantized strategies and of the deployed model."""
-        return self.scenario.policy_options.bits
+        return self.scenario.spec.deployment.bits
 
     def _candidate_strategies(self) -> tuple[Strategy, ...]:
         """fp32 and both quantized strategies at the policy's width."""
@@ -281,7 +296,7 @@ class Simulation:
                 (fixed if n >= batch else 0) if fixed is not None else spec.training.local_epochs * (n // batch)
             )
             for strategy in self._candidate_strategies():
-                upload_nbytes = payload_bytes(self.scenario.model, num_classes, strategy, sample_shape)
+                upload_nbytes = payload_bytes(self.scenario.model, num_classes, strategy, sample_shape, self.range_bits)
                 step = training_step(self.scenario.model, num_classes, strategy, batch_shape)
                 rows.append(
                     check_client(

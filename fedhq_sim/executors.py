@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from fedhq_sim.data import Samples
-from fedhq_sim.quant.payload import decode_to_fp32
+from fedhq_sim.quant.payload import decode_update
 from fedhq_sim.quant.strategy import Strategy
 from fedhq_sim.training import LocalConfig, LocalResult, local_work
 
@@ -44,7 +44,7 @@ class WorkTask:
 class TaskResult:
     """A client's local work, and its update as the server will read it.
 
-    ``decoded`` is :func:`~fedhq_sim.quant.payload.decode_to_fp32` of the payload, computed
+    ``decoded`` is the state :func:`~fedhq_sim.quant.payload.decode_update` reads from the payload, computed
     where the payload was written (numpy arrays, cheap to send back): reading the updates
     is most of the server's host time in a round, and a worker does it in parallel. The
     server still charges its own traced read of the format (see ``aggregate_updates``).
@@ -52,11 +52,15 @@ class TaskResult:
 
     local: LocalResult
     decoded: dict[str, np.ndarray]
+    ranges: dict[str, np.ndarray] | None = None
+    """The input ranges the update carries (:func:`~fedhq_sim.quant.payload.decode_update`)."""
 
 
 def run_task(task: WorkTask) -> TaskResult:
     local = local_work(task.payload, task.data, task.strategy, task.cfg, task.seed)
-    return TaskResult(local, {k: v.numpy() for k, v in decode_to_fp32(local.payload).items()})
+    state, ranges = decode_update(local.payload)
+    numpy_ranges = {k: v.numpy() for k, v in ranges.items()} if ranges is not None else None
+    return TaskResult(local, {k: v.numpy() for k, v in state.items()}, numpy_ranges)
 
 
 def on_one_thread(fn: Callable[..., Any], *args: Any) -> Any:

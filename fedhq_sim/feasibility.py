@@ -27,6 +27,7 @@ from fedhq_sim.models import ModelRef, build_model
 from fedhq_sim.network import DirectedLink
 from fedhq_sim.quant import backend
 from fedhq_sim.quant.payload import encode_fp32, encode_quantized
+from fedhq_sim.quant.ranges import layer_ranges
 from fedhq_sim.quant.strategy import Strategy
 from fedhq_sim.scenario import ClientSpec
 from fedhq_sim.work import WorkProfile, step_markers, traced
@@ -92,13 +93,23 @@ def training_step(
 
 
 @cache
-def payload_bytes(model_ref: ModelRef | str, num_classes: int, strategy: Strategy, input_shape: tuple[int, ...]) -> int:
-    """Serialized size of a model (fp32) or of its quantized update, from a real encoding."""
+def payload_bytes(
+    model_ref: ModelRef | str,
+    num_classes: int,
+    strategy: Strategy,
+    input_shape: tuple[int, ...],
+    range_bits: int | None = None,
+) -> int:
+    """Serialized size of a model (fp32) or of its quantized update, from a real encoding
+    (an fp32 update with its layers' input ranges when ``range_bits`` is given, as clients send
+    theirs when they set the deployment's ranges)."""
     model = build_model(model_ref, num_classes, seed=0, input_shape=input_shape)
-    if strategy.kind == "fp32":
+    if strategy.kind == "fp32" and range_bits is None:
         return len(encode_fp32(model.state_dict()))
-    prepared = backend.prepare_ptq(model, strategy.bits)
+    prepared = backend.prepare_ptq(model, strategy.bits if strategy.kind != "fp32" else range_bits)
     backend.calibrate(prepared, [torch.rand((4, *input_shape), generator=torch.Generator().manual_seed(0))])
+    if strategy.kind == "fp32":
+        return len(encode_fp32(model.state_dict(), layer_ranges(prepared)))
     return len(encode_quantized(backend.convert(prepared), strategy.bits))
 
 

@@ -33,6 +33,7 @@ from fedhq_sim.data import Samples
 from fedhq_sim.models import Arch
 from fedhq_sim.quant.strategy import Strategy
 from fedhq_sim.server_work import (
+    DeploySource,
     Update,
     aggregate_updates,
     evaluate_global,
@@ -137,20 +138,25 @@ class AggregationProfiles:
         Where real updates of each format come from, to trace reading them.
     """
 
-    def __init__(self, arch: Arch, global_state: dict[str, torch.Tensor], local: LocalProfiles) -> None:
+    def __init__(
+        self, arch: Arch, global_state: dict[str, torch.Tensor], local: LocalProfiles, *, with_ranges: bool = False
+    ) -> None:
         self.arch = arch
         self.global_state = global_state
         self.local = local
+        self.with_ranges = with_ranges
+        """Whether the updates carry input ranges that the aggregation averages."""
         self._fedavg_step: WorkProfile | None = None
+        self._gateway_nbytes: int | None = None
 
     def _update(self, label: str) -> Update:
         payload = self.local.payload(Strategy.from_label(label))
         return Update(payload, 1, label, len(payload))
 
     def _read(self, label: str) -> WorkProfile:
-        key = read_key(self.arch, label)
+        key = read_key(self.arch, label, self.with_ranges)
         if WORK_CACHE.get(key) is None:
-            aggregate_updates([self._update(label)], self.global_state, self.arch)
+            aggregate_updates([self._update(label)], self.global_state, self.arch, with_ranges=self.with_ranges)
         return _cached(key)
 
     def _fedavg(self, n_updates: int) -> WorkProfile:
@@ -161,16 +167,16 @@ class AggregationProfiles:
             update = self._update("fp32")
             traced = {}
             for n in (1, 2, 3):
-                if WORK_CACHE.get(fedavg_key(self.arch, n)) is None:
-                    aggregate_updates([update] * n, self.global_state, self.arch)
-                traced[n] = _cached(fedavg_key(self.arch, n))
+                if WORK_CACHE.get(fedavg_key(self.arch, n, self.with_ranges)) is None:
+                    aggregate_updates([update] * n, self.global_state, self.arch, with_ranges=self.with_ranges)
+                traced[n] = _cached(fedavg_key(self.arch, n, self.with_ranges))
             step = WorkProfile(traced[2].counts - traced[1].counts, traced[3].peak_bytes)
             if any((traced[1] + step.times(n - 1)).counts != traced[n].counts for n in (2, 3)):
                 raise RuntimeError("FedAvg's work is not affine in the number of updates; it cannot be extrapolated")
             self._fedavg_step = step
         if n_updates <= 3:
-            return _cached(fedavg_key(self.arch, n_updates))
-        return _cached(fedavg_key(self.arch, 1)) + self._fedavg_step.times(n_updates - 1)
+            return _cached(fedavg_key(self.arch, n_updates, self.with_ranges))
+        return _cached(fedavg_key(self.arch, 1, self.with_ranges)) + self._fedavg_step.times(n_updates - 1)
 
     def aggregate(self, labels: Sequence[str]) -> WorkProfile:
         """Reading and averaging updates written with these strategy labels."""
@@ -183,15 +189,25 @@ class AggregationProfiles:
 
     def gateway(self, labels: Sequence[str]) -> WorkProfile:
         """A site gateway's round: aggregate, then write one fp32 update."""
-        key = gateway_write_key(self.arch)
-        if WORK_CACHE.get(key) is None:
-            gateway_round([self._update("fp32")], self.global_state, self.arch)
+        key = gateway_write_key(self.arch, self.with_ranges)
+        if WORK_CACHE.get(key) is None or self._gateway_nbytes is None:
+            payload, _, _ = gateway_round(
+                [self._update("fp32")], self.global_state, self.arch, with_ranges=self.with_ranges
+            )
+            self._gateway_nbytes = len(payload)
         return self.aggregate(labels) + _cached(key)
 
-    def server(self, labels: Sequence[str], calibration: Samples, test: Samples, bits: int) -> WorkProfile:
+    def gateway_nbytes(self) -> int:
+        """The size of the update a site gateway sends on (a real one, written on first use)."""
+        if self._gateway_nbytes is None:
+            self.gateway(["fp32"])
+        assert self._gateway_nbytes is not None
+        return self._gateway_nbytes
+
+    def server(self, labels: Sequence[str], source: DeploySource, test: Samples, bits: int) -> WorkProfile:
         """The server's round: aggregate, then evaluate the new global model fp32 and deployed."""
         model_ref, num_classes, _ = self.arch
-        key = evaluate_key(model_ref, num_classes, calibration, test, bits)
+        key = evaluate_key(model_ref, num_classes, source, test, bits)
         if WORK_CACHE.get(key) is None:
-            evaluate_global(self.global_state, model_ref, num_classes, calibration, test, bits, price_only=True)
+            evaluate_global(self.global_state, model_ref, num_classes, source, test, bits, price_only=True)
         return self.aggregate(labels) + _cached(key)

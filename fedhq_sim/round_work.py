@@ -21,13 +21,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedhq_sim.data import FederatedData, as_tensor
+from fedhq_sim.deployment import DeploymentSpec
 from fedhq_sim.executors import Pending, SerialExecutor, WorkExecutor, WorkTask, completed
 from fedhq_sim.faults import FOUND, Corruption, corrupted, rejection
 from fedhq_sim.models import build_model
 from fedhq_sim.profiled import AggregationProfiles, LocalProfiles
 from fedhq_sim.quant.payload import decode_to_fp32, encode_fp32
+from fedhq_sim.quant.ranges import LayerRanges, empty_ranges
 from fedhq_sim.quant.strategy import Strategy
 from fedhq_sim.server_work import (
+    DeploySource,
     Update,
     aggregate_updates,
     evaluate_global,
@@ -92,6 +95,11 @@ class RoundWork(Protocol):
         """Take back what :meth:`state_dict` saved."""
 
 
+def _ranges_in_form(cfg: LocalConfig) -> LayerRanges:
+    """Ranges of the model's form (their values do not matter): for work priced by shape."""
+    return empty_ranges(build_model(cfg.model_ref, cfg.num_classes, seed=0, input_shape=cfg.input_shape))
+
+
 def client_seed(seed: int, round_index: int, client_id: int) -> int:
     """A client's training seed for a round, independent of the order clients run in."""
     return int(np.random.SeedSequence([seed, round_index, client_id]).generate_state(1)[0])
@@ -101,14 +109,26 @@ class ExecutedWork:
     """Full mode: every computation runs for real; client work on ``executor``."""
 
     def __init__(
-        self, data: FederatedData, cfg: LocalConfig, seed: int, bits: int, executor: WorkExecutor | None = None
+        self,
+        data: FederatedData,
+        cfg: LocalConfig,
+        seed: int,
+        deployment: DeploymentSpec,
+        executor: WorkExecutor | None = None,
     ) -> None:
-        self.data, self.cfg, self.seed, self.bits = data, cfg, seed, bits
+        self.data, self.cfg, self.seed, self.deployment = data, cfg, seed, deployment
         self.executor: WorkExecutor = executor if executor is not None else SerialExecutor()
         model = build_model(cfg.model_ref, cfg.num_classes, seed=seed, input_shape=cfg.input_shape)
         self.global_state = model.state_dict()
+        self.ranges: LayerRanges | None = None
+        """The deployed activation ranges (``deployment.calibration: clients``): the mean of the
+        last round's updates' ranges; none before the first round."""
         self._payload = encode_fp32(self.global_state)
         self._results: dict[int, ClientResult] = {}
+
+    @property
+    def _source(self) -> DeploySource:
+        return self.ranges if self.deployment.from_clients else self.data.server_calibration
 
     def begin_round(self, r: int, assignment: Mapping[int, Strategy]) -> int:
         """Run every client's local work now (longest first). It depends on nothing that
@@ -123,7 +143,9 @@ class ExecutedWork:
         self._results = {}
         for cid, done in zip(ids, self.executor.map(tasks), strict=True):
             result, decoded = done.local, {k: as_tensor(v) for k, v in done.decoded.items()}
-            update = Update(result.payload, result.num_samples, assignment[cid].label, len(result.payload), decoded)
+            ranges = {k: as_tensor(v) for k, v in done.ranges.items()} if done.ranges is not None else None
+            label = assignment[cid].label
+            update = Update(result.payload, result.num_samples, label, len(result.payload), decoded, ranges)
             self._results[cid] = ClientResult(
                 result.work, update, result.train_loss, result.divergence, result.quantization_error
             )
@@ -138,12 +160,16 @@ class ExecutedWork:
         return self._results[client_id]
 
     def gateway(self, updates: Sequence[Update]) -> tuple[Update, WorkProfile]:
-        payload, work = gateway_round(updates, self.global_state, self.cfg.arch)
-        return Update(payload, sum(u.num_samples for u in updates), "fp32", len(payload)), work
+        with_ranges = self.deployment.from_clients
+        payload, ranges, work = gateway_round(updates, self.global_state, self.cfg.arch, with_ranges=with_ranges)
+        n_samples = sum(u.num_samples for u in updates)
+        return Update(payload, n_samples, "fp32", len(payload), ranges=ranges), work
 
     def gateway_estimate(self, n_updates: int) -> WorkProfile:
-        model = Update(self._payload, 1, "fp32", len(self._payload))
-        return gateway_round([model] * n_updates, self.global_state, self.cfg.arch)[1]
+        with_ranges = self.deployment.from_clients
+        payload = encode_fp32(self.global_state, _ranges_in_form(self.cfg) if with_ranges else None)
+        model = Update(payload, 1, "fp32", len(payload))
+        return gateway_round([model] * n_updates, self.global_state, self.cfg.arch, with_ranges=with_ranges)[2]
 
     def rejection(self, update: Update, corruption: Corruption) -> str | None:
         """Corrupt the real update's values and run the server's real check on them."""
@@ -156,24 +182,32 @@ class ExecutedWork:
         beside the next round's client work, since only the reported accuracy depends on it.
         Its work is the same every round, so it is charged from its profile now."""
         d = self.data
-        self.global_state, work = aggregate_updates(updates, self.global_state, self.cfg.arch)
-        model = (self.cfg.model_ref, d.num_classes, d.server_calibration, d.test, self.bits)
+        combined = aggregate_updates(
+            updates, self.global_state, self.cfg.arch, with_ranges=self.deployment.from_clients
+        )
+        self.global_state, self.ranges = combined.state, combined.ranges
+        model = (self.cfg.model_ref, d.num_classes, self._source, d.test, self.deployment.bits)
         self._payload = encode_fp32(self.global_state)  # what the next round downloads
-        accuracy = self.executor.submit(evaluate_payload, self._payload, *model)
-        return ServerOutcome(work + evaluation_work(self.global_state, *model), accuracy)
+        source = self._source  # ranges travel to a worker as arrays, as the model does as bytes
+        sent = {k: v.numpy() for k, v in source.items()} if isinstance(source, dict) else source
+        accuracy = self.executor.submit(evaluate_payload, self._payload, *model[:2], sent, *model[3:])
+        return ServerOutcome(combined.work + evaluation_work(self.global_state, *model), accuracy)
 
     def initial_accuracy(self) -> tuple[float, float]:
+        """Deployed from the server's samples, or, from the clients, not yet (NaN: no ranges)."""
         d = self.data
         fp32, deployed, _ = evaluate_global(
-            self.global_state, self.cfg.model_ref, d.num_classes, d.server_calibration, d.test, self.bits
+            self.global_state, self.cfg.model_ref, d.num_classes, self._source, d.test, self.deployment.bits
         )
         return fp32, deployed
 
     def state_dict(self) -> dict[str, Any]:
-        return {"global_state": self.global_state}  # never changed in place: each round makes a new one
+        # Never changed in place: each round makes new ones.
+        return {"global_state": self.global_state, "ranges": self.ranges}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.global_state = dict(state["global_state"])
+        self.ranges = dict(state["ranges"]) if state["ranges"] is not None else None
         self._payload = encode_fp32(self.global_state)
 
 
@@ -181,12 +215,12 @@ class ProfiledWork:
     """Timing-only mode: every computation is priced from its work profile, none runs per
     round; the global model never changes and no accuracy is reported (NaN)."""
 
-    def __init__(self, data: FederatedData, cfg: LocalConfig, seed: int, bits: int) -> None:
-        self.data, self.cfg, self.bits = data, cfg, bits
+    def __init__(self, data: FederatedData, cfg: LocalConfig, seed: int, deployment: DeploymentSpec) -> None:
+        self.data, self.cfg, self.deployment = data, cfg, deployment
         state = build_model(cfg.model_ref, cfg.num_classes, seed=seed, input_shape=cfg.input_shape).state_dict()
         self._model_nbytes = len(payload := encode_fp32(state))
         self.local = LocalProfiles(cfg, payload, max(data.clients, key=len))
-        self.aggregation = AggregationProfiles(cfg.arch, state, self.local)
+        self.aggregation = AggregationProfiles(cfg.arch, state, self.local, with_ranges=deployment.from_clients)
         self._assignment: Mapping[int, Strategy] = {}
 
     def begin_round(self, r: int, assignment: Mapping[int, Strategy]) -> int:
@@ -201,7 +235,7 @@ class ProfiledWork:
 
     def gateway(self, updates: Sequence[Update]) -> tuple[Update, WorkProfile]:
         work = self.aggregation.gateway([u.label for u in updates])
-        return Update(None, sum(u.num_samples for u in updates), "fp32", self._model_nbytes), work
+        return Update(None, sum(u.num_samples for u in updates), "fp32", self.aggregation.gateway_nbytes()), work
 
     def gateway_estimate(self, n_updates: int) -> WorkProfile:
         return self.aggregation.gateway(["fp32"] * n_updates)
@@ -211,7 +245,8 @@ class ProfiledWork:
 
     def server(self, updates: Sequence[Update]) -> ServerOutcome:
         d = self.data
-        work = self.aggregation.server([u.label for u in updates], d.server_calibration, d.test, self.bits)
+        source = _ranges_in_form(self.cfg) if self.deployment.from_clients else d.server_calibration
+        work = self.aggregation.server([u.label for u in updates], source, d.test, self.deployment.bits)
         return ServerOutcome(work, completed(lambda: (math.nan, math.nan)))
 
     def initial_accuracy(self) -> tuple[float, float]:

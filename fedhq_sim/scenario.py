@@ -20,6 +20,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from fedhq_sim.availability import DAY_S, Availability, ClientAvailability, Window, read_trace
+from fedhq_sim.deployment import DeploymentSpec
 from fedhq_sim.errors import InputError
 from fedhq_sim.faults import CrashRule, ScheduledCrash
 from fedhq_sim.models import ModelRef
@@ -221,6 +222,7 @@ class ScenarioSpec(StrictModel):
     network: NetworkSpec = Field(default_factory=NetworkSpec)
     availability: AvailabilitySpec = Field(default_factory=AvailabilitySpec)
     faults: FaultSpec = Field(default_factory=FaultSpec)
+    deployment: DeploymentSpec = Field(default_factory=DeploymentSpec)
 
 
 @dataclass(frozen=True)
@@ -332,7 +334,11 @@ def _resolve_policy(spec: ScenarioSpec, path: Path) -> tuple[type[Policy], Polic
     if policy_class is None:
         names = ", ".join(sorted(POLICIES))
         raise InputError(path, "policy.name", f"unknown policy '{spec.policy.name}' (available: {names})")
-    options = validate(policy_class.Options, spec.policy.model_extra or {}, path, prefix=("policy",))
+    given = dict(spec.policy.model_extra or {})
+    if "bits" in given:
+        raise InputError(path, "policy.bits", "has moved: the deployed bit width is the run's, set deployment.bits")
+    given["bits"] = spec.deployment.bits  # every policy quantizes at the deployment's width
+    options = validate(policy_class.Options, given, path, prefix=("policy",))
     return policy_class, options
 
 

@@ -1,16 +1,20 @@
 """The server's real work in a round: decode, aggregate, deploy and evaluate.
 
-The updates are decoded (and dequantized), averaged by FedAvg, and the new global fp32
-model is quantized by PTQ on the server's calibration samples: that int8 model is what the
-devices would run, and its test accuracy is the **deployed accuracy**. The fp32 accuracy is
-reported beside it. The work is traced so the engine can charge it on the server's profile.
+The updates are decoded (and dequantized) and averaged by FedAvg; the new global fp32
+model is then quantized for the devices (:mod:`fedhq_sim.deployment`): its activation
+grids set from the sample-weighted mean of the ranges the updates carry, or by PTQ on the
+server's own calibration samples. That model is what the devices would run, and its test
+accuracy is the **deployed accuracy**; the fp32 accuracy is reported beside it. The work is
+traced so the engine can charge it on the server's profile.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -18,7 +22,14 @@ from fedhq_sim.aggregate import fedavg
 from fedhq_sim.data import Samples
 from fedhq_sim.models import Arch, ModelRef, traced_build, traced_load
 from fedhq_sim.quant import backend
-from fedhq_sim.quant.payload import decode_to_fp32, fp32_message, traced_decode, traced_serialize
+from fedhq_sim.quant.payload import (
+    decode_to_fp32,
+    fp32_message,
+    traced_decode,
+    traced_decode_update,
+    traced_serialize,
+)
+from fedhq_sim.quant.ranges import LayerRanges, mean_ranges, set_ranges
 from fedhq_sim.work import WORK_CACHE, WorkProfile, traced
 
 EVAL_BATCH = 256
@@ -63,52 +74,79 @@ def accuracy(model: nn.Module, samples: Samples, *, int8: bool, price_only: bool
     return (float("nan") if price_only else correct / len(samples)), work
 
 
-def deploy_int8(model: nn.Module, calibration: Samples, bits: int = 8) -> tuple[nn.Module, WorkProfile]:
-    """The model the devices run: PTQ of ``model`` at ``bits`` on the server's calibration samples."""
+DeploySource = Samples | LayerRanges | None
+"""Where the deployed activation grids come from: the server's calibration samples, the
+aggregated ranges of the clients' updates, or nothing yet (no update has arrived)."""
+
+
+def deploy_int8(model: nn.Module, source: Samples | LayerRanges, bits: int = 8) -> tuple[nn.Module, WorkProfile]:
+    """The model the devices run: ``model`` quantized at ``bits``, its activation grids on the
+    given ranges, or calibrated by PTQ on the server's samples."""
     prepared, prepare_work = backend.traced_prepare_ptq(model, bits)
-    _, calibrate_work = traced(lambda: backend.calibrate(prepared, list(torch.split(calibration.x, EVAL_BATCH))))
+    if isinstance(source, Samples):
+        _, set_work = traced(lambda: backend.calibrate(prepared, list(torch.split(source.x, EVAL_BATCH))))
+    else:
+        _, set_work = traced(lambda: set_ranges(prepared, source))
     deployed, convert_work = backend.traced_convert(prepared)
-    return deployed, prepare_work + calibrate_work + convert_work
+    return deployed, prepare_work + set_work + convert_work
 
 
-def evaluate_key(model_ref: ModelRef | str, num_classes: int, calibration: Samples, test: Samples, bits: int) -> tuple:
-    return ("evaluate", model_ref, num_classes, tuple(calibration.x.shape), tuple(test.x.shape), bits)
+def _source_key(source: DeploySource) -> tuple:
+    if isinstance(source, Samples):
+        return ("server", tuple(source.x.shape))
+    return ("clients",) if source is not None else ("no ranges",)
+
+
+def evaluate_key(model_ref: ModelRef | str, num_classes: int, source: DeploySource, test: Samples, bits: int) -> tuple:
+    return ("evaluate", model_ref, num_classes, _source_key(source), tuple(test.x.shape), bits)
 
 
 def evaluate_global(
     state: dict[str, torch.Tensor],
     model_ref: ModelRef | str,
     num_classes: int,
-    calibration: Samples,
+    source: DeploySource,
     test: Samples,
     bits: int = 8,
     *,
     price_only: bool = False,
 ) -> tuple[float, float, WorkProfile]:
     """fp32 and deployed (int8) test accuracy of a global state, with the work it took
-    (``price_only``: the work alone, see :func:`accuracy`)."""
+    (``price_only``: the work alone, see :func:`accuracy`). Without a ``source`` of
+    activation ranges nothing is deployed, and the deployed accuracy is NaN."""
 
     def run() -> tuple[tuple[float, float], WorkProfile]:
         model, build_work = traced_build(model_ref, num_classes, seed=0, input_shape=tuple(test.x.shape[1:]))
         load_work = traced_load(model, state)
         fp32_acc, fp32_work = accuracy(model, test, int8=False, price_only=price_only)
-        deployed, deploy_work = deploy_int8(model, calibration, bits)
+        work = build_work + load_work + fp32_work
+        if source is None:
+            return (fp32_acc, math.nan), work
+        deployed, deploy_work = deploy_int8(model, source, bits)
         int8_acc, int8_work = accuracy(deployed, test, int8=True, price_only=price_only)
-        return (fp32_acc, int8_acc), build_work + load_work + fp32_work + deploy_work + int8_work
+        return (fp32_acc, int8_acc), work + deploy_work + int8_work
 
-    (fp32_acc, int8_acc), work = WORK_CACHE.once(evaluate_key(model_ref, num_classes, calibration, test, bits), run)
+    (fp32_acc, int8_acc), work = WORK_CACHE.once(evaluate_key(model_ref, num_classes, source, test, bits), run)
     return fp32_acc, int8_acc, work
 
 
 def evaluate_payload(
-    payload: bytes, model_ref: ModelRef | str, num_classes: int, calibration: Samples, test: Samples, bits: int
+    payload: bytes,
+    model_ref: ModelRef | str,
+    num_classes: int,
+    source: Samples | dict[str, np.ndarray] | None,
+    test: Samples,
+    bits: int,
 ) -> tuple[float, float]:
     """fp32 and deployed accuracy of a global model sent as its fp32 payload (a worker's task).
 
-    Bytes, not tensors: a process pool would move each tensor's storage into shared memory
-    in place, from a background thread, while the engine goes on reading it.
+    Bytes and arrays, not tensors (the ranges come as arrays): a process pool would move each
+    tensor's storage into shared memory in place, from a background thread, while the engine
+    goes on reading it.
     """
-    fp32_acc, int8_acc, _ = evaluate_global(decode_to_fp32(payload), model_ref, num_classes, calibration, test, bits)
+    if isinstance(source, dict):
+        source = {k: torch.as_tensor(v) for k, v in source.items()}
+    fp32_acc, int8_acc, _ = evaluate_global(decode_to_fp32(payload), model_ref, num_classes, source, test, bits)
     return fp32_acc, int8_acc
 
 
@@ -116,16 +154,17 @@ def evaluation_work(
     state: dict[str, torch.Tensor],
     model_ref: ModelRef | str,
     num_classes: int,
-    calibration: Samples,
+    source: DeploySource,
     test: Samples,
     bits: int,
 ) -> WorkProfile:
     """The work of :func:`evaluate_global`, which is the same for every global state of a
-    model: the cached profile (traced now, on ``state``, if no evaluation ran yet)."""
-    cached = WORK_CACHE.get(evaluate_key(model_ref, num_classes, calibration, test, bits))
+    model and kind of source: the cached profile (traced now, on ``state``, if no evaluation
+    ran yet)."""
+    cached = WORK_CACHE.get(evaluate_key(model_ref, num_classes, source, test, bits))
     if cached is not None:
         return cached
-    return evaluate_global(state, model_ref, num_classes, calibration, test, bits, price_only=True)[2]
+    return evaluate_global(state, model_ref, num_classes, source, test, bits, price_only=True)[2]
 
 
 @dataclass(frozen=True)
@@ -142,25 +181,37 @@ class Update:
     nbytes: int
     decoded: dict[str, torch.Tensor] | None = field(default=None, compare=False, repr=False)
     """What decoding the payload gives, if it was already decoded where it was written."""
+    ranges: LayerRanges | None = field(default=None, compare=False, repr=False)
+    """The input ranges the payload carries, if it was already decoded where it was written."""
 
 
-def read_key(arch: Arch, label: str) -> tuple:
-    """Decoding one update of a format and bringing it into the global model's form."""
-    return ("read-update", arch, label)
+def read_key(arch: Arch, label: str, with_ranges: bool) -> tuple:
+    """Decoding one update of a format (and its ranges) and bringing it into the global model's form."""
+    return ("read-update", arch, label, with_ranges)
 
 
-def fedavg_key(arch: Arch, n_updates: int) -> tuple:
-    return ("fedavg", arch, n_updates)
+def fedavg_key(arch: Arch, n_updates: int, with_ranges: bool) -> tuple:
+    return ("fedavg", arch, n_updates, with_ranges)
 
 
-def gateway_write_key(arch: Arch) -> tuple:
-    return ("gateway-write", arch)
+def gateway_write_key(arch: Arch, with_ranges: bool) -> tuple:
+    return ("gateway-write", arch, with_ranges)
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """The FedAvg of a round's updates, the mean of the ranges they carry, and the work."""
+
+    state: dict[str, torch.Tensor]
+    ranges: LayerRanges | None
+    work: WorkProfile
 
 
 def aggregate_updates(
-    updates: Sequence[Update], global_state: dict[str, torch.Tensor], arch: Arch
-) -> tuple[dict[str, torch.Tensor], WorkProfile]:
-    """Decode the updates, bring them into ``global_state``'s parameterization, FedAvg them."""
+    updates: Sequence[Update], global_state: dict[str, torch.Tensor], arch: Arch, *, with_ranges: bool = False
+) -> Aggregate:
+    """Decode the updates, bring them into ``global_state``'s parameterization, FedAvg them;
+    ``with_ranges``, also the sample-weighted mean of their input ranges (each must carry them)."""
     work = WorkProfile()
 
     def in_form(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -170,37 +221,52 @@ def aggregate_updates(
             raise ValueError(f"an update's tensors {sorted(state.keys() ^ global_state.keys())} do not match the model")
         return {key: state[key] for key in global_state}
 
-    def read(payload: bytes) -> tuple[dict[str, torch.Tensor], WorkProfile]:
-        state, decode_work = traced_decode(payload)
+    def read(payload: bytes) -> tuple[tuple[dict[str, torch.Tensor], LayerRanges | None], WorkProfile]:
+        if with_ranges:
+            state, ranges, decode_work = traced_decode_update(payload)
+        else:
+            (state, decode_work), ranges = traced_decode(payload), None
         unfolded, unfold_work = traced(lambda: in_form(state))
-        return unfolded, decode_work + unfold_work
+        return (unfolded, ranges), decode_work + unfold_work
 
-    states = []
+    states, ranges = [], []
     for update in updates:
         if update.payload is None:
             raise ValueError("aggregating needs the updates' bytes (they are absent in timing-only mode)")
-        key = read_key(arch, update.label)
+        key = read_key(arch, update.label, with_ranges)
         if update.decoded is not None and WORK_CACHE.get(key) is not None:
             # Decoded where it was written, by the same decode: only brought into form here,
             # and charged the read this format was traced at.
-            state, read_work = WORK_CACHE.once(key, lambda d=update.decoded: (in_form(d), WorkProfile()))
+            decoded = (update.decoded, update.ranges)
+            (state, update_ranges), read_work = WORK_CACHE.once(
+                key, lambda d=decoded: ((in_form(d[0]), d[1]), WorkProfile())
+            )
         else:
-            state, read_work = WORK_CACHE.once(key, lambda p=update.payload: read(p))
+            (state, update_ranges), read_work = WORK_CACHE.once(key, lambda p=update.payload: read(p))
+        if with_ranges and update_ranges is None:
+            raise ValueError(f"a {update.label} update carries no input ranges, which the deployment needs")
         states.append((state, update.num_samples))
+        ranges.append((update_ranges, update.num_samples))
         work = work + read_work
-    state, aggregate_work = WORK_CACHE.run(fedavg_key(arch, len(states)), lambda: fedavg(states))
-    return state, work + aggregate_work
+
+    def average() -> tuple[dict[str, torch.Tensor], LayerRanges | None]:
+        return fedavg(states), mean_ranges(ranges) if with_ranges else None
+
+    (state, mean), aggregate_work = WORK_CACHE.run(fedavg_key(arch, len(states), with_ranges), average)
+    return Aggregate(state, mean, work + aggregate_work)
 
 
 def gateway_round(
-    updates: Sequence[Update], global_state: dict[str, torch.Tensor], arch: Arch
-) -> tuple[bytes, WorkProfile]:
-    """A site gateway's work: aggregate its clients' updates into one fp32 update to send on."""
-    state, work = aggregate_updates(updates, global_state, arch)
+    updates: Sequence[Update], global_state: dict[str, torch.Tensor], arch: Arch, *, with_ranges: bool = False
+) -> tuple[bytes, LayerRanges | None, WorkProfile]:
+    """A site gateway's work: aggregate its clients' updates into one fp32 update to send on
+    (with the mean of their ranges, weighted by their samples, when they carry them)."""
+    combined = aggregate_updates(updates, global_state, arch, with_ranges=with_ranges)
     payload, write_work = WORK_CACHE.once(
-        gateway_write_key(arch), lambda: traced_serialize(lambda: fp32_message(state))
+        gateway_write_key(arch, with_ranges),
+        lambda: traced_serialize(lambda: fp32_message(combined.state, combined.ranges)),
     )
-    return payload, work + write_work
+    return payload, combined.ranges, combined.work + write_work
 
 
 def server_round(
@@ -208,12 +274,15 @@ def server_round(
     global_state: dict[str, torch.Tensor],
     model_ref: ModelRef | str,
     num_classes: int,
-    calibration: Samples,
+    source: Samples | None,
     test: Samples,
     bits: int = 8,
 ) -> ServerResult:
-    """Aggregate the reported updates into ``global_state``'s parameterization and evaluate."""
+    """Aggregate the reported updates into ``global_state``'s parameterization and evaluate:
+    deployed on the server's calibration samples (``source``) or, without them, on the mean
+    of the ranges the updates carry."""
     arch = (model_ref, num_classes, tuple(test.x.shape[1:]))
-    state, work = aggregate_updates(updates, global_state, arch)
-    fp32_acc, int8_acc, eval_work = evaluate_global(state, model_ref, num_classes, calibration, test, bits)
-    return ServerResult(state, fp32_acc, int8_acc, work + eval_work)
+    combined = aggregate_updates(updates, global_state, arch, with_ranges=source is None)
+    deploy_from = source if source is not None else combined.ranges
+    fp32_acc, int8_acc, eval_work = evaluate_global(combined.state, model_ref, num_classes, deploy_from, test, bits)
+    return ServerResult(combined.state, fp32_acc, int8_acc, combined.work + eval_work)

@@ -21,6 +21,7 @@ from fedhq_sim.data import Samples
 from fedhq_sim.models import Arch, ModelRef, traced_build, traced_load
 from fedhq_sim.quant import backend
 from fedhq_sim.quant.payload import fp32_message, quantized_message, traced_decode, traced_serialize
+from fedhq_sim.quant.ranges import LayerRanges, layer_ranges
 from fedhq_sim.quant.strategy import Strategy
 from fedhq_sim.rng import seeded_cpu_generator
 from fedhq_sim.work import WORK_CACHE, WorkProfile, step_markers, traced, warmup_markers
@@ -42,6 +43,11 @@ class LocalConfig:
     measure_quantization_error: bool = False
     """PTQ clients also run their int8 model on the calibration samples to measure the
     conversion error (for policies that observe it)."""
+    range_bits: int | None = None
+    """The deployment's bit width when the clients' updates set its activation ranges
+    (``deployment.calibration: clients``): fp32 clients then observe theirs on their
+    calibration samples and send them (PTQ and QAT updates always carry theirs); ``None``
+    when the server calibrates."""
 
     @property
     def arch(self) -> Arch:
@@ -125,8 +131,9 @@ def calibration_batches(n_samples: int, cfg: LocalConfig) -> tuple[int, ...]:
 
 def tail_key(cfg: LocalConfig, strategy: Strategy, n_samples: int) -> tuple:
     """Measuring the divergence, quantizing (calibration batches for PTQ) and writing the update."""
-    batches = calibration_batches(n_samples, cfg) if strategy.kind == "ptq" else ()
-    return ("local-tail", cfg.arch, strategy, batches, cfg.measure_quantization_error)
+    calibrates = strategy.kind == "ptq" or (strategy.kind == "fp32" and cfg.range_bits is not None)
+    batches = calibration_batches(n_samples, cfg) if calibrates else ()
+    return ("local-tail", cfg.arch, strategy, batches, cfg.measure_quantization_error, cfg.range_bits)
 
 
 def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, data: Samples, index: torch.Tensor) -> float:
@@ -199,6 +206,12 @@ def _head(
     return (model, start), work + snapshot_work
 
 
+def _observed_ranges(observer: nn.Module, batches: list[torch.Tensor]) -> LayerRanges:
+    """Run the calibration batches through a PTQ-prepared copy; the input ranges it saw."""
+    backend.calibrate(observer, batches)
+    return layer_ranges(observer)
+
+
 @dataclass(frozen=True)
 class _Finished:
     payload: bytes
@@ -212,7 +225,13 @@ def _tail(
     """Measure how far training moved, quantize by the strategy, and write the update."""
     divergence, work = traced(lambda: _relative_distance(_flat_parameters(model), start))
     if strategy.kind == "fp32":
-        payload, write_work = traced_serialize(lambda: fp32_message(model.state_dict()))
+        ranges = None
+        if cfg.range_bits is not None:  # observe the inputs' ranges, as PTQ calibrates, weights left fp32
+            observer, prepare_work = backend.traced_prepare_ptq(model, cfg.range_bits)
+            batches = list(torch.split(data.x[: cfg.calibration_samples], cfg.batch_size))
+            ranges, observe_work = traced(lambda: _observed_ranges(observer, batches))
+            work = work + prepare_work + observe_work
+        payload, write_work = traced_serialize(lambda: fp32_message(model.state_dict(), ranges))
         return _Finished(payload, divergence, None), work + write_work
 
     quantization_error = None

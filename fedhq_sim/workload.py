@@ -122,11 +122,17 @@ class DataSpec(StrictModel):
     args: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of a registered dataset
     dirichlet_alpha: float = Field(gt=0.0, le=1e6)
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
-    server_calibration_samples: int = Field(default=64, ge=1, le=100_000)
     min_client_samples: int = Field(default=8, ge=1)
     samples_per_class: int | None = Field(default=None, ge=10, le=200_000)
     """How many readings of each condition ``plant_sensors`` generates (default 600): a fleet
     of thousands needs more than the default 3,600. The digits are a fixed set of 1,797."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, given: Any) -> Any:
+        if isinstance(given, dict) and "server_calibration_samples" in given:
+            raise ValueError("server_calibration_samples has moved to deployment.server_samples")
+        return given
 
     @model_validator(mode="after")
     def _generated_only(self) -> DataSpec:

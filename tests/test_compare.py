@@ -16,7 +16,8 @@ def comparison_scenario() -> dict:
     data = tiny_scenario_dict()
     data["training"].update(rounds=2, clients_per_round=2, local_steps=2)
     del data["training"]["local_epochs"]
-    data["policy"] = {"name": "fedhq", "bits": 4, "latency_budget": 0.2, "max_qat_fraction": 0.5}
+    data["policy"] = {"name": "fedhq", "latency_budget": 0.2, "max_qat_fraction": 0.5}
+    data["deployment"] = {"bits": 4}
     return data
 
 
@@ -79,18 +80,18 @@ def test_compare_refuses_an_unknown_policy_and_a_bad_target(compared, tmp_path, 
 
 def test_a_policy_keeps_only_the_scenario_options_it_accepts(write_scenario):
     path = write_scenario(comparison_scenario())
-    assert policy_overrides(path, "all-ptq") == {"policy": {"name": "all-ptq", "bits": 4}}
+    assert policy_overrides(path, "all-ptq") == {"policy": {"name": "all-ptq"}}
     hybrid = policy_overrides(path, "random-hybrid")["policy"]
-    assert hybrid == {"name": "random-hybrid", "bits": 4, "latency_budget": 0.2, "max_qat_fraction": 0.5}
+    assert hybrid == {"name": "random-hybrid", "latency_budget": 0.2, "max_qat_fraction": 0.5}
     loaded = load_scenario(path, policy_overrides(path, "all-fp32") | {"seed": 9})
     assert loaded.spec.seed == 9 and loaded.policy_options.bits == 4  # fp32 clients, 4-bit deployment
 
 
-def test_a_set_policy_value_holds_for_every_policy(write_scenario):
+def test_a_set_value_holds_for_every_policy(write_scenario):
     from fedhq_sim.compare import policy_variants
 
     path = write_scenario(comparison_scenario())
-    for variant in policy_variants(path, ["all-ptq", "fedhq"], [1], {"policy.bits": 8}):
+    for variant in policy_variants(path, ["all-ptq", "fedhq"], [1], {"deployment.bits": 8}):
         assert load_scenario(path, variant.overrides).policy_options.bits == 8
 
 
@@ -109,10 +110,10 @@ class EveryoneQAT(Policy):
 def test_compare_finds_a_user_policy_from_the_scenarios_module(write_scenario, tmp_path):
     (tmp_path / "mine.py").write_text(USER_POLICY)
     data = comparison_scenario()
-    data["policy"] = {"name": "all-ptq", "module": "mine.py", "bits": 8}
+    data["policy"] = {"name": "all-ptq", "module": "mine.py"}
     path = write_scenario(data)
     overrides = policy_overrides(path, "compare-user-policy")
-    assert overrides == {"policy": {"name": "compare-user-policy", "bits": 8, "module": "mine.py"}}
+    assert overrides == {"policy": {"name": "compare-user-policy", "module": "mine.py"}}
 
 
 def test_an_input_error_survives_the_trip_back_from_a_worker_process():

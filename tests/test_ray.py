@@ -68,7 +68,7 @@ def test_a_run_on_ray_carries_its_scenario_and_a_users_policy_with_it(local_ray,
     """The task holds the loaded scenario, so a node needs no files: not the scenario's, not
     the user's policy module (its class travels by value)."""
     (tmp_path / "mine.py").write_text(USER_POLICY)
-    data = tiny_scenario_dict() | {"policy": {"name": "ray-user-policy", "module": "mine.py", "bits": 8}}
+    data = tiny_scenario_dict() | {"policy": {"name": "ray-user-policy", "module": "mine.py"}}
     path = write_scenario(data)
     out = tmp_path / "out"
     argv = ["compare", str(path), "--policies", "ray-user-policy", "--seeds", "1", "--engine", "ray"]

@@ -37,14 +37,15 @@ def _plant(data: dict) -> dict:
 
 def _resnet_four_bits(data: dict) -> dict:
     data["model"] = "resnet8"
-    data["policy"] = {"name": "hybrid", "qat_fraction": 0.5, "bits": 4}
+    data["policy"] = {"name": "hybrid", "qat_fraction": 0.5}
+    data["deployment"] = {"bits": 4}
     return data
 
 
 def _sensors_fixed_steps(data: dict) -> dict:
     data["model"], data["data"] = "mlp", {"dataset": "plant_sensors", "dirichlet_alpha": 0.5}
     data["training"] = {k: v for k, v in data["training"].items() if k != "local_epochs"} | {"local_steps": 7}
-    data["policy"] = {"name": "coarse-init", "bits": 8}
+    data["policy"] = {"name": "coarse-init"}
     return data
 
 
@@ -109,7 +110,7 @@ def test_aggregating_any_mix_of_formats_costs_what_its_profile_says(profiles, la
     for label in labels:
         payload = local.payload(Strategy.from_label(label))
         updates.append(Update(payload, 5, label, len(payload)))
-    _, real = aggregate_updates(updates, aggregation.global_state, CFG.arch)
+    real = aggregate_updates(updates, aggregation.global_state, CFG.arch).work
     assert aggregation.aggregate(labels).counts == real.counts
 
 

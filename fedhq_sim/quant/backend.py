@@ -95,7 +95,8 @@ class ActivationQuantizer(nn.Module):
         self.register_buffer("scale", torch.tensor(1.0), persistent=False)
         self.register_buffer("zero_point", torch.tensor(0, dtype=torch.int32), persistent=False)
 
-    def _set_range(self, low: torch.Tensor, high: torch.Tensor) -> None:
+    def set_range(self, low: torch.Tensor, high: torch.Tensor) -> None:
+        """Put the grid on ``[low, high]``, widened to hold zero (which must be exact)."""
         low, high = torch.clamp(low, max=0.0), torch.clamp(high, min=0.0)  # zero is exact
         scale = torch.clamp((high - low) / (self.qmax - self.qmin), min=_EPS)
         zero_point = torch.clamp(self.qmin - torch.round(low / scale), self.qmin, self.qmax)
@@ -107,7 +108,7 @@ class ActivationQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "observe":
             with torch.no_grad():
-                self._set_range(torch.minimum(self.min_val, x.min()), torch.maximum(self.max_val, x.max()))
+                self.set_range(torch.minimum(self.min_val, x.min()), torch.maximum(self.max_val, x.max()))
             return x
         if self.mode == "train" and self.training:
             with torch.no_grad():  # the same operations every batch: a step's work is one profile
@@ -116,7 +117,7 @@ class ActivationQuantizer(nn.Module):
                 low = torch.where(first, low, torch.lerp(self.min_val, low, QAT_RANGE_AVERAGING))  # exact at 1.0
                 high = torch.where(first, high, torch.lerp(self.max_val, high, QAT_RANGE_AVERAGING))
                 self.batches += 1
-                self._set_range(low, high)
+                self.set_range(low, high)
         return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.qmin, self.qmax)
 
 

@@ -1,6 +1,8 @@
 """The wire format of model updates, and the server's dequantization.
 
-An fp32 update is the model's ``state_dict``. A quantized update carries, per quantized
+An fp32 update is the model's ``state_dict`` (and, when the clients' updates set the
+deployment's activation ranges, the input range of each layer the deployment quantizes,
+observed on the client's calibration samples). A quantized update carries, per quantized
 layer, its integer weight values as plain ``torch.int8`` tensors (at 4 bits, two values a
 byte in a ``uint8`` tensor) with per-channel scales, its fp32 bias and its input range, and every
 other tensor in fp32 (batch norm stays unfolded; :mod:`fedhq_sim.quant.backend` says why).
@@ -18,6 +20,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from fedhq_sim.quant import backend
+from fedhq_sim.quant.ranges import LayerRanges, grid_range
 from fedhq_sim.work import WorkProfile, marker, traced
 
 
@@ -31,14 +34,18 @@ def _deserialize(payload: bytes) -> dict:
     return torch.load(io.BytesIO(payload), weights_only=True)
 
 
-def fp32_message(state: dict[str, torch.Tensor]) -> dict:
-    """The message of an fp32 update: the ``state_dict`` (parameters and buffers), copied."""
-    return {"format": "fp32", "state": {k: v.detach().clone() for k, v in state.items()}}
+def fp32_message(state: dict[str, torch.Tensor], ranges: LayerRanges | None = None) -> dict:
+    """The message of an fp32 update: the ``state_dict`` (parameters and buffers), copied, and
+    the layers' input ranges when given."""
+    message = {"format": "fp32", "state": {k: v.detach().clone() for k, v in state.items()}}
+    if ranges is not None:
+        message["ranges"] = {name: r.clone() for name, r in ranges.items()}
+    return message
 
 
-def encode_fp32(state: dict[str, torch.Tensor]) -> bytes:
-    """Serialize an fp32 ``state_dict`` (parameters and buffers)."""
-    return _serialize(fp32_message(state))
+def encode_fp32(state: dict[str, torch.Tensor], ranges: LayerRanges | None = None) -> bytes:
+    """Serialize an fp32 ``state_dict`` (parameters and buffers), with input ranges if given."""
+    return _serialize(fp32_message(state, ranges))
 
 
 def quantized_message(model: nn.Module, bits: int) -> dict:
@@ -107,6 +114,21 @@ def _message_state(message: dict) -> dict[str, torch.Tensor]:
     return state | message["float"]
 
 
+def message_ranges(message: dict) -> LayerRanges | None:
+    """The input ranges an update's message carries (``None``: an fp32 update without them).
+
+    A quantized update's are the grids its client runs, recovered from the scale and zero point
+    of each layer (:func:`~fedhq_sim.quant.ranges.grid_range`).
+    """
+    if message["format"] == "fp32":
+        return message.get("ranges")
+    grid = backend.Ranges.at(int(message["bits"]))
+    return {
+        name: grid_range(layer["in_scale"], layer["in_zero_point"], grid.act_min, grid.act_max)
+        for name, layer in message["layers"].items()
+    }
+
+
 def _tensor_count(message: dict) -> int:
     return sum(isinstance(leaf, torch.Tensor) for leaf in tree_flatten(message)[0])
 
@@ -120,9 +142,28 @@ def traced_serialize(build_message: Callable[[], dict]) -> tuple[bytes, WorkProf
     return payload, build_work + write_work + written
 
 
-def traced_decode(payload: bytes) -> tuple[dict[str, torch.Tensor], WorkProfile]:
-    """:func:`decode_to_fp32` with its work: traced ops plus a marker per tensor read."""
+def decode_update(payload: bytes) -> tuple[dict[str, torch.Tensor], LayerRanges | None]:
+    """The fp32 ``state_dict`` an update stands for, and the input ranges it carries."""
+    message = _deserialize(payload)
+    return _message_state(message), message_ranges(message)
+
+
+def _traced_read(payload: bytes) -> tuple[dict, dict[str, torch.Tensor], WorkProfile]:
+    """Deserialize and dequantize, with the work: traced ops plus a marker per tensor read."""
     message, read_work = traced(lambda: _deserialize(payload))
     state, dequantize_work = traced(lambda: _message_state(message))
     read = marker("deserialize_payload") + marker("deserialize", _tensor_count(message))
-    return state, read_work + dequantize_work + read
+    return message, state, read_work + dequantize_work + read
+
+
+def traced_decode(payload: bytes) -> tuple[dict[str, torch.Tensor], WorkProfile]:
+    """:func:`decode_to_fp32` with its work."""
+    _, state, work = _traced_read(payload)
+    return state, work
+
+
+def traced_decode_update(payload: bytes) -> tuple[dict[str, torch.Tensor], LayerRanges | None, WorkProfile]:
+    """:func:`decode_update` with its work."""
+    message, state, work = _traced_read(payload)
+    ranges, ranges_work = traced(lambda: message_ranges(message))
+    return state, ranges, work + ranges_work
