@@ -22,6 +22,7 @@ from fedhq_sim.data import FederatedData, Samples
 from fedhq_sim.feasibility import payload_bytes, training_step, transfer_floor_s
 from fedhq_sim.models import build_model
 from fedhq_sim.quant.payload import encode_fp32
+from fedhq_sim.quant.ranges import unset_ranges
 from fedhq_sim.quant.strategy import Strategy
 from fedhq_sim.scenario import LoadedScenario
 from fedhq_sim.topology import Topology
@@ -74,7 +75,8 @@ def analyze(
     spec = scenario.spec
     shape = tuple(data.input_shape)
     global_model = build_model(scenario.model, data.num_classes, seed=spec.seed, input_shape=shape)
-    model_payload = encode_fp32(global_model.state_dict())
+    broadcast = unset_ranges(global_model) if cfg.range_bits is not None else None  # as the clients download it
+    model_payload = encode_fp32(global_model.state_dict(), broadcast)
     largest = max(data.clients, key=len)
     fixed = {s.label: _one_batch_work(cfg, largest, s, model_payload) for s in strategies}
     steps = {

@@ -284,7 +284,7 @@ class Simulation:
         sample_shape = tuple(self.data.test.x.shape[1:])
         batch_shape = (spec.training.batch_size, *sample_shape)
         num_classes = self.data.num_classes
-        model_nbytes = payload_bytes(self.scenario.model, num_classes, FP32, sample_shape)
+        model_nbytes = payload_bytes(self.scenario.model, num_classes, FP32, sample_shape, self.range_bits)
         rows = []
         for client in self.scenario.clients:
             cid = client.client_id

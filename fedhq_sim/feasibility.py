@@ -101,8 +101,9 @@ def payload_bytes(
     range_bits: int | None = None,
 ) -> int:
     """Serialized size of a model (fp32) or of its quantized update, from a real encoding
-    (an fp32 update with its layers' input ranges when ``range_bits`` is given, as clients send
-    theirs when they set the deployment's ranges)."""
+    (an fp32 update, or the global model as clients download it, with its layers' input
+    ranges when ``range_bits`` is given: both carry them when the clients set the deployment's
+    ranges)."""
     model = build_model(model_ref, num_classes, seed=0, input_shape=input_shape)
     if strategy.kind == "fp32" and range_bits is None:
         return len(encode_fp32(model.state_dict()))

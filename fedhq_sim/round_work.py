@@ -27,7 +27,7 @@ from fedhq_sim.faults import FOUND, Corruption, corrupted, rejection
 from fedhq_sim.models import build_model
 from fedhq_sim.profiled import AggregationProfiles, LocalProfiles
 from fedhq_sim.quant.payload import decode_to_fp32, encode_fp32
-from fedhq_sim.quant.ranges import LayerRanges, empty_ranges
+from fedhq_sim.quant.ranges import LayerRanges, empty_ranges, unset_ranges
 from fedhq_sim.quant.strategy import Strategy
 from fedhq_sim.server_work import (
     DeploySource,
@@ -123,8 +123,16 @@ class ExecutedWork:
         self.ranges: LayerRanges | None = None
         """The deployed activation ranges (``deployment.calibration: clients``): the mean of the
         last round's updates' ranges; none before the first round."""
-        self._payload = encode_fp32(self.global_state)
+        self._unset = unset_ranges(model)
+        self._payload = self._download()
         self._results: dict[int, ClientResult] = {}
+
+    def _download(self) -> bytes:
+        """The global model as clients download it: with the deployed ranges (NaN before any
+        were deployed) when the clients set them, for QAT clients to start from."""
+        if not self.deployment.from_clients:
+            return encode_fp32(self.global_state)
+        return encode_fp32(self.global_state, self.ranges if self.ranges is not None else self._unset)
 
     @property
     def _source(self) -> DeploySource:
@@ -187,7 +195,7 @@ class ExecutedWork:
         )
         self.global_state, self.ranges = combined.state, combined.ranges
         model = (self.cfg.model_ref, d.num_classes, self._source, d.test, self.deployment.bits)
-        self._payload = encode_fp32(self.global_state)  # what the next round downloads
+        self._payload = self._download()  # what the next round downloads
         source = self._source  # ranges travel to a worker as arrays, as the model does as bytes
         sent = {k: v.numpy() for k, v in source.items()} if isinstance(source, dict) else source
         accuracy = self.executor.submit(evaluate_payload, self._payload, *model[:2], sent, *model[3:])
@@ -208,7 +216,7 @@ class ExecutedWork:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.global_state = dict(state["global_state"])
         self.ranges = dict(state["ranges"]) if state["ranges"] is not None else None
-        self._payload = encode_fp32(self.global_state)
+        self._payload = self._download()
 
 
 class ProfiledWork:
@@ -217,8 +225,10 @@ class ProfiledWork:
 
     def __init__(self, data: FederatedData, cfg: LocalConfig, seed: int, deployment: DeploymentSpec) -> None:
         self.data, self.cfg, self.deployment = data, cfg, deployment
-        state = build_model(cfg.model_ref, cfg.num_classes, seed=seed, input_shape=cfg.input_shape).state_dict()
-        self._model_nbytes = len(payload := encode_fp32(state))
+        model = build_model(cfg.model_ref, cfg.num_classes, seed=seed, input_shape=cfg.input_shape)
+        state = model.state_dict()
+        broadcast = unset_ranges(model) if deployment.from_clients else None  # its size is the real one's
+        self._model_nbytes = len(payload := encode_fp32(state, broadcast))
         self.local = LocalProfiles(cfg, payload, max(data.clients, key=len))
         self.aggregation = AggregationProfiles(cfg.arch, state, self.local, with_ranges=deployment.from_clients)
         self._assignment: Mapping[int, Strategy] = {}

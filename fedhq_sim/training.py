@@ -20,8 +20,8 @@ from torch.nn.functional import cross_entropy
 from fedhq_sim.data import Samples
 from fedhq_sim.models import Arch, ModelRef, traced_build, traced_load
 from fedhq_sim.quant import backend
-from fedhq_sim.quant.payload import fp32_message, quantized_message, traced_decode, traced_serialize
-from fedhq_sim.quant.ranges import LayerRanges, layer_ranges
+from fedhq_sim.quant.payload import fp32_message, quantized_message, traced_decode_update, traced_serialize
+from fedhq_sim.quant.ranges import LayerRanges, layer_ranges, start_from
 from fedhq_sim.quant.strategy import Strategy
 from fedhq_sim.rng import seeded_cpu_generator
 from fedhq_sim.work import WORK_CACHE, WorkProfile, step_markers, traced, warmup_markers
@@ -106,8 +106,9 @@ def training_work(plan: list[list[int]], step_work: Mapping[int, WorkProfile]) -
 
 
 def head_key(cfg: LocalConfig, strategy: Strategy) -> tuple:
-    """Reading the global model, building and loading the local one, preparing QAT."""
-    return ("local-head", cfg.arch, strategy)
+    """Reading the global model (with the deployed ranges when the clients set them), building
+    and loading the local one, preparing QAT."""
+    return ("local-head", cfg.arch, strategy, cfg.range_bits)
 
 
 def step_key(cfg: LocalConfig, strategy: Strategy, batch: int) -> tuple:
@@ -195,13 +196,17 @@ def _seeded_train(
 def _head(
     global_payload: bytes, strategy: Strategy, cfg: LocalConfig
 ) -> tuple[tuple[nn.Module, torch.Tensor], WorkProfile]:
-    """Read the global model into a fresh local one (prepared for QAT if asked); snapshot it."""
-    global_state, read_work = traced_decode(global_payload)
+    """Read the global model into a fresh local one (prepared for QAT if asked, its grids
+    starting from the deployed ranges the download carries); snapshot it."""
+    global_state, ranges, read_work = traced_decode_update(global_payload)
     model, build_work = traced_build(cfg.model_ref, cfg.num_classes, seed=0, input_shape=cfg.input_shape)
     work = read_work + build_work + traced_load(model, global_state)
     if strategy.kind == "qat":
         model, prepare_work = backend.traced_prepare_qat(model, strategy.bits)
         work = work + prepare_work
+        if ranges is not None:
+            _, start_work = traced(lambda: start_from(model, ranges))
+            work = work + start_work
     start, snapshot_work = traced(lambda: _flat_parameters(model))
     return (model, start), work + snapshot_work
 

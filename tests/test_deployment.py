@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,7 +14,7 @@ from fedhq_sim.engine import Simulation, simulate
 from fedhq_sim.models import build_model
 from fedhq_sim.quant import backend
 from fedhq_sim.quant.payload import decode_update, encode_fp32
-from fedhq_sim.quant.ranges import grid_range, layer_ranges, mean_ranges, set_ranges
+from fedhq_sim.quant.ranges import grid_range, layer_ranges, mean_ranges, set_ranges, start_from, unset_ranges
 from fedhq_sim.quant.strategy import FP32, Strategy
 from fedhq_sim.scenario import load_scenario
 from fedhq_sim.server_work import Update, aggregate_updates, deploy_int8, server_round
@@ -151,3 +152,30 @@ def test_set_ranges_refuses_ranges_of_another_model():
         assert "do not match the model" in str(error)
     else:
         raise AssertionError("ranges of another model were accepted")
+
+
+def test_a_qat_client_starts_from_the_broadcast_ranges_and_without_them_from_its_first_batch(digits_federation):
+    client = digits_federation.clients[2]
+    model = build_model("small_cnn", 10, seed=0)
+    state = model.state_dict()
+    wide = {name: torch.tensor([-40.0, 60.0]) for name in backend.quantized_layers(model)}
+    cfg = _cfg(32)
+    steps = cfg.steps(len(client))
+    sent = decode_update(_update(client, Strategy("qat", 8), cfg, encode_fp32(state, wide)).payload)[1]
+    unset = decode_update(_update(client, Strategy("qat", 8), cfg, encode_fp32(state, unset_ranges(model))).payload)[1]
+    kept = (1 - 0.01) ** steps  # each batch moves the range 1 % towards its own
+    for name, (low, high) in sent.items():
+        assert float(high) >= 60.0 * kept - 1.0 and float(low) <= -40.0 * kept + 1.0, (name, low, high)
+    first = next(iter(backend.quantized_layers(model)))  # the network's input: digits in [0, 1]
+    low, high = unset[first]
+    assert float(low) == 0.0 and 0.5 < float(high) < 1.1
+
+
+def test_a_download_before_any_deployment_carries_nan_ranges_and_qat_ignores_them():
+    model = build_model("small_cnn", 10, seed=0)
+    prepared = backend.prepare_qat(model, 8)
+    start_from(prepared, unset_ranges(model))
+    x = torch.rand(4, *SHAPE)
+    prepared(x)
+    first = next(iter(backend.quantized_layers(prepared).values())).input_quantizer
+    assert float(first.min_val) == 0.0 and float(first.max_val) == pytest.approx(float(x.max()))

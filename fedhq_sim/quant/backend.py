@@ -65,13 +65,13 @@ class Ranges:
         return cls(0, 2**bits - 1, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
 
 
-# How far each QAT batch after the first moves a layer's input range towards its own (1.0:
-# the range follows each batch, as the eager backend's recipe did). With the first batch
-# setting the range, PyTorch's default moving average (0.01) trains as well here
-# (``bench/qat_checks.py``: loss 1.23 against 1.26 on the comparison scenario's largest
-# client); 1.0 is kept so that results stay comparable until deployment is reworked
-# (issue 15). ``tests/test_local_work.py`` keeps the QAT/fp32 gap small.
-QAT_RANGE_AVERAGING = 1.0
+# How far each QAT batch moves a layer's input range towards its own: PyTorch's default moving
+# average. A QAT client starts each round from the deployed grid the server broadcast (the
+# sample-weighted mean of the clients' ranges; the first batch's range where none is deployed
+# yet), so it trains on nearly the grid the devices will run, and the range it sends back is
+# that grid moved by its own data. With 1.0 (the range following each batch, as the eager
+# backend's recipe did) a round would start from, and send back, its last batch's range.
+QAT_RANGE_AVERAGING = 0.01
 
 
 class ActivationQuantizer(nn.Module):
@@ -104,6 +104,14 @@ class ActivationQuantizer(nn.Module):
         self.max_val.copy_(high)
         self.scale.copy_(scale)
         self.zero_point.copy_(zero_point.to(torch.int32))
+
+    def start_at(self, low: torch.Tensor, high: torch.Tensor) -> None:
+        """Train from the range ``[low, high]`` (the deployed grid), or, where it is NaN (nothing
+        deployed yet), from the first batch's, as without it. Tensor operations only, so that
+        both cases run the same operations (a step's work is one profile)."""
+        known = ~torch.isnan(low)
+        self.set_range(torch.where(known, low, 0.0), torch.where(known, high, 0.0))
+        self.batches.copy_(known.to(self.batches.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "observe":

@@ -20,6 +20,7 @@ large client with outlying data still moves it far, which is the case a robust c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -35,6 +36,12 @@ def empty_ranges(model: nn.Module) -> LayerRanges:
     """A range ``[0, 0]`` for each quantized layer of ``model``: an update's ranges in form,
     for work that depends on their shape only (the timing-only mode's pricing)."""
     return {name: torch.zeros(2) for name in backend.quantized_layers(model)}
+
+
+def unset_ranges(model: nn.Module) -> LayerRanges:
+    """A NaN range for each quantized layer of ``model``: what the server broadcasts before any
+    client has sent ranges (a QAT client then starts from its first batch's)."""
+    return {name: torch.full((2,), math.nan) for name in backend.quantized_layers(model)}
 
 
 def grid_range(scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
@@ -84,3 +91,15 @@ def set_ranges(prepared: nn.Module, ranges: Mapping[str, torch.Tensor]) -> None:
         for name, layer in layers.items():
             low, high = ranges[name]
             layer.input_quantizer.set_range(low, high)
+
+
+def start_from(prepared: nn.Module, ranges: Mapping[str, torch.Tensor]) -> None:
+    """Start a QAT-prepared model's input grids from the broadcast ranges (NaN: not yet
+    deployed, the first batch sets it), so that it trains on the grid the devices run."""
+    layers = backend.quantized_layers(prepared)
+    if layers.keys() != ranges.keys():
+        raise ValueError(f"the ranges {sorted(layers.keys() ^ ranges.keys())} do not match the model")
+    with torch.no_grad():
+        for name, layer in layers.items():
+            low, high = ranges[name]
+            layer.input_quantizer.start_at(low, high)
