@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
         "compare",
         help="several policies (or scenarios) over several seeds: one table, one figure, one report",
         description="Each (scenario, policy, seed) is a full simulation with policy.name and seed replaced; a "
-        "policy keeps the scenario's policy options it accepts (bits, latency_budget, ...). With several "
+        "policy keeps the scenario's policy options it accepts (latency_budget, max_qat_fraction, ...). With several "
         "scenarios and no --policies, each runs its own policy.",
     )
     compare.add_argument("scenarios", type=Path, nargs="+", metavar="scenario", help="scenario YAML file(s)")

@@ -171,7 +171,7 @@ def test_a_scenario_runs_validation_on_an_npz_file_and_refuses_a_broken_one(writ
         ({"format": "npz", "path": "x.npz", "label": "y"}, "'label' is an option of csv files, not of npz files"),
         ({"format": "npz", "path": "missing.npz"}, "data.dataset.path: no such file or folder: missing.npz"),
         ({"format": "parquet", "path": "x"}, "data.dataset.format: Input should be 'npz', 'csv' or 'image_folder'"),
-        ("no_such_data", "data.dataset: unknown dataset 'no_such_data' (registered: digits, plant_sensors"),
+        ("no_such_data", "data.dataset: unknown dataset 'no_such_data' (registered: digits, plaid, plant_sensors"),
     ],
 )
 def test_a_wrong_dataset_entry_is_one_line_naming_its_key(write_scenario, capsys, dataset, fragment):

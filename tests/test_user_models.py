@@ -118,7 +118,7 @@ def test_a_scenario_names_a_user_model_file_and_it_is_checked_on_the_data(write_
             "model.args: expected plain numbers",
         ),
         ({"factory": "build"}, MODEL_FILE, "a factory needs the module"),
-        ("no_such_model", MODEL_FILE, "unknown model 'no_such_model' (registered: mlp, resnet8, small_cnn"),
+        ("no_such_model", MODEL_FILE, "unknown model 'no_such_model' (registered: cnn1d, mlp, resnet8, small_cnn"),
         (
             {"module": "net.py", "factory": "Net"},
             MODEL_FILE.replace("self.fc = nn.Linear(width, num_classes)", "self.fc = nn.Linear(width, 3)"),

@@ -108,3 +108,33 @@ class ResNet8(nn.Module):
         x = self.relu(self.bn(self.conv(x)))
         x = self.block3(self.block2(self.block1(x)))
         return self.fc(torch.flatten(self.pool(x), 1))
+
+
+@register_model("cnn1d")
+class CNN1d(nn.Module):
+    """Four conv+BN+ReLU blocks over a sequence ``(channels, length)``, the first three each
+    followed by a max pool of 2, then global average pooling and a linear head: the size of a
+    load-identification model on a submeter (about 14.6 k parameters for PLAID's one channel
+    and 11 classes). Wide first kernels see a switch-on transient whole."""
+
+    def __init__(self, num_classes: int = 10, input_shape: tuple[int, ...] = (1, 128)) -> None:
+        if len(input_shape) != 2:
+            raise ValueError(f"cnn1d takes sequences (channels, length), got inputs of shape {tuple(input_shape)}")
+        super().__init__()
+        channels = (input_shape[0], 16, 32, 40, 40)
+        kernels = (7, 5, 5, 3)
+        layers: list[nn.Module] = []
+        for i, kernel in enumerate(kernels):
+            layers += [
+                nn.Conv1d(channels[i], channels[i + 1], kernel, padding=kernel // 2, bias=False),
+                nn.BatchNorm1d(channels[i + 1]),
+                nn.ReLU(),
+            ]
+            if i < len(kernels) - 1:
+                layers.append(nn.MaxPool1d(2))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool1d(1)
+        self.fc = nn.Linear(channels[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
