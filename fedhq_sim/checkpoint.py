@@ -31,7 +31,8 @@ from fedhq_sim.results import atomic_write_bytes
 from fedhq_sim.tables import link_name
 
 FILE = "checkpoint.pt"
-FORMAT = 1
+FORMAT = 2
+"""2: the round work's state holds the deployed activation ranges (deployment from the clients)."""
 
 
 def text_hash(text: str) -> str:
@@ -54,6 +55,10 @@ def read_checkpoint(folder: Path) -> dict[str, Any]:
     except Exception as error:  # a damaged or foreign file: refuse it in one line, whatever it is
         raise InputError(path, "", f"not a readable checkpoint ({type(error).__name__}: {error})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else None
+        if isinstance(found, int) and found < FORMAT:
+            message = f"written by an earlier fedhq-sim (format {found}; this one reads {FORMAT}): start the run again"
+            raise InputError(path, "format", message)
         raise InputError(path, "format", f"not a fedhq-sim checkpoint of format {FORMAT}")
     return state
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from fedhq_sim.checkpoint import FILE, read_checkpoint
+from fedhq_sim.checkpoint import FILE, FORMAT, read_checkpoint
 from fedhq_sim.cli import main
 from fedhq_sim.engine import Simulation
 from fedhq_sim.errors import InputError
@@ -173,3 +173,11 @@ def test_resume_refuses_a_scenario_changed_since_the_run_began(write_scenario, t
     scenario.write_text(scenario.read_text().replace("learning_rate: 0.05", "learning_rate: 0.5"))
     assert main(["run", "--resume", str(tmp_path / "out")]) == 2
     assert "changed since the run began" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_an_earlier_format_is_refused_saying_so(tmp_path):
+    older = tmp_path / "older"
+    older.mkdir()
+    torch.save({"format": FORMAT - 1, "round": 3}, older / FILE)
+    with pytest.raises(InputError, match=f"written by an earlier fedhq-sim \\(format {FORMAT - 1}"):
+        read_checkpoint(older)
