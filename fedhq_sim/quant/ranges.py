@@ -81,25 +81,24 @@ def mean_ranges(ranges: Sequence[tuple[Mapping[str, torch.Tensor], int]]) -> Lay
     return {name: mean[i] for i, name in enumerate(names)}
 
 
-def set_ranges(prepared: nn.Module, ranges: Mapping[str, torch.Tensor]) -> None:
-    """Put each quantized layer's input grid of a PTQ-prepared model on its given range (no
-    data needed); converting it then gives the deployed model."""
+def _per_layer(prepared: nn.Module, ranges: Mapping[str, torch.Tensor], put: str) -> None:
+    """Call each quantized layer's input quantizer method ``put`` with the layer's ``low, high``."""
     layers = backend.quantized_layers(prepared)
     if layers.keys() != ranges.keys():
         raise ValueError(f"the ranges {sorted(layers.keys() ^ ranges.keys())} do not match the model")
     with torch.no_grad():
         for name, layer in layers.items():
             low, high = ranges[name]
-            layer.input_quantizer.set_range(low, high)
+            getattr(layer.input_quantizer, put)(low, high)
+
+
+def set_ranges(prepared: nn.Module, ranges: Mapping[str, torch.Tensor]) -> None:
+    """Put each quantized layer's input grid of a PTQ-prepared model on its given range (no
+    data needed); converting it then gives the deployed model."""
+    _per_layer(prepared, ranges, "set_range")
 
 
 def start_from(prepared: nn.Module, ranges: Mapping[str, torch.Tensor]) -> None:
     """Start a QAT-prepared model's input grids from the broadcast ranges (NaN: not yet
     deployed, the first batch sets it), so that it trains on the grid the devices run."""
-    layers = backend.quantized_layers(prepared)
-    if layers.keys() != ranges.keys():
-        raise ValueError(f"the ranges {sorted(layers.keys() ^ ranges.keys())} do not match the model")
-    with torch.no_grad():
-        for name, layer in layers.items():
-            low, high = ranges[name]
-            layer.input_quantizer.start_at(low, high)
+    _per_layer(prepared, ranges, "start_at")
