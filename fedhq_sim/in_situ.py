@@ -19,9 +19,10 @@ small probe networks, which cannot tell the two apart, and predicted ResNet-18 a
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,9 +44,11 @@ CONV_GROUP = frozenset({"conv", "conv_backward", "norm", "norm_backward"})
 STEP_OVERHEADS = frozenset({"dispatch", "train_step", "train_op", "qat_op"})
 """Overheads paid on every step: scaled like the kernels outside the convolution group."""
 
-ROUND_OVERHEADS = frozenset(Overheads.model_fields) - STEP_OVERHEADS - {"warmup_op"}
-"""Overheads paid once per round: reading, building, rewriting and writing a model (``warmup_op``
-is measured in situ, not scaled)."""
+IN_SITU_OVERHEADS = frozenset({"warmup_model", "warmup_op", "round_fixed"})
+"""Measured in situ only, not scaled: a fresh model's warm-up, and a round's fixed cost."""
+
+ROUND_OVERHEADS = frozenset(Overheads.model_fields) - STEP_OVERHEADS - IN_SITU_OVERHEADS
+"""Overheads paid once per round: reading, building, rewriting and writing a model."""
 
 STEPS = 8
 """Training steps per timed half of a probe round."""
@@ -89,8 +92,12 @@ class InSitu:
     """Scales every other kernel's intercept and the per-step overheads."""
     round_factor: float
     """Scales the once-per-round overheads (:data:`ROUND_OVERHEADS`)."""
+    round_fixed: float
+    """Seconds a round's reading, building and writing cost once, beyond their scaled parts."""
+    warmup_model: float
+    """Seconds a fresh model's first steps cost beyond steady ones, once per model."""
     warmup_op: float
-    """Seconds a fresh model's first steps cost beyond steady ones, per operation of a step."""
+    """... and in addition per operation of a step."""
 
 
 @dataclass(frozen=True)
@@ -205,6 +212,46 @@ def _conv_factors(clients: list[tuple[float, float, _Parts]]) -> tuple[float, fl
     return intercept, compute
 
 
+def theil_sen(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """``(intercept, slope)`` of the Theil-Sen line through the points, both kept >= 0.
+
+    The median of pairwise slopes, then of intercepts: robust to a minority of wild points,
+    which the probe's differences of noisy timings produce (a negative warm-up of a client
+    whose steps take 14 ms) and least squares would follow.
+    """
+    points = list(zip(xs, ys, strict=True))
+    slopes = [(y2 - y1) / (x2 - x1) for (x1, y1), (x2, y2) in itertools.combinations(points, 2) if x1 != x2]
+    slope = max(statistics.median(slopes), 0.0)
+    return max(statistics.median(y - slope * x for x, y in points), 0.0), slope
+
+
+def warmup_line(ops: Sequence[int], excess: Sequence[float]) -> tuple[float, float]:
+    """``(per model, per operation)`` of a fresh model's warm-up: the :func:`theil_sen` line
+    through each probe client's excess of its fresh steps over its steady ones against its
+    operations per step.
+
+    The warm-up is mostly a cost per model (about 0.5 ms for the smallest chain on the
+    reference host, against 1.1-1.5 ms for chains of four to eight times the operations),
+    so a cost per operation alone, as charged before, gave a two-layer model a third of its
+    warm-up.
+    """
+    return theil_sen(ops, excess)
+
+
+def round_line(charged: Sequence[float], left: Sequence[float]) -> tuple[float, float]:
+    """``(per round, factor)`` of the once-per-round overheads: the :func:`theil_sen` line
+    through each probe client's round time left after its kernels against its overhead
+    markers' tight-loop charge.
+
+    Reading, building and writing a model cost a fixed amount per round beyond their parts
+    (their code paths run cold, after training or after other work: a small model's first
+    serialization after training takes twice its warm repeat, 0.55 against 0.26 ms) plus
+    their per-tensor costs at a factor. One factor for both, as before, charged a two-layer
+    model's read and write 20-50 % too little and a ResNet-8's 10-15 % too much.
+    """
+    return theil_sen(charged, left)
+
+
 def in_situ(timer: InterleavedTimer) -> Callable[[DeviceProfile], InSitu]:
     """Register the probe clients' rounds with ``timer``; the returned function gives the
     factors and warm-up of a tight-loop profile of this host once ``timer`` has run.
@@ -217,8 +264,9 @@ def in_situ(timer: InterleavedTimer) -> Callable[[DeviceProfile], InSitu]:
     convolutions the factor of the rest (what the measured time leaves after the compute
     and memory terms, over what the intercepts predict), convolutional ones that of the
     convolution group from the time the rest leaves. Reading, building and writing give the
-    factor of the once-per-round overheads from what their operations leave, and the fresh
-    half's excess over the steady half is the warm-up, per operation of one step.
+    factor and the fixed cost of the once-per-round overheads from what their operations leave
+    (:func:`round_line`), and the fresh half's excess over the steady half is the warm-up
+    (:func:`warmup_line`).
     """
     clients = [(c, torch.randn(c.batch), encode_fp32(c.network().state_dict())) for c in PROBE_CLIENTS]
     traced_work = [_trace(client, x, payload) for client, x, payload in clients]
@@ -237,12 +285,16 @@ def in_situ(timer: InterleavedTimer) -> Callable[[DeviceProfile], InSitu]:
         rest = _clamped(statistics.median((m - p.fixed) / p.step for m, p in pairs if p.conv == 0))
         conv, conv_compute = _conv_factors([(m, m - rest * p.step - p.fixed, p) for m, p in pairs if p.conv > 0])
         conv = _clamped(conv)
-        round_factor = statistics.median(
-            (m - rest * r.step - conv * r.conv - conv_compute * r.conv_compute - r.fixed) / r.round
+        left = [
+            m - rest * r.step - conv * r.conv - conv_compute * r.conv_compute - r.fixed
             for m, (_, r) in zip(rounds, parts, strict=True)
+        ]
+        round_fixed, round_factor = round_line([r.round for _, r in parts], left)
+        excess = [f - s for f, s in zip(fresh, steady, strict=True)]
+        per_model, per_op = warmup_line([w.step_ops for w in traced_work], excess)
+        return InSitu(
+            conv, conv_compute, rest, _clamped(round_factor), round_fixed, max(per_model, 1e-9), max(per_op, 1e-9)
         )
-        warmup = statistics.median((f - s) / w.step_ops for f, s, w in zip(fresh, steady, traced_work, strict=True))
-        return InSitu(conv, conv_compute, rest, _clamped(round_factor), max(warmup, 1e-9))
 
     return fitted
 
@@ -263,5 +315,10 @@ def apply_in_situ(kernels: Kernels, overheads: Overheads, factors: InSitu) -> tu
         for name, value in overheads
         if name in ROUND_OVERHEADS | STEP_OVERHEADS
     }
-    scaled_overheads["warmup_op"] = factors.warmup_op  # measured in situ already
+    in_situ_overheads = {
+        "warmup_model": factors.warmup_model,
+        "warmup_op": factors.warmup_op,
+        "round_fixed": factors.round_fixed,
+    }
+    scaled_overheads |= in_situ_overheads  # measured in situ already
     return Kernels.model_construct(**scaled_kernels), Overheads.model_construct(**scaled_overheads)

@@ -112,8 +112,14 @@ def profile_mapping(
         f"{how}; fake-quantized chains' training-step wall time minus charged operations and that fit, "
         "per operation, median over depths)"
     )
-    sources["overheads.warmup_op"] = (
-        f"{how}; a fresh probe network's first {STEPS} training steps minus its next {STEPS}, per operation of a step)"
+    sources["overheads.warmup_model"] = (
+        f"{how}; a fresh probe network's first {STEPS} training steps minus its next {STEPS}: intercept of a "
+        "Theil-Sen line over operations per step)"
+    )
+    sources["overheads.warmup_op"] = f"{how}; slope of the same line)"
+    sources["overheads.round_fixed"] = (
+        f"{how}; probe clients' read, build and write wall time minus charged operations: intercept of a Theil-Sen "
+        "line over their overheads' charge, whose slope is the once-per-round factor)"
     )
     for name, unit in (("build_module", "module"), ("load_tensor", "tensor")):
         sources[f"overheads.{name}"] = f"{how}; wall time minus charged operations, per {unit})"

@@ -109,9 +109,12 @@ class Overheads(StrictModel):
     optimizer loop) and ``train_op`` its extra per operation recorded for autograd;
     ``qat_op`` is what each operation of a fake-quantized (QAT) training step costs beyond
     that (its quantizers' Python range bookkeeping).
-    ``warmup_op`` is what a freshly built model's first training steps cost beyond later ones
-    (state created on first use: autograd and optimizer bookkeeping, allocator blocks, kernel
-    library primitives), per operation of one step, once per round.
+    ``warmup_model`` and ``warmup_op`` are what a freshly built model's first training steps
+    cost beyond later ones (state created on first use: autograd and optimizer bookkeeping,
+    allocator blocks, kernel library primitives), once per round: ``warmup_model`` once, and
+    ``warmup_op`` per operation of one step.
+    ``round_fixed`` is what a client's round of local work costs once beyond its parts (its
+    one-off code paths, reading and writing a model, run cold after training or other work).
     ``build_module`` is per module constructed, ``load_tensor`` per tensor loaded into a
     model, ``serialize`` and ``deserialize`` per tensor written to or read from a payload, and
     ``serialize_payload``/``deserialize_payload`` once per payload (archive set-up).
@@ -124,6 +127,8 @@ class Overheads(StrictModel):
     train_op: Seconds
     qat_op: Seconds
     warmup_op: Seconds
+    warmup_model: Seconds
+    round_fixed: Seconds
     build_module: Seconds
     load_tensor: Seconds
     serialize: Seconds

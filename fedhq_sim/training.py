@@ -24,7 +24,7 @@ from fedhq_sim.quant.payload import fp32_message, quantized_message, traced_deco
 from fedhq_sim.quant.ranges import LayerRanges, layer_ranges, start_from
 from fedhq_sim.quant.strategy import Strategy
 from fedhq_sim.rng import seeded_cpu_generator
-from fedhq_sim.work import WORK_CACHE, WorkProfile, step_markers, traced, warmup_markers
+from fedhq_sim.work import WORK_CACHE, WorkProfile, marker, step_markers, traced, warmup_markers
 
 
 @dataclass(frozen=True)
@@ -197,10 +197,11 @@ def _head(
     global_payload: bytes, strategy: Strategy, cfg: LocalConfig
 ) -> tuple[tuple[nn.Module, torch.Tensor], WorkProfile]:
     """Read the global model into a fresh local one (prepared for QAT if asked, its grids
-    starting from the deployed ranges the download carries); snapshot it."""
+    starting from the deployed ranges the download carries); snapshot it. The head carries
+    the round's fixed cost (``overheads.round_fixed``), once per round as it runs."""
     global_state, ranges, read_work = traced_decode_update(global_payload)
     model, build_work = traced_build(cfg.model_ref, cfg.num_classes, seed=0, input_shape=cfg.input_shape)
-    work = read_work + build_work + traced_load(model, global_state)
+    work = marker("round_fixed") + read_work + build_work + traced_load(model, global_state)
     if strategy.kind == "qat":
         model, prepare_work = backend.traced_prepare_qat(model, strategy.bits)
         work = work + prepare_work

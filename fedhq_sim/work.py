@@ -54,6 +54,8 @@ MarkerKind = Literal[
     "train_op",
     "qat_op",
     "warmup_op",
+    "warmup_model",
+    "round_fixed",
     "build_module",
     "load_tensor",
     "serialize",
@@ -171,8 +173,10 @@ def step_markers(step_work: WorkProfile) -> WorkProfile:
 
 
 def warmup_markers(first_step: WorkProfile) -> WorkProfile:
-    """A freshly built model's warm-up: once per recorded operation of its first training step."""
-    return marker("warmup_op", first_step.num_ops - first_step.count("view"))
+    """A freshly built model's warm-up: once for the model, and once per recorded operation of
+    its first training step (a fresh two-layer chain pays about 0.5 ms on the reference host
+    before its per-operation share counts: see :func:`fedhq_sim.in_situ.warmup_line`)."""
+    return marker("warmup_model") + marker("warmup_op", first_step.num_ops - first_step.count("view"))
 
 
 def _tensors(values: Iterable[Any]) -> list[torch.Tensor]:

@@ -32,7 +32,7 @@ def test_a_new_measurement_scales_every_value_by_its_factor_and_survives_a_secon
     assert rescale_profiles.rescale(once, doubled) == once
 
 
-@pytest.mark.parametrize("overhead", ["warmup_op", "qat_op"])
+@pytest.mark.parametrize("overhead", ["warmup_op", "qat_op", "warmup_model", "round_fixed"])
 def test_a_profile_without_a_new_overhead_gains_it_scaled_like_train_op(overhead):
     lines = [line for line in RPI4.split("\n") if overhead not in line]
     text = rescale_profiles.rescale("\n".join(lines), REFERENCE)

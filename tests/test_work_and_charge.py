@@ -204,6 +204,8 @@ def test_work_profiles_see_each_precision_and_kernel_class(results):
         "sim.train_op",
         "sim.qat_op",
         "sim.warmup_op",
+        "sim.warmup_model",
+        "sim.round_fixed",
         "sim.convert",
         "sim.serialize",
         "sim.serialize_payload",

@@ -7,10 +7,11 @@ factor: ``"[I] reference host 4.5016 us [M] x 4.5 (why) = 20.3 us: ..."``. After
 ``fedhq-sim profile-device`` re-measures the reference host (a new PyTorch, a new
 quantization backend), this script rewrites every such value and its source from the new
 measurement, keeping each device's factor and reasoning, and adds an overhead the profile
-lacks (scaled by the factor of the closest one: ``warmup_op`` and ``qat_op`` by ``train_op``'s). Numbers
-derived any other way are left as they are: throughputs (anchored on published figures,
-some through the reference host's ratio between two kernel classes, which each source
-quotes with the measurement it used), GPU-side intercepts, memory and power. Run it from the repository root:
+lacks (scaled by the factor of the closest one: ``qat_op``, ``warmup_op``, ``warmup_model`` and
+``round_fixed`` by ``train_op``'s). Numbers derived any other way are left as they are:
+throughputs (anchored on published figures, some through the reference host's ratio between
+two kernel classes, which each source quotes with the measurement it used), GPU-side
+intercepts, memory and power. Run it from the repository root:
 
     .venv/bin/python tools/rescale_profiles.py device_profiles/devices/reference_host.yaml
 """
@@ -31,7 +32,7 @@ SCALED = re.compile(
 )
 LOOKS_SCALED = re.compile(r'^  [\w.]+: "\[I\] reference host [^"]* \[M\] x [\d.]+ \(')
 """A source line of the scaled form: one that :data:`SCALED` does not parse is an error."""
-NEW_OVERHEADS = {"qat_op": "train_op", "warmup_op": "train_op"}
+NEW_OVERHEADS = dict.fromkeys(("qat_op", "warmup_op", "warmup_model", "round_fixed"), "train_op")
 """Overheads a profile may lack, each scaled like the named one, in the order they follow it."""
 
 
