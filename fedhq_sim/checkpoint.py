@@ -31,8 +31,9 @@ from fedhq_sim.results import atomic_write_bytes
 from fedhq_sim.tables import link_name
 
 FILE = "checkpoint.pt"
-FORMAT = 2
-"""2: the round work's state holds the deployed activation ranges (deployment from the clients)."""
+FORMAT = 3
+"""2: the round work's state holds the deployed activation ranges (deployment from the clients);
+3: FedHQ's benefit model learns the deployed loss (its state holds other features)."""
 
 
 def text_hash(text: str) -> str:

@@ -51,7 +51,7 @@ class ClientResult:
     update: Update
     train_loss: float | None
     divergence: float | None
-    quantization_error: float | None = None
+    deployed_loss: float | None = None
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ class ExecutedWork:
             label = assignment[cid].label
             update = Update(result.payload, result.num_samples, label, len(result.payload), decoded, ranges)
             self._results[cid] = ClientResult(
-                result.work, update, result.train_loss, result.divergence, result.quantization_error
+                result.work, update, result.train_loss, result.divergence, result.deployed_loss
             )
         return len(self._payload)
 

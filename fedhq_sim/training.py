@@ -21,9 +21,10 @@ from fedhq_sim.data import Samples
 from fedhq_sim.models import Arch, ModelRef, traced_build, traced_load
 from fedhq_sim.quant import backend
 from fedhq_sim.quant.payload import fp32_message, quantized_message, traced_decode_update, traced_serialize
-from fedhq_sim.quant.ranges import LayerRanges, layer_ranges, start_from
+from fedhq_sim.quant.ranges import LayerRanges, all_set, layer_ranges, start_from
 from fedhq_sim.quant.strategy import Strategy
 from fedhq_sim.rng import seeded_cpu_generator
+from fedhq_sim.server_work import deploy_int8
 from fedhq_sim.work import WORK_CACHE, WorkProfile, marker, step_markers, traced, warmup_markers
 
 
@@ -40,9 +41,9 @@ class LocalConfig:
     input_shape: tuple[int, ...]
     local_steps: int | None = None
     """Fixed steps per round instead of ``local_epochs`` passes (see the scenario's training)."""
-    measure_quantization_error: bool = False
-    """PTQ clients also run their int8 model on the calibration samples to measure the
-    conversion error (for policies that observe it)."""
+    measure_deployed_loss: bool = False
+    """PTQ and QAT clients also deploy their own update on the deployed grid and measure its
+    loss on their calibration samples (for policies that observe it: :func:`deployed_loss`)."""
     range_bits: int | None = None
     """The deployment's bit width when the clients' updates set its activation ranges
     (``deployment.calibration: clients``): fp32 clients then observe theirs on their
@@ -71,10 +72,9 @@ class LocalResult:
     work: WorkProfile
     divergence: float
     """Relative L2 distance of the trained weights from the global weights the round began with."""
-    quantization_error: float | None = None
-    """PTQ only, when ``measure_quantization_error``: relative L2 distance of the deployed model's
-    outputs from the float model's on the calibration samples, i.e. how much conversion
-    distorts what the client learned."""
+    deployed_loss: float | None = None
+    """PTQ and QAT, when ``measure_deployed_loss``: the loss of the client's update as the
+    server deploys it, on the client's calibration samples (:func:`deployed_loss`)."""
 
 
 def step_plan(n_samples: int, cfg: LocalConfig) -> list[list[int]]:
@@ -133,8 +133,9 @@ def calibration_batches(n_samples: int, cfg: LocalConfig) -> tuple[int, ...]:
 def tail_key(cfg: LocalConfig, strategy: Strategy, n_samples: int) -> tuple:
     """Measuring the divergence, quantizing (calibration batches for PTQ) and writing the update."""
     calibrates = strategy.kind == "ptq" or (strategy.kind == "fp32" and cfg.range_bits is not None)
-    batches = calibration_batches(n_samples, cfg) if calibrates else ()
-    return ("local-tail", cfg.arch, strategy, batches, cfg.measure_quantization_error, cfg.range_bits)
+    labels = strategy.kind != "fp32" and cfg.measure_deployed_loss
+    batches = calibration_batches(n_samples, cfg) if calibrates or labels else ()
+    return ("local-tail", cfg.arch, strategy, batches, labels, cfg.range_bits)
 
 
 def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, data: Samples, index: torch.Tensor) -> float:
@@ -193,9 +194,18 @@ def _seeded_train(
     return sum(last_pass) / len(last_pass), work
 
 
-def _head(
-    global_payload: bytes, strategy: Strategy, cfg: LocalConfig
-) -> tuple[tuple[nn.Module, torch.Tensor], WorkProfile]:
+@dataclass(frozen=True)
+class _Started:
+    """A client's model at the start of its training, and what the download said."""
+
+    model: nn.Module
+    start: torch.Tensor
+    """The global weights, flat: where the training's divergence is measured from."""
+    deployed: LayerRanges | None
+    """The deployed activation ranges the download carried (NaN before any were deployed)."""
+
+
+def _head(global_payload: bytes, strategy: Strategy, cfg: LocalConfig) -> tuple[_Started, WorkProfile]:
     """Read the global model into a fresh local one (prepared for QAT if asked, its grids
     starting from the deployed ranges the download carries); snapshot it. The head carries
     the round's fixed cost (``overheads.round_fixed``), once per round as it runs."""
@@ -209,7 +219,7 @@ def _head(
             _, start_work = traced(lambda: start_from(model, ranges))
             work = work + start_work
     start, snapshot_work = traced(lambda: _flat_parameters(model))
-    return (model, start), work + snapshot_work
+    return _Started(model, start, ranges), work + snapshot_work
 
 
 def _observed_ranges(observer: nn.Module, batches: list[torch.Tensor]) -> LayerRanges:
@@ -222,14 +232,14 @@ def _observed_ranges(observer: nn.Module, batches: list[torch.Tensor]) -> LayerR
 class _Finished:
     payload: bytes
     divergence: float
-    quantization_error: float | None
+    deployed_loss: float | None
 
 
-def _tail(
-    model: nn.Module, start: torch.Tensor, data: Samples, strategy: Strategy, cfg: LocalConfig
-) -> tuple[_Finished, WorkProfile]:
-    """Measure how far training moved, quantize by the strategy, and write the update."""
-    divergence, work = traced(lambda: _relative_distance(_flat_parameters(model), start))
+def _tail(started: _Started, data: Samples, strategy: Strategy, cfg: LocalConfig) -> tuple[_Finished, WorkProfile]:
+    """Measure how far training moved, quantize by the strategy, write the update, and (when
+    asked) measure its deployed loss."""
+    model = started.model
+    divergence, work = traced(lambda: _relative_distance(_flat_parameters(model), started.start))
     if strategy.kind == "fp32":
         ranges = None
         if cfg.range_bits is not None:  # observe the inputs' ranges, as PTQ calibrates, weights left fp32
@@ -240,21 +250,49 @@ def _tail(
         payload, write_work = traced_serialize(lambda: fp32_message(model.state_dict(), ranges))
         return _Finished(payload, divergence, None), work + write_work
 
-    quantization_error = None
     if strategy.kind == "ptq":
         model, prepare_work = backend.traced_prepare_ptq(model, strategy.bits)
         batches = list(torch.split(data.x[: cfg.calibration_samples], cfg.batch_size))
-        float_outputs, calibrate_work = traced(lambda: backend.calibrate(model, batches))
+        _, calibrate_work = traced(lambda: backend.calibrate(model, batches))
         work = work + prepare_work + calibrate_work
     quantized, convert_work = backend.traced_convert(model)
-    work = work + convert_work
-    if strategy.kind == "ptq" and cfg.measure_quantization_error:
-        quantization_error, check_work = traced(
-            lambda: _relative_distance(torch.cat([backend.run_deployed(quantized, x) for x in batches]), float_outputs)
-        )
-        work = work + check_work
     payload, write_work = traced_serialize(lambda: quantized_message(quantized, strategy.bits))
-    return _Finished(payload, divergence, quantization_error), work + write_work
+    work = work + convert_work + write_work
+    loss = None
+    if cfg.measure_deployed_loss:
+        held = Samples(data.x[: cfg.calibration_samples], data.y[: cfg.calibration_samples])
+        loss, label_work = deployed_loss(payload, started.deployed, held, cfg, strategy.bits)
+        work = work + label_work
+    return _Finished(payload, divergence, loss), work
+
+
+def deployed_loss(
+    payload: bytes, deployed: LayerRanges | None, held: Samples, cfg: LocalConfig, bits: int
+) -> tuple[float, WorkProfile]:
+    """The mean loss, on ``held`` samples, of the update in ``payload`` as the server deploys
+    it: decoded, its weights quantized per channel and its activations on the ``deployed``
+    grid (the one the download carried; the update's own ranges before any was deployed).
+
+    This is FedHQ's label (docs/policies.md): what the deployment does to what this client
+    sent, on the client's own data, whichever strategy produced it. A QAT update, trained on
+    the deployed grid, should lose less on it than a PTQ update of the same client does; the
+    server could not measure it itself, holding no data.
+    """
+    state, own, read_work = traced_decode_update(payload)
+    grid = deployed if deployed is not None and all_set(deployed) else own
+    if grid is None:
+        raise ValueError("a quantized update carries its ranges, and this one does not")
+    model, build_work = traced_build(cfg.model_ref, cfg.num_classes, seed=0, input_shape=cfg.input_shape)
+    work = read_work + build_work + traced_load(model, state)
+    quantized, deploy_work = deploy_int8(model, grid, bits)
+    batches = list(zip(torch.split(held.x, cfg.batch_size), torch.split(held.y, cfg.batch_size), strict=True))
+
+    def mean_loss() -> float:
+        total = sum(cross_entropy(backend.run_deployed(quantized, x), y, reduction="sum") for x, y in batches)
+        return float(total) / len(held)
+
+    loss, run_work = traced(mean_loss)
+    return loss, work + deploy_work + run_work
 
 
 def local_work(global_payload: bytes, data: Samples, strategy: Strategy, cfg: LocalConfig, seed: int) -> LocalResult:
@@ -264,13 +302,11 @@ def local_work(global_payload: bytes, data: Samples, strategy: Strategy, cfg: Lo
     and writing the update it will upload. Each piece is traced the first time its key is
     seen in this process and charged its cached profile after that (:class:`WorkCache`).
     """
-    (model, start), head_work = WORK_CACHE.once(head_key(cfg, strategy), lambda: _head(global_payload, strategy, cfg))
-    loss, train_work = _train(model, data, cfg, strategy, seed)
-    done, tail_work = WORK_CACHE.once(
-        tail_key(cfg, strategy, len(data)), lambda: _tail(model, start, data, strategy, cfg)
-    )
+    started, head_work = WORK_CACHE.once(head_key(cfg, strategy), lambda: _head(global_payload, strategy, cfg))
+    loss, train_work = _train(started.model, data, cfg, strategy, seed)
+    done, tail_work = WORK_CACHE.once(tail_key(cfg, strategy, len(data)), lambda: _tail(started, data, strategy, cfg))
     work = head_work + train_work + tail_work
-    return LocalResult(done.payload, len(data), loss, work, done.divergence, done.quantization_error)
+    return LocalResult(done.payload, len(data), loss, work, done.divergence, done.deployed_loss)
 
 
 def _flat_parameters(model: nn.Module) -> torch.Tensor:

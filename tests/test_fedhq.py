@@ -1,5 +1,7 @@
 """FedHQ's learned adjustment, the random-hybrid baseline, and the benefit model."""
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -25,12 +27,19 @@ def fleet(qat_rounds: list[float], skews: list[float], ptq_round: float = 1.0) -
     return infos
 
 
-def reports(policy: FedHQ, round_index: int, errors: dict[int, float], *, every: bool = False) -> list[ClientReport]:
-    """Every client reports; PTQ clients (``every``: all clients) their quantization error."""
+Loss = Callable[[int, Strategy], float]
+
+
+def reports(policy: FedHQ, round_index: int, loss: Loss) -> list[ClientReport]:
+    """Every client reports its update's deployed loss under the strategy it ran."""
     return [
-        ClientReport(cid, round_index, s, True, 50, 1.0, 0.2, errors[cid] if every or s == PTQ else None)
-        for cid, s in sorted(policy.current.items())
+        ClientReport(cid, round_index, s, True, 50, 1.0, 0.2, loss(cid, s)) for cid, s in sorted(policy.current.items())
     ]
+
+
+def qat_gains(gain: dict[int, float], base: float = 1.0) -> Loss:
+    """Deployed losses where QAT lowers client ``cid``'s by ``gain[cid]``."""
+    return lambda cid, s: base + (gain[cid] if s == PTQ else 0.0)
 
 
 def make(infos, **options) -> FedHQ:
@@ -41,13 +50,16 @@ def make(infos, **options) -> FedHQ:
 TEN = fleet([1.05] * 10, [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0])
 
 
-def test_the_adjustment_moves_a_client_whose_observed_quantization_error_is_high():
+def test_the_adjustment_moves_a_client_whose_observed_label_says_qat_pays():
+    """QAT lowers the deployed loss most for the least skewed clients (9 most of all), which
+    the skew-first start put on PTQ: the labels of both strategies move them to QAT, in place
+    of the skewed ones, for which it pays least."""
     policy = make(TEN, max_qat_fraction=0.3, adjust_every=2)
     assert [cid for cid, s in policy.current.items() if s == QAT] == [0, 1, 2]  # by skew
-    errors = dict.fromkeys(range(10), 0.05) | {9: 0.8}  # the least skewed client quantizes worst
-    for r in range(1, 5):
-        policy.observe(reports(policy, r, errors))
-    assert policy.current[9] == QAT
+    loss = qat_gains({cid: 0.08 + 0.08 * cid for cid in range(10)})
+    for r in range(1, 9):
+        policy.observe(reports(policy, r, loss))
+    assert policy.current[9] == QAT and policy.current[0] == PTQ
     assert sum(s == QAT for s in policy.current.values()) <= 3  # swapped in, within the QAT share
     move = next(m for m in policy.moves if m.client_id == 9)
     assert move.strategy == QAT and "benefit" in move.reason
@@ -55,26 +67,37 @@ def test_the_adjustment_moves_a_client_whose_observed_quantization_error_is_high
     assert logged["strategy"] == "qat4" and logged["reason"] == move.reason
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_no_client_flaps_under_constant_observations(seed):
-    """Every client's features are the same each round: each moves at most once."""
+def test_qat_clients_are_sent_back_when_their_labels_say_qat_costs():
+    """QAT raises every client's deployed loss: the skew-first QAT clients return to PTQ, and
+    nobody is promoted."""
+    policy = make(TEN, max_qat_fraction=0.3, adjust_every=1)
+    loss = qat_gains(dict.fromkeys(range(10), -0.2))
+    for r in range(1, 8):
+        policy.observe(reports(policy, r, loss))
+    assert all(s == PTQ for s in policy.current.values()), policy.moves
+
+
+@settings(max_examples=20, deadline=None)
+@given(offset=st.floats(-0.3, 0.6), slope=st.floats(-0.8, 0.8))
+def test_no_client_flaps_when_qat_pays_linearly_in_skew(offset, slope):
+    """The labels follow the model's own form (QAT's gain linear in skew): whatever the
+    assignment, the fit is the same, so each client moves at most once."""
     policy = make(TEN, max_qat_fraction=0.5, adjust_every=1)
-    errors = {cid: float(e) for cid, e in enumerate(np.random.default_rng(seed).uniform(0.0, 0.6, 10))}
-    for r in range(1, 61):
-        policy.observe(reports(policy, r, errors, every=True))
+    loss = qat_gains({cid: offset + slope * info.analysis.skew for cid, info in enumerate(TEN)})
+    for r in range(1, 41):
+        policy.observe(reports(policy, r, loss))
     moved = [m.client_id for m in policy.moves]
-    assert moved, "the adjustment should act on these errors"
     assert all(moved.count(cid) <= 1 for cid in set(moved)), policy.moves
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_the_assignment_settles_when_qat_clients_are_only_predicted(seed):
-    """Clients on QAT report no PTQ error, so they are only predicted; moving one reveals its
-    error and may move it back. With constant hidden errors the assignment still settles."""
+def test_the_assignment_settles_when_qat_pays_unevenly(seed):
+    """Gains the model's form cannot express (drawn per client): the fit changes as clients
+    move, and the assignment still settles."""
     policy = make(TEN, max_qat_fraction=0.5, adjust_every=1)
-    errors = {cid: float(e) for cid, e in enumerate(np.random.default_rng(seed).uniform(0.0, 0.6, 10))}
+    gains = {cid: float(g) for cid, g in enumerate(np.random.default_rng(seed).uniform(0.0, 0.6, 10))}
     for r in range(1, 201):
-        policy.observe(reports(policy, r, errors))
+        policy.observe(reports(policy, r, qat_gains(gains)))
     assert not [m for m in policy.moves if m.round > 100], policy.moves
     moved = [m.client_id for m in policy.moves]
     assert all(moved.count(cid) <= 3 for cid in set(moved)), policy.moves
@@ -84,7 +107,7 @@ def test_equal_observations_move_nobody():
     policy = make(TEN, max_qat_fraction=0.3, adjust_every=1)
     before = dict(policy.current)
     for r in range(1, 10):
-        policy.observe(reports(policy, r, dict.fromkeys(range(10), 0.2)))
+        policy.observe(reports(policy, r, qat_gains(dict.fromkeys(range(10), 0.0), base=0.2)))
     assert policy.current == before and not policy.moves
 
 
@@ -92,36 +115,46 @@ def test_clients_with_qat_for_free_keep_it_whatever_is_observed():
     infos = fleet([0.9, 0.9, 1.05, 1.05, 1.05, 1.05], [0.1, 0.1, 0.2, 0.3, 0.4, 0.5])
     policy = make(infos, max_qat_fraction=0.0, adjust_every=1)
     for r in range(1, 8):
-        policy.observe(reports(policy, r, dict.fromkeys(range(6), 0.0) | {5: 0.9}))
+        policy.observe(reports(policy, r, qat_gains(dict.fromkeys(range(6), -0.5))))
     assert policy.current[0] == policy.current[1] == QAT
 
 
 @settings(max_examples=25, deadline=None)
 @given(
     qat_rounds=st.lists(st.floats(0.5, 2.0), min_size=6, max_size=6),
-    errors=st.lists(st.floats(0.0, 1.0), min_size=6, max_size=6),
+    gains=st.lists(st.floats(-0.5, 1.0), min_size=6, max_size=6),
     budget=st.floats(0.0, 0.5),
 )
-def test_the_adjustment_never_exceeds_the_latency_budget_on_predicted_times(qat_rounds, errors, budget):
+def test_the_adjustment_never_exceeds_the_latency_budget_on_predicted_times(qat_rounds, gains, budget):
     infos = fleet(qat_rounds, [0.1 * i for i in range(6)])
     policy = make(infos, latency_budget=budget, max_qat_fraction=0.5, adjust_every=1)
     path = max(i.analysis.round_s("ptq4") for i in infos)
     free = sum(t <= path for t in qat_rounds)
-    for r in range(1, 21):  # past the warm-up (24 labels), so the adjustment acts
-        policy.observe(reports(policy, r, dict(enumerate(errors))))
+    for r in range(1, 21):  # past the warm-up (30 labels), so the adjustment acts
+        policy.observe(reports(policy, r, qat_gains(dict(enumerate(gains)))))
         assigned = policy.assign(RoundContext(r + 1, tuple(range(6))))
         predicted = max(infos[cid].analysis.round_s(s.label) for cid, s in assigned.items())
         assert predicted <= (1 + budget) * path * (1 + 1e-12)
         assert sum(s == QAT for s in assigned.values()) <= max(3, free)  # the QAT share
 
 
-def test_the_benefit_model_learns_a_clients_persistent_error():
+def test_the_benefit_model_learns_how_qats_gain_depends_on_skew():
+    """Labels of both strategies, QAT's gain 0.5 - 0.4 skew: the benefit comes back per client,
+    for QAT clients (labelled on QAT only) as for PTQ ones."""
     model = BenefitModel(TEN, "ptq4")
-    errors = {cid: 0.1 + 0.05 * cid for cid in range(10)}
+    gain = {cid: 0.5 - 0.4 * info.analysis.skew for cid, info in enumerate(TEN)}
+    on_qat = {0, 1, 2}
     for r in range(1, 8):
-        model.update([ClientReport(cid, r, PTQ, True, 50, 1.0, 0.2, e) for cid, e in errors.items()])
-    predicted = model.predict(range(10))
-    assert predicted == pytest.approx(errors, abs=0.03)
+        model.update(
+            [
+                ClientReport(
+                    cid, r, QAT if cid in on_qat else PTQ, True, 50, 1.0, 0.2, 1.0 + (0 if cid in on_qat else g)
+                )
+                for cid, g in gain.items()
+            ]
+        )
+    assert model.predict(range(10)) == pytest.approx(gain, abs=0.03)
+    assert model.mean_label == pytest.approx(1.0 + sum(g for c, g in gain.items() if c not in on_qat) / 10, rel=0.01)
 
 
 def test_random_hybrid_draws_as_many_qat_clients_as_fedhqs_initialization():

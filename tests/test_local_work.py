@@ -4,9 +4,11 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from fedhq_sim.models import build_model
 from fedhq_sim.quant.payload import encode_fp32
+from fedhq_sim.quant.ranges import unset_ranges
 from fedhq_sim.quant.strategy import FP32, Strategy
 from fedhq_sim.training import LocalConfig, local_work
 
@@ -28,17 +30,30 @@ def test_qat_from_a_fresh_model_learns_about_as_fast_as_fp32(start, bits):
     assert qat < fp32 + 0.3, (qat, fp32)
 
 
-def test_only_ptq_reports_a_quantization_error_when_asked_and_four_bits_err_more(start):
+def test_ptq_and_qat_report_their_updates_deployed_loss_when_asked_and_pay_for_it(start):
     payload, data, cfg = start
-    asked = dataclasses.replace(cfg, measure_quantization_error=True)
-    results = {s: local_work(payload, data, s, asked, seed=1) for s in (FP32, Strategy("qat", 4))}
-    assert all(r.quantization_error is None for r in results.values())
-    errors = {b: local_work(payload, data, Strategy("ptq", b), asked, seed=1).quantization_error for b in (8, 4)}
-    assert 0 < errors[8] < errors[4] < 1.5, errors
-    unasked = local_work(payload, data, Strategy("ptq", 4), cfg, seed=1)
-    measured = local_work(payload, data, Strategy("ptq", 4), asked, seed=1)
-    assert unasked.quantization_error is None
-    assert measured.work.flops() > unasked.work.flops()  # the measurement is charged
+    asked = dataclasses.replace(cfg, measure_deployed_loss=True)
+    assert local_work(payload, data, FP32, asked, seed=1).deployed_loss is None
+    for strategy in (Strategy("ptq", 4), Strategy("qat", 4)):
+        measured = local_work(payload, data, strategy, asked, seed=1)
+        assert 0 < measured.deployed_loss < 10, measured.deployed_loss
+        unasked = local_work(payload, data, strategy, cfg, seed=1)
+        assert unasked.deployed_loss is None
+        assert measured.work.flops("int8") > unasked.work.flops("int8")  # the measurement is charged
+
+
+def test_the_deployed_loss_is_measured_on_the_grid_the_download_carries(start):
+    """Before any deployment (NaN ranges) the update's own grid; once a grid is deployed, that
+    one: a grid far too narrow for the activations clips them and the loss rises."""
+    _, data, cfg = start
+    model = build_model("small_cnn", 10, seed=0, input_shape=(1, 8, 8))
+    asked = dataclasses.replace(cfg, measure_deployed_loss=True, range_bits=4)
+    unset = encode_fp32(model.state_dict(), unset_ranges(model))
+    narrow = encode_fp32(model.state_dict(), {k: torch.tensor([-1e-3, 1e-3]) for k in unset_ranges(model)})
+    own = local_work(unset, data, Strategy("ptq", 4), asked, seed=1)
+    clipped = local_work(narrow, data, Strategy("ptq", 4), asked, seed=1)
+    assert clipped.deployed_loss > own.deployed_loss + 0.1, (clipped.deployed_loss, own.deployed_loss)
+    assert clipped.payload == own.payload  # PTQ calibrates its own grid: only the label changed
 
 
 def test_divergence_measures_how_far_training_moved_from_the_global_model(start):

@@ -20,7 +20,7 @@ from fedhq_sim.policies.fedhq import FedHQ, FedHQOptions
 from fedhq_sim.scenario import load_scenario
 from fedhq_sim.tables import links_frame, phases_frame, rounds_frame
 from tests.conftest import PROFILES, tiny_scenario_dict
-from tests.test_fedhq import TEN, reports
+from tests.test_fedhq import TEN, qat_gains, reports
 from tests.test_timing_only import _plant
 
 COMPARED = ("rounds.csv", "events.csv", "link_utilisation.csv", "trace.json", "feasibility.csv", "policy_log.csv")
@@ -71,10 +71,14 @@ def test_a_simulation_restored_after_any_round_ends_as_one_never_stopped(write_s
 
 
 def test_fedhq_restored_from_its_state_decides_as_the_original_goes_on_deciding():
-    errors = {cid: float(e) for cid, e in enumerate(np.random.default_rng(3).uniform(0.0, 0.6, 10))}
+    skews = {cid: info.analysis.skew for cid, info in enumerate(TEN)}
+
+    def loss(r: int):  # QAT pays most for the skewed clients, then, from round 14, for the others
+        return qat_gains({cid: 0.1 + 0.4 * skew if r < 14 else 0.5 - 0.4 * skew for cid, skew in skews.items()})
+
     original = FedHQ(FedHQOptions(bits=4, max_qat_fraction=0.5, adjust_every=1), TEN, np.random.default_rng(0))
     for r in range(1, 31):
-        original.observe(reports(original, r, errors))
+        original.observe(reports(original, r, loss(r)))
         if r == 15:
             buffer = io.BytesIO()
             torch.save(original.state_dict(), buffer)
@@ -82,7 +86,7 @@ def test_fedhq_restored_from_its_state_decides_as_the_original_goes_on_deciding(
     restored = FedHQ(FedHQOptions(bits=4, max_qat_fraction=0.5, adjust_every=1), TEN, np.random.default_rng(0))
     restored.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
     for r in range(16, 31):
-        restored.observe(reports(restored, r, errors))
+        restored.observe(reports(restored, r, loss(r)))
     assert restored.decision_log() == original.decision_log()
     assert restored.current == original.current
 

@@ -56,10 +56,10 @@ class ClientReport:
     train_loss: float | None
     divergence: float | None = None
     """Relative L2 distance of the client's trained weights from the global model it began with."""
-    quantization_error: float | None = None
-    """PTQ only, for policies that observe it: relative distance of the client's int8 model's
-    outputs from its float model's on its calibration samples (see
-    :class:`fedhq_sim.training.LocalResult`)."""
+    deployed_loss: float | None = None
+    """PTQ and QAT, for policies that observe it: the loss of the client's update as the
+    server deploys it, on the client's calibration samples (see
+    :func:`fedhq_sim.training.deployed_loss`)."""
 
 
 class PolicyOptions(StrictModel):
@@ -88,10 +88,10 @@ class Policy(ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type[PolicyOptions]] = PolicyOptions
-    observes_quantization_error: ClassVar[bool] = False
-    """Whether PTQ clients must measure their conversion error for :meth:`observe`. The
-    measurement is real work (an int8 pass over the calibration samples), charged to the
-    clients, so only a policy that reads it asks for it."""
+    observes_deployed_loss: ClassVar[bool] = False
+    """Whether quantizing clients must measure their update's deployed loss for :meth:`observe`.
+    The measurement is real work (deploying the update and an int8 pass over the calibration
+    samples), charged to the clients, so only a policy that reads it asks for it."""
     observes_training: ClassVar[bool] = False
     """Whether :meth:`observe` reads what real training produces (losses, divergence,
     quantization error) to change later assignments. Timing-only mode produces none of it,

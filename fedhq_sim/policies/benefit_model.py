@@ -1,17 +1,19 @@
-"""The learned part of FedHQ: an online model of how much PTQ distorts each client's update.
+"""The learned part of FedHQ: an online model of what QAT does to each client's deployed loss.
 
-What QAT buys a client is the quantization error PTQ would have left in its update: QAT's
-converted model is, up to rounding, the fake-quantized model it trained, so its residual
-error is near zero by construction. The model therefore predicts, for every client, the
-**PTQ quantization error** it would show this round (the label, observed whenever a client
-runs PTQ), from what the server knows of it whichever strategy it ran. Clients that run QAT
-are never labelled, but their features keep being observed, so the model still predicts
-what PTQ would cost them now and can send them back when that has become small.
+The label is the **deployed loss** of a client's update (:func:`fedhq_sim.training.deployed_loss`):
+the update as the server deploys it (its weights quantized, its activations on the deployed
+grid), run on the client's calibration samples. Every PTQ and QAT client measures it, so the
+model learns from both: the strategy of the labelled round is a feature, with its products with
+what distinguishes clients (skew, divergence, training loss). What QAT buys a client, its
+**benefit**, is then the predicted loss under PTQ minus that under QAT for its features now:
+``-(b_qat + b_qat_skew * skew + b_qat_divergence * divergence + b_qat_train_loss * train_loss)``.
+A QAT client keeps being labelled, so a benefit that has shrunk shows, and the prediction
+rests on the fleet's labels rather than on a client's own last one.
 
 The model is exponentially weighted ridge regression, solved exactly each update: the
 sufficient statistics ``A = sum w phi phi^T`` and ``b = sum w phi y`` decay by ``forgetting``
-per round, so it follows a federation whose weights, and so whose errors, drift. It has a
-handful of coefficients, is explainable (``coefficients``), and costs microseconds.
+per round, so it follows a federation whose weights, and so whose losses, drift. It has ten
+coefficients, is explainable (``coefficients``), and costs microseconds.
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ FEATURES = (
     "train_loss",
     "log10_samples",
     "log_slowness",
-    "last_ptq_error",
-    "ptq_error_seen",
+    "qat",
+    "qat_skew",
+    "qat_divergence",
+    "qat_train_loss",
 )
 
 
-FALLBACK_FIELDS = ("divergence", "train_loss", "ptq_error")
+FALLBACK_FIELDS = ("divergence", "train_loss")
 """Observations a client may not have yet; it takes the fleet's mean of them."""
 
 
@@ -50,7 +54,6 @@ class _Observed:
 
     divergence: float | None = None
     train_loss: float | None = None
-    ptq_error: float | None = None
 
 
 def _smooth(old: float | None, new: float | None, weight: float) -> float | None:
@@ -60,7 +63,7 @@ def _smooth(old: float | None, new: float | None, weight: float) -> float | None
 
 
 class BenefitModel:
-    """Predicts each client's PTQ quantization error from its features (module docstring).
+    """Predicts each client's deployed loss under PTQ and QAT from its features (module docstring).
 
     Parameters
     ----------
@@ -82,7 +85,7 @@ class BenefitModel:
         ptq_label: str,
         *,
         forgetting: float = 0.9,
-        ridge: float = 0.1,
+        ridge: float = 1e-3,
         smoothing: float = 0.5,
     ) -> None:
         self.forgetting, self.ridge, self.smoothing = forgetting, ridge, smoothing
@@ -107,27 +110,32 @@ class BenefitModel:
         values = [getattr(o, field) for o in self._observed.values() if getattr(o, field) is not None]
         return float(np.mean(values)) if values else 0.0
 
-    def features(self, client_id: int, fallback: Mapping[str, float] | None = None) -> np.ndarray:
-        """The feature vector of a client now (unobserved values take the fleet's mean, so a
-        client never seen on PTQ is predicted like the average client, not like an error-free one)."""
+    def features(self, client_id: int, qat: bool, fallback: Mapping[str, float] | None = None) -> np.ndarray:
+        """The feature vector of a client now, on QAT or not (unobserved values take the
+        fleet's mean, so a client not yet reported is predicted like the average client)."""
         fallback = fallback or {f: self._fleet_mean(f) for f in FALLBACK_FIELDS}
         skew, log_samples, log_slowness = self._static[client_id]
         seen = self._observed[client_id]
+        divergence = seen.divergence if seen.divergence is not None else fallback["divergence"]
+        train_loss = seen.train_loss if seen.train_loss is not None else fallback["train_loss"]
+        on_qat = 1.0 if qat else 0.0
         return np.array(
             [
                 1.0,
                 skew,
-                seen.divergence if seen.divergence is not None else fallback["divergence"],
-                seen.train_loss if seen.train_loss is not None else fallback["train_loss"],
+                divergence,
+                train_loss,
                 log_samples,
                 log_slowness,
-                seen.ptq_error if seen.ptq_error is not None else fallback["ptq_error"],
-                0.0 if seen.ptq_error is None else 1.0,
+                on_qat,
+                on_qat * skew,
+                on_qat * divergence,
+                on_qat * train_loss,
             ]
         )
 
     def update(self, reports: Sequence[ClientReport]) -> None:
-        """Learn from one round's reports: labels from PTQ clients, features from everyone.
+        """Learn from one round's reports: labels from PTQ and QAT clients, features from everyone.
 
         Each label is paired with the features the client had *before* this round, which is
         what a prediction for the next round can use too.
@@ -135,9 +143,9 @@ class BenefitModel:
         reported = [r for r in reports if r.reported]
         fallback = {f: self._fleet_mean(f) for f in FALLBACK_FIELDS}
         labelled = [
-            (self.features(r.client_id, fallback), r.quantization_error)
+            (self.features(r.client_id, r.strategy.kind == "qat", fallback), r.deployed_loss)
             for r in reported
-            if r.quantization_error is not None and math.isfinite(r.quantization_error)
+            if r.strategy.kind in ("ptq", "qat") and r.deployed_loss is not None and math.isfinite(r.deployed_loss)
         ]
         self._a *= self.forgetting
         self._b *= self.forgetting
@@ -152,22 +160,31 @@ class BenefitModel:
             seen = self._observed[r.client_id]
             seen.divergence = _smooth(seen.divergence, r.divergence, self.smoothing)
             seen.train_loss = _smooth(seen.train_loss, r.train_loss, self.smoothing)
-            seen.ptq_error = _smooth(seen.ptq_error, r.quantization_error, self.smoothing)
 
     def state_dict(self) -> dict[str, Any]:
         """The learned state, as plain values (Python floats hold float64 exactly)."""
-        observed = {cid: [o.divergence, o.train_loss, o.ptq_error] for cid, o in self._observed.items()}
+        observed = {cid: [o.divergence, o.train_loss] for cid, o in self._observed.items()}
         arrays = {name: getattr(self, name).tolist() for name in ARRAYS}
         return {"observed": observed, "labels_seen": self.labels_seen} | arrays
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for cid, (divergence, train_loss, ptq_error) in state["observed"].items():
-            self._observed[cid] = _Observed(divergence, train_loss, ptq_error)
+        for cid, (divergence, train_loss) in state["observed"].items():
+            self._observed[cid] = _Observed(divergence, train_loss)
         for name in ARRAYS:
             setattr(self, name, np.array(state[name], dtype=np.float64))
         self.labels_seen = state["labels_seen"]
 
+    @property
+    def mean_label(self) -> float:
+        """The weighted mean of the labels seen (0 before any): the scale of a benefit."""
+        weight = self._a[0, 0]  # the bias feature is 1, so A[0, 0] is the total weight
+        return float(self._b[0] / weight) if weight > 0 else 0.0
+
     def predict(self, client_ids: Sequence[int]) -> dict[int, float]:
-        """Predicted PTQ quantization error (the benefit of QAT) per client, clipped at 0."""
+        """Each client's benefit of QAT: its predicted deployed loss on PTQ minus on QAT (may be
+        negative: QAT predicted to lose more)."""
         fallback = {f: self._fleet_mean(f) for f in FALLBACK_FIELDS}
-        return {cid: max(0.0, float(self.features(cid, fallback) @ self.coefficients)) for cid in client_ids}
+        return {
+            cid: float((self.features(cid, False, fallback) - self.features(cid, True, fallback)) @ self.coefficients)
+            for cid in client_ids
+        }

@@ -44,6 +44,11 @@ def unset_ranges(model: nn.Module) -> LayerRanges:
     return {name: torch.full((2,), math.nan) for name in backend.quantized_layers(model)}
 
 
+def all_set(ranges: Mapping[str, torch.Tensor]) -> bool:
+    """Whether every range is a number (not the NaN of :func:`unset_ranges`)."""
+    return all(bool(torch.isfinite(r).all()) for r in ranges.values())
+
+
 def grid_range(scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
     """The range an activation grid covers: ``[(qmin - zp) * scale, (qmax - zp) * scale]``."""
     zp = zero_point.to(torch.float32)
