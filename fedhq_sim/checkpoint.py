@@ -7,9 +7,11 @@ uninterrupted run writes. The checkpoint holds only plain values and tensors, wr
 ``torch.save`` and read with ``torch.load(weights_only=True)``: nothing in it is executed.
 It holds the engine's state at the round's end (simulated clock, random streams, the
 policy's learned state, the global model, the network's down links and the events still
-pending on the clock), the scenario it ran (path, overrides and a hash of its text), and
-the lengths of the appended result files; the rounds, events and link samples themselves
-are read back from those files (floats written shortest round-trip, so exactly).
+pending on the clock), the scenario it ran (path, overrides and a hash of its text), the
+lengths of the appended result files, and whether the run's final files (figures, trace,
+report) are written: a run stopped while writing them resumes to write them. The rounds,
+events and link samples themselves are read back from those files (floats written shortest
+round-trip, so exactly).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedhq_sim.errors import InputError, SimulationError
+from fedhq_sim.interrupts import Terminated, raise_if_stopped, stop_signals
 from fedhq_sim.records import RoundRecord
 
 if TYPE_CHECKING:  # the engine imports torch; the CLI loads it only for commands that need it
@@ -232,7 +233,7 @@ def _resumed(args: argparse.Namespace) -> tuple[LoadedScenario, dict]:
         raise InputError(
             ran["path"], "", "its model file or data changed since the run began; a resumed run reads the same"
         )
-    if checkpoint["round"] >= scenario.spec.training.rounds:
+    if checkpoint["round"] >= scenario.spec.training.rounds and checkpoint.get("finished", True):
         raise InputError(args.resume, "--resume", f"the run finished all {checkpoint['round']} rounds")
     if args.timing_only and not checkpoint["timing_only"]:
         raise InputError("command line", "--timing-only", "the run being resumed runs in full mode; it goes on so")
@@ -301,7 +302,9 @@ def _simulate_into(
     }
     total = scenario.spec.training.rounds
     say(f"{scenario.spec.name}: {len(scenario.clients)} clients, {total} rounds, policy {scenario.spec.policy.name}")
-    if checkpoint is not None:
+    if checkpoint is not None and checkpoint["round"] >= total:
+        say(f"all {total} rounds ran; writing the results that a stop cut short")
+    elif checkpoint is not None:
         say(f"resuming after round {checkpoint['round']} (simulated {checkpoint['clock_s']:.3f} s)")
     if args.timing_only:
         say(TIMING_ONLY_NOTE)
@@ -312,6 +315,7 @@ def _simulate_into(
         return links_frame(simulation.network.samples, simulation.network.links)
 
     host_per_round: list[float] = []
+    saved = dict(checkpoint) if checkpoint is not None else {}  # the last checkpoint written
 
     def on_round(record: RoundRecord, host_s: float) -> None:
         # What this round ended with (a later round may be done already, awaiting its evaluation).
@@ -319,10 +323,13 @@ def _simulate_into(
         phases, samples = simulation.phases[: state["phases"]], simulation.network.samples[: state["samples"]]
         writer.write_progress(simulation.rounds[: record.round + 1], phases, samples, simulation.network.links)
         files = writer.appended_sizes()
-        checkpoints.write_checkpoint(out, state | {"scenario": ran, "timing_only": args.timing_only, "files": files})
+        saved.clear()
+        saved.update(state | {"scenario": ran, "timing_only": args.timing_only, "files": files, "finished": False})
+        checkpoints.write_checkpoint(out, saved)
         host_per_round.append(host_s)
         eta_s = sum(host_per_round) / len(host_per_round) * (total - record.round)
         say(_progress_line(total, record, host_s, eta_s))
+        raise_if_stopped()  # a stop swallowed during the round (in a finalizer, say) stops here
 
     result = simulation.run(on_round)
     writer.write_final(
@@ -339,6 +346,8 @@ def _simulate_into(
             "engine": args.engine,
         },
     )
+    # Only now is the run finished: one stopped while writing the files above resumes to write them.
+    checkpoints.write_checkpoint(out, saved | {"finished": True})
     say(f"results written to {out} (open report.html)")
     return 0
 
@@ -513,6 +522,7 @@ def _execute_batch(args: argparse.Namespace, kind: str, variants: list, by: list
             f"[{len(done)}/{len(variants)}] {result.variant.name} seed {result.variant.seed}: {reached}"
             f"{last['end_s']:.2f} s simulated  (elapsed {elapsed:.0f} s, eta {eta:.0f} s)"
         )
+        raise_if_stopped()
 
     results = run_batch(variants, jobs, on_done, engine=args.engine, address=args.address)
     summary = pd.DataFrame([run_summary(r, args.target) for r in results])
@@ -661,10 +671,6 @@ def _profile_device(args: argparse.Namespace) -> int:
     return 0
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived (raised from its handler, as SIGINT raises KeyboardInterrupt)."""
-
-
 class RunInterruptedError(Exception):
     """A run stopped by SIGINT or SIGTERM, with what was saved: exit 130 or 143."""
 
@@ -673,18 +679,9 @@ class RunInterruptedError(Exception):
         self.code, self.message = code, message
 
 
-def _terminated(_signum: int, _frame: object) -> None:
-    raise Terminated
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script and of ``python -m fedhq_sim``."""
-    import signal
-    import threading
-
     args = _parser().parse_args(argv)
-    if threading.current_thread() is threading.main_thread():  # handlers can only be set there
-        signal.signal(signal.SIGTERM, _terminated)
     handlers = {
         "run": _run,
         "validate": _validate,
@@ -695,7 +692,8 @@ def main(argv: list[str] | None = None) -> int:
         "profile-device": _profile_device,
     }
     try:
-        return handlers[args.command](args)
+        with stop_signals():
+            return handlers[args.command](args)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -95,17 +95,51 @@ def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fedhq_sim", *args], capture_output=True, text=True, **kwargs)
 
 
-def _stopped_after_round_3(scenario, out, how, workers):
-    """Start a run and stop it, by ``how``, once it reports its third round."""
-    command = [sys.executable, "-m", "fedhq_sim", "run", str(scenario), "--out", str(out), "--workers", workers]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in child.stdout:
-        if line.startswith("round   3/8"):
-            child.send_signal(how)
-            break
-    child.stdout.close()
-    code = child.wait(timeout=120)
-    return code, child.stderr.read()
+STOPPING_CHILD = """
+import os, signal, sys
+from fedhq_sim import engine, results
+from fedhq_sim.cli import main
+
+how, where = signal.Signals[sys.argv[1]], sys.argv[2]
+
+class StopsInItsFinalizer:
+    def __del__(self):
+        os.kill(os.getpid(), how)  # Python drops the KeyboardInterrupt this raises here
+
+fired = []
+record, write_trace = engine.Simulation._record, results.ResultsWriter.write_trace
+
+def record_then_stop(self, r, *rest):
+    record(self, r, *rest)
+    if r == 4 and where == "mid-round":
+        os.kill(os.getpid(), how)
+    if r == 4 and where == "finalizer" and not fired:
+        fired.append(StopsInItsFinalizer())
+        fired[0] = None  # finalized here
+
+def stop_then_write_trace(self, *args):
+    if where == "final-files":
+        os.kill(os.getpid(), how)
+    write_trace(self, *args)
+
+engine.Simulation._record, results.ResultsWriter.write_trace = record_then_stop, stop_then_write_trace
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _stopped(scenario, out, how, where, workers):
+    """Run ``scenario`` and stop it by the signal ``how``, sent from within the run ``where``:
+    right after the first event of round 4 is recorded, from a finalizer at that moment (which
+    swallows the exception it raises), or as the finished run starts its trace. Sent from
+    within, the stop comes at a known moment: a signal from the test could come after a
+    fast run had ended."""
+    run = ["run", str(scenario), "--out", str(out), "--workers", workers]
+    child = _run_code(STOPPING_CHILD, [how.name, where, *run], timeout=300)
+    return child.returncode, child.stderr
+
+
+def _run_code(code: str, args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -119,27 +153,43 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    ("how", "code", "workers"),
-    [(signal.SIGKILL, -signal.SIGKILL, "1"), (signal.SIGTERM, 143, "2"), (signal.SIGINT, 130, "1")],
-    ids=["SIGKILL", "SIGTERM-on-a-pool", "SIGINT"],
+    ("how", "where", "code", "workers"),
+    [
+        (signal.SIGKILL, "mid-round", -signal.SIGKILL, "1"),
+        (signal.SIGTERM, "mid-round", 143, "2"),
+        (signal.SIGINT, "mid-round", 130, "1"),
+        (signal.SIGINT, "finalizer", 130, "1"),
+        (signal.SIGTERM, "final-files", 143, "1"),
+    ],
+    ids=["SIGKILL", "SIGTERM-on-a-pool", "SIGINT", "SIGINT-swallowed-by-a-finalizer", "SIGTERM-writing-the-report"],
 )
-def test_a_run_stopped_mid_run_and_resumed_writes_the_files_of_one_never_stopped(
-    uninterrupted, tmp_path, how, code, workers
+def test_a_run_stopped_at_any_moment_and_resumed_writes_the_files_of_one_never_stopped(
+    uninterrupted, tmp_path, how, where, code, workers
 ):
     scenario, whole = uninterrupted
     out = tmp_path / "stopped"
-    returned, err = _stopped_after_round_3(scenario, out, how, workers)
+    returned, err = _stopped(scenario, out, how, where, workers)
     assert returned == code, err
     if how != signal.SIGKILL:
-        assert "Traceback" not in err and f"fedhq-sim run --resume {out}" in err
+        ignored = 1 if where == "finalizer" else 0  # the swallowed exception's report has one
+        assert err.count("Traceback") == ignored and f"fedhq-sim run --resume {out}" in err, err
+    if where == "finalizer":
+        assert "Exception ignored in" in err, "the test must have its first KeyboardInterrupt swallowed"
     rounds, events = pd.read_csv(out / "rounds.csv"), pd.read_csv(out / "events.csv")  # readable as they are
-    assert rounds["round"].max() >= 3 and set(events["round"]) >= {1, 2, 3}
+    # On a pool round 3's evaluation runs beside round 4's client work, so it is not saved yet.
+    stopped_after = {"final-files": 8, "finalizer": 4, "mid-round": 3 if workers == "1" else 2}[where]
+    assert rounds["round"].max() == stopped_after and set(events["round"]) >= set(range(1, stopped_after + 1))
+    assert read_checkpoint(out)["round"] == stopped_after
+    assert not (out / "report.html").exists()
     resumed = _run(["run", "--resume", str(out), "--workers", "1"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming after round" in resumed.stdout
+    said = "writing the results that a stop cut short" if where == "final-files" else "resuming after round"
+    assert said in resumed.stdout
     for name in COMPARED:
         if (whole / name).exists():
             assert (out / name).read_bytes() == (whole / name).read_bytes(), name
+    assert (out / "report.html").exists()
+    assert main(["run", "--resume", str(out)]) == 2  # finished now: nothing left to go on with
 
 
 def test_a_checkpoint_is_loaded_safely_and_a_booby_trapped_one_is_refused(uninterrupted, tmp_path):
