@@ -235,7 +235,8 @@ def warmup_line(ops: Sequence[int], excess: Sequence[float]) -> tuple[float, flo
     so a cost per operation alone, as charged before, gave a two-layer model a third of its
     warm-up.
     """
-    return theil_sen(ops, excess)
+    per_model, per_op = theil_sen(ops, excess)
+    return _measurable(per_model), _measurable(per_op)
 
 
 def round_line(charged: Sequence[float], left: Sequence[float]) -> tuple[float, float]:
@@ -249,7 +250,14 @@ def round_line(charged: Sequence[float], left: Sequence[float]) -> tuple[float, 
     their per-tensor costs at a factor. One factor for both, as before, charged a two-layer
     model's read and write 20-50 % too little and a ResNet-8's 10-15 % too much.
     """
-    return theil_sen(charged, left)
+    per_round, factor = theil_sen(charged, left)
+    return _measurable(per_round), factor
+
+
+def _measurable(seconds: float) -> float:
+    """A cost the line puts at zero or below is too small to measure: kept at 1 ns, since a
+    profile holds no zero cost (a probe whose line went through the origin was refused)."""
+    return max(seconds, 1e-9)
 
 
 def in_situ(timer: InterleavedTimer) -> Callable[[DeviceProfile], InSitu]:
@@ -292,9 +300,7 @@ def in_situ(timer: InterleavedTimer) -> Callable[[DeviceProfile], InSitu]:
         round_fixed, round_factor = round_line([r.round for _, r in parts], left)
         excess = [f - s for f, s in zip(fresh, steady, strict=True)]
         per_model, per_op = warmup_line([w.step_ops for w in traced_work], excess)
-        return InSitu(
-            conv, conv_compute, rest, _clamped(round_factor), round_fixed, max(per_model, 1e-9), max(per_op, 1e-9)
-        )
+        return InSitu(conv, conv_compute, rest, _clamped(round_factor), round_fixed, per_model, per_op)
 
     return fitted
 

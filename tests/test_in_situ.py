@@ -83,3 +83,12 @@ def test_the_warm_up_line_shrugs_off_a_minority_of_wild_points(noise):
 def test_the_round_line_splits_a_fixed_cost_from_a_factor_on_the_overheads():
     charged = [2e-4, 5e-4, 1.2e-3, 3e-3, 8e-4]
     assert round_line(charged, [3e-4 + 1.4 * c for c in charged]) == pytest.approx((3e-4, 1.4))
+
+
+def test_a_line_through_or_below_the_origin_gives_a_cost_too_small_to_measure_not_zero():
+    """A profile refuses a zero cost: a probe whose points fell so must still give a profile."""
+    charged = [2e-4, 5e-4, 1.2e-3, 3e-3, 8e-4]
+    per_round, factor = round_line(charged, [-1e-4 + 1.4 * c for c in charged])
+    assert 0 < per_round <= 1e-9 and factor == pytest.approx(1.4)
+    per_model, per_op = warmup_line([23, 39, 135], [0.0, 0.0, 0.0])
+    assert 0 < per_model <= 1e-9 and 0 < per_op <= 1e-9
