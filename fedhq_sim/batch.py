@@ -141,6 +141,11 @@ def time_to_target(rounds: pd.DataFrame, target: float) -> float:
     return float(reached["end_s"].iloc[0]) if len(reached) else math.nan
 
 
+LATE_ROUNDS = 5
+"""``late_deployed_accuracy`` is the mean over this many last rounds: the final round alone
+moves by a point or more from one round to the next on a small non-IID task."""
+
+
 def run_summary(result: VariantResult, target: float) -> dict[str, Any]:
     """One row of ``summary.csv``: what a run achieved."""
     rounds = result.rounds
@@ -153,6 +158,7 @@ def run_summary(result: VariantResult, target: float) -> dict[str, Any]:
         "rounds": int(trained["round"].max()) if len(trained) else 0,
         "time_to_target_s": time_to_target(rounds, target),
         "final_deployed_accuracy": float(rounds["deployed_accuracy"].iloc[-1]),
+        "late_deployed_accuracy": float(trained["deployed_accuracy"].tail(LATE_ROUNDS).mean()),
         "best_deployed_accuracy": float(rounds["deployed_accuracy"].max()),
         "final_fp32_accuracy": float(rounds["fp32_accuracy"].iloc[-1]),
         "mean_round_latency_s": float(trained["latency_s"].mean()),
@@ -164,7 +170,14 @@ def run_summary(result: VariantResult, target: float) -> dict[str, Any]:
     }
 
 
-HEADLINE = ("time_to_target_s", "final_deployed_accuracy", "mean_round_latency_s", "qat_share", "energy_j")
+HEADLINE = (
+    "time_to_target_s",
+    "final_deployed_accuracy",
+    "late_deployed_accuracy",
+    "mean_round_latency_s",
+    "qat_share",
+    "energy_j",
+)
 
 
 def median_table(summary: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
@@ -199,6 +212,7 @@ def table_markdown(table: pd.DataFrame, by: Sequence[str], target: float, *, acc
         f"time to {target:.0%} deployed accuracy [s]",
         "reached",
         "final deployed accuracy",
+        f"late deployed accuracy (last {LATE_ROUNDS} rounds)",
         "mean round latency [s]",
         "QAT share",
         "energy [J]",
@@ -210,6 +224,7 @@ def table_markdown(table: pd.DataFrame, by: Sequence[str], target: float, *, acc
             _range(row, "time_to_target_s", ".2f", unreached),
             f"{row['reached']}/{row['seeds']}" if accuracy_reported else "-",
             _range(row, "final_deployed_accuracy", ".3f", unreached),
+            _range(row, "late_deployed_accuracy", ".3f", unreached),
             _range(row, "mean_round_latency_s", ".3f"),
             _range(row, "qat_share", ".2f"),
             _range(row, "energy_j", ".0f"),

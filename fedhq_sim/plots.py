@@ -216,12 +216,13 @@ def plot_comparison(runs: pd.DataFrame, summary: pd.DataFrame, target: float, *,
 
 
 def plot_capacity_curves(summary: pd.DataFrame, keys: list[str], target: float, *, timing_only: bool = False) -> Axes:
-    """What a rollout is decided on: round latency, time to the target accuracy and energy
-    against the first swept key (a line per value of the others; median over seeds, band
+    """What a rollout is decided on: round latency, time to the target accuracy, final
+    deployed accuracy and energy against the first swept key (a line per value of the others; median over seeds, band
     from the lowest to the highest seed). Timing-only runs have no accuracy: the middle
     panel is then the simulated time of the whole run."""
     sns.set_theme(style="whitegrid", context="notebook")
-    _, axes = plt.subplots(1, 3, figsize=(15, 4.4), layout="constrained")
+    panels = 3 if timing_only else 4
+    _, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.4), layout="constrained")
     x = keys[0]
     data = summary.copy()
     hue = None
@@ -234,10 +235,16 @@ def plot_capacity_curves(summary: pd.DataFrame, keys: list[str], target: float, 
         if timing_only
         else ("time_to_target_s", "simulated time [s]", f"Time to {target:.0%} deployed accuracy")
     )
-    for ax, column, label, title in (
-        (axes[0], "mean_round_latency_s", "mean round latency [s]", "Round latency"),
-        (axes[1], *middle),
-        (axes[2], "energy_j", "fleet energy [J]", "Energy of the run"),
+    accuracy = [] if timing_only else [("final_deployed_accuracy", "deployed accuracy", "Final deployed accuracy")]
+    for ax, (column, label, title) in zip(
+        axes,
+        [
+            ("mean_round_latency_s", "mean round latency [s]", "Round latency"),
+            middle,
+            *accuracy,
+            ("energy_j", "fleet energy [J]", "Energy of the run"),
+        ],
+        strict=True,
     ):
         common = {"data": data, "x": x, "y": column, "hue": hue, "ax": ax, "estimator": "median"}
         if numeric:

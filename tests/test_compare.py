@@ -137,6 +137,7 @@ def test_the_policy_table_gives_median_and_range_over_seeds_and_counts_the_seeds
             "policy": ["a", "a", "a", "b"],
             "time_to_target_s": [1.0, 3.0, math.nan, 2.0],
             "final_deployed_accuracy": [0.8, 0.9, 0.7, 0.85],
+            "late_deployed_accuracy": [0.75, 0.9, 0.7, 0.8],
             "mean_round_latency_s": [1.0, 1.0, 1.0, 2.0],
             "qat_share": [0.0, 0.0, 0.0, 0.5],
             "energy_j": [1.0, 2.0, 3.0, 4.0],
@@ -147,3 +148,27 @@ def test_the_policy_table_gives_median_and_range_over_seeds_and_counts_the_seeds
     assert table.loc["a", "reached"] == 2 and table.loc["a", "seeds"] == 3
     assert table.loc["a", "time_to_target_s_median"] == 2.0
     assert (table.loc["a", "final_deployed_accuracy_min"], table.loc["a", "final_deployed_accuracy_max"]) == (0.7, 0.9)
+
+
+def test_a_runs_late_accuracy_is_the_mean_of_its_last_rounds_not_the_last_one():
+    from pathlib import Path
+
+    from fedhq_sim.batch import LATE_ROUNDS, Variant, VariantResult, run_summary
+
+    accuracy = [0.1, 0.5, 0.6, 0.7, 0.8, 0.9, 0.6, 0.95]  # round 0 (no training) then 7 rounds
+    rounds = pd.DataFrame(
+        {
+            "round": range(8),
+            "deployed_accuracy": accuracy,
+            "fp32_accuracy": accuracy,
+            "latency_s": [0.0] + [1.0] * 7,
+            "end_s": range(8),
+            "n_ptq": [0] + [2] * 7,
+            "n_qat": [0] * 8,
+            "energy_j": [0.0] + [1.0] * 7,
+        }
+    )
+    result = VariantResult(Variant(Path("s.yaml"), {"policy": "p"}, 1), rounds, 0.0, {}, [])
+    row = run_summary(result, target=0.9)
+    assert LATE_ROUNDS == 5 and row["late_deployed_accuracy"] == pytest.approx((0.7 + 0.8 + 0.9 + 0.6 + 0.95) / 5)
+    assert row["final_deployed_accuracy"] == 0.95 and row["time_to_target_s"] == 5

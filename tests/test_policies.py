@@ -1,9 +1,12 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
 from fedhq_sim.policies import POLICIES, ClientInfo, Policy, RoundContext, register_policy
 from fedhq_sim.policies.fixed import FixedHybrid, HybridOptions
 from fedhq_sim.quant.strategy import Strategy
+from tests.test_fedhq import fleet
 
 CLIENTS = [ClientInfo(i, "site", "rpi4", "wifi6", 100) for i in range(20)]
 
@@ -15,6 +18,21 @@ def test_fixed_hybrid_runs_qat_on_its_share_of_the_fleet_every_round():
     assert set(everyone.values()) == {Strategy("qat", 8), Strategy("ptq", 8)}
     later = policy.assign(RoundContext(2, (0, 1, 2)))
     assert later == {c: everyone[c] for c in (0, 1, 2)}
+
+
+@pytest.mark.parametrize(
+    ("choose", "expected"),
+    [("skew", {2, 5}), ("hardware", {1, 4})],
+)
+def test_a_ranked_hybrid_gives_its_share_to_the_most_skewed_or_the_fastest_qat_rounds(choose, expected):
+    """Six clients, a share of two; made unable to run QAT, the most skewed (2) gives its
+    place to the next one."""
+    infos = fleet([1.3, 1.1, 1.4, 1.5, 1.2, 1.6], [0.1, 0.2, 0.8, 0.3, 0.4, 0.6])
+    policy = FixedHybrid(HybridOptions(bits=4, qat_fraction=0.34, choose=choose), infos, np.random.default_rng(0))
+    assert policy.qat_clients == expected
+    unable = [*infos[:2], dataclasses.replace(infos[2], able=frozenset({"ptq4"})), *infos[3:]]
+    policy = FixedHybrid(HybridOptions(bits=4, qat_fraction=0.34, choose=choose), unable, np.random.default_rng(0))
+    assert 2 not in policy.qat_clients and len(policy.qat_clients) == 2
 
 
 @pytest.mark.parametrize(("name", "kind"), [("all-fp32", "fp32"), ("all-ptq", "ptq"), ("all-qat", "qat")])
@@ -41,6 +59,7 @@ def test_strategies_reject_unsupported_bit_widths():
 USER_POLICY = """
 from fedhq_sim.policies import Policy, register_policy
 from fedhq_sim.quant.strategy import Strategy
+from tests.test_fedhq import fleet
 
 
 @register_policy("every-other-qat")

@@ -1,13 +1,17 @@
 """Policies whose assignment does not change during training.
 
 ``all-fp32`` (no quantization, the accuracy ceiling), ``all-ptq`` and ``all-qat`` (the two
-single-strategy baselines) and ``hybrid`` (a fixed, seeded random share of the fleet runs QAT;
-the others run PTQ), which is the naive form of the hybrid idea that FedHQ refines.
+single-strategy baselines) and ``hybrid`` (a fixed share of the fleet runs QAT, the others
+PTQ), the naive form of the hybrid idea that FedHQ refines. Who gets the share is the
+planner's question that a sweep over ``qat_fraction`` and ``choose`` answers: drawn at random,
+the most skewed clients first (FedHQ's data rule alone) or the fastest QAT rounds first (its
+hardware rule alone).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -52,11 +56,14 @@ class AllQAT(Policy):
 
 class HybridOptions(PolicyOptions):
     qat_fraction: float = Field(ge=0.0, le=1.0)
+    choose: Literal["random", "skew", "hardware"] = "random"
+    """Who runs QAT: drawn once from the seed (from the whole fleet), or the clients able to run
+    it ranked by data skew (most skewed first) or by predicted QAT round (fastest first)."""
 
 
 @register_policy("hybrid")
 class FixedHybrid(Policy):
-    """A fixed share ``qat_fraction`` of all clients, drawn once from the seed, runs QAT."""
+    """A fixed share ``qat_fraction`` of all clients runs QAT, chosen by ``choose``."""
 
     Options = HybridOptions
 
@@ -64,7 +71,10 @@ class FixedHybrid(Policy):
         super().__init__(options, clients, rng)
         ids = sorted(self.clients)
         n_qat = round(options.qat_fraction * len(ids))
-        self.qat_clients = frozenset(int(i) for i in rng.choice(ids, size=n_qat, replace=False))
+        if options.choose == "random":
+            self.qat_clients = frozenset(int(i) for i in rng.choice(ids, size=n_qat, replace=False))
+        else:
+            self.qat_clients = frozenset(ranked_for_qat(clients, options.bits, options.choose)[:n_qat])
 
     def assign(self, ctx: RoundContext) -> dict[int, Strategy]:
         return {cid: self._strategy(cid) for cid in ctx.selected}
@@ -74,3 +84,15 @@ class FixedHybrid(Policy):
 
     def _strategy(self, client_id: int) -> Strategy:
         return Strategy("qat" if client_id in self.qat_clients else "ptq", self.options.bits)
+
+
+def ranked_for_qat(clients: Sequence[ClientInfo], bits: int, by: Literal["skew", "hardware"]) -> list[int]:
+    """The ids of the clients able to run QAT at ``bits``, most skewed or fastest QAT round
+    first (ties by id); a client the analysis could not predict cannot be ranked and is left out."""
+    label = Strategy("qat", bits).label
+    able = [c for c in clients if c.analysis is not None and label in c.able]
+    if by == "skew":
+        able.sort(key=lambda c: (-c.analysis.skew, c.client_id))
+    else:
+        able.sort(key=lambda c: (c.analysis.round_s(label), c.client_id))
+    return [c.client_id for c in able]
