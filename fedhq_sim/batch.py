@@ -100,14 +100,14 @@ def run_batch(
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_ignore_sigint) as pool:
             futures = {pool.submit(run_variant, v): i for i, v in enumerate(variants)}
-            for future in as_completed(futures):
-                try:
+            try:
+                for future in as_completed(futures):
                     results[futures[future]] = future.result()
-                except BaseException:
-                    pool.shutdown(cancel_futures=True)  # report the first failure now, not after the rest
-                    raise
-                if on_done is not None:
-                    on_done(results[futures[future]])
+                    if on_done is not None:
+                        on_done(results[futures[future]])
+            except BaseException:  # a failure or a stop: report it now, not after the queued runs
+                pool.shutdown(cancel_futures=True)
+                raise
     return [r for r in results if r is not None]
 
 

@@ -43,14 +43,21 @@ def stop_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {number: signal.signal(number, _stop) for number in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        number: signal.getsignal(number)
+        for number in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(number) != signal.SIG_IGN  # nohup, a background job: left ignored
+    }
+    for number in previous:
+        signal.signal(number, _stop)
+    outer = list(_requested)  # a nested call keeps an outer run's request
     _requested.clear()
     try:
         yield
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-        _requested.clear()
+        _requested[:] = outer
 
 
 def raise_if_stopped() -> None:

@@ -59,7 +59,6 @@ def test_strategies_reject_unsupported_bit_widths():
 USER_POLICY = """
 from fedhq_sim.policies import Policy, register_policy
 from fedhq_sim.quant.strategy import Strategy
-from tests.test_fedhq import fleet
 
 
 @register_policy("every-other-qat")

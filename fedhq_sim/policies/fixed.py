@@ -58,7 +58,8 @@ class HybridOptions(PolicyOptions):
     qat_fraction: float = Field(ge=0.0, le=1.0)
     choose: Literal["random", "skew", "hardware"] = "random"
     """Who runs QAT: drawn once from the seed (from the whole fleet), or the clients able to run
-    it ranked by data skew (most skewed first) or by predicted QAT round (fastest first)."""
+    it ranked by data skew (most skewed first) or by predicted QAT round (fastest first); the
+    share counts the whole fleet, so a ranked choice gets fewer QAT clients where fewer are able."""
 
 
 @register_policy("hybrid")
