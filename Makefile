@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run compare test lint browser clean
+.PHONY: setup run compare compare-plaid qat-share test lint browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,17 @@ run: $(STAMP)
 # Every policy on the FedHQ comparison scenario over seeds 1-5 (docs/results.md).
 compare: $(STAMP)
 	$(BIN)/fedhq-sim compare scenarios/fedhq_comparison.yaml --seeds 1 2 3 4 5
+
+# docs/results.md on the PLAID task: every policy at 4 and at 8 bits (the control), and the
+# QAT-share curve (6 shares x 3 ways of choosing who runs QAT); seeds 1-5, two runs at a time.
+compare-plaid: $(STAMP)
+	$(BIN)/fedhq-sim compare scenarios/plaid_comparison.yaml --seeds 1 2 3 4 5 --target 0.6 --jobs 2
+	$(BIN)/fedhq-sim compare scenarios/plaid_comparison.yaml --seeds 1 2 3 4 5 --target 0.6 --jobs 2 \
+	  --set deployment.bits=8
+
+qat-share: $(STAMP)
+	$(BIN)/fedhq-sim sweep scenarios/plaid_qat_share.yaml --target 0.6 --seeds 1 2 3 4 5 --jobs 2 \
+	  --set policy.qat_fraction=0,0.1,0.25,0.5,0.75,1 --set policy.choose=skew,hardware,random
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
