@@ -33,9 +33,10 @@ from fedhq_sim.results import atomic_write_bytes
 from fedhq_sim.tables import link_name
 
 FILE = "checkpoint.pt"
-FORMAT = 3
+FORMAT = 4
 """2: the round work's state holds the deployed activation ranges (deployment from the clients);
-3: FedHQ's benefit model learns the deployed loss (its state holds other features)."""
+3: FedHQ's benefit model learns the deployed loss (its state holds other features);
+4: it learns the deployment gap instead (the same arrays, a label of another scale)."""
 
 
 def text_hash(text: str) -> str:

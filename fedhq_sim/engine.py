@@ -170,7 +170,7 @@ class Simulation:
             t.calibration_samples,
             self.data.input_shape,
             t.local_steps,
-            scenario.policy_class.observes_deployed_loss,
+            scenario.policy_class.observes_deployment_gap,
             self.range_bits,
         )
         self.analysis = analyze(scenario, self.data, self.topology, self.local, self._candidate_strategies())
@@ -625,7 +625,7 @@ class Simulation:
                     len(self.data.clients[o.client_id]),
                     o.result.train_loss if o.result else None,
                     o.result.divergence if o.result else None,
-                    o.result.deployed_loss if o.result else None,
+                    o.result.deployment_gap if o.result else None,
                 )
                 for o in outcomes
             ]

@@ -51,7 +51,7 @@ class ClientResult:
     update: Update
     train_loss: float | None
     divergence: float | None
-    deployed_loss: float | None = None
+    deployment_gap: float | None = None
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ class ExecutedWork:
             label = assignment[cid].label
             update = Update(result.payload, result.num_samples, label, len(result.payload), decoded, ranges)
             self._results[cid] = ClientResult(
-                result.work, update, result.train_loss, result.divergence, result.deployed_loss
+                result.work, update, result.train_loss, result.divergence, result.deployment_gap
             )
         return len(self._payload)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -41,9 +41,10 @@ class LocalConfig:
     input_shape: tuple[int, ...]
     local_steps: int | None = None
     """Fixed steps per round instead of ``local_epochs`` passes (see the scenario's training)."""
-    measure_deployed_loss: bool = False
-    """PTQ and QAT clients also deploy their own update on the deployed grid and measure its
-    loss on their calibration samples (for policies that observe it: :func:`deployed_loss`)."""
+    measure_deployment_gap: bool = False
+    """PTQ and QAT clients also deploy their own update on the deployed grid and measure the
+    loss that adds on their calibration samples (for policies that observe it:
+    :func:`deployment_gap`)."""
     range_bits: int | None = None
     """The deployment's bit width when the clients' updates set its activation ranges
     (``deployment.calibration: clients``): fp32 clients then observe theirs on their
@@ -72,9 +73,9 @@ class LocalResult:
     work: WorkProfile
     divergence: float
     """Relative L2 distance of the trained weights from the global weights the round began with."""
-    deployed_loss: float | None = None
-    """PTQ and QAT, when ``measure_deployed_loss``: the loss of the client's update as the
-    server deploys it, on the client's calibration samples (:func:`deployed_loss`)."""
+    deployment_gap: float | None = None
+    """PTQ and QAT, when ``measure_deployment_gap``: the loss the deployment adds to the
+    client's update, on its calibration samples (:func:`deployment_gap`)."""
 
 
 def step_plan(n_samples: int, cfg: LocalConfig) -> list[list[int]]:
@@ -133,7 +134,7 @@ def calibration_batches(n_samples: int, cfg: LocalConfig) -> tuple[int, ...]:
 def tail_key(cfg: LocalConfig, strategy: Strategy, n_samples: int) -> tuple:
     """Measuring the divergence, quantizing (calibration batches for PTQ) and writing the update."""
     calibrates = strategy.kind == "ptq" or (strategy.kind == "fp32" and cfg.range_bits is not None)
-    labels = strategy.kind != "fp32" and cfg.measure_deployed_loss
+    labels = strategy.kind != "fp32" and cfg.measure_deployment_gap
     batches = calibration_batches(n_samples, cfg) if calibrates or labels else ()
     return ("local-tail", cfg.arch, strategy, batches, labels, cfg.range_bits)
 
@@ -232,12 +233,12 @@ def _observed_ranges(observer: nn.Module, batches: list[torch.Tensor]) -> LayerR
 class _Finished:
     payload: bytes
     divergence: float
-    deployed_loss: float | None
+    deployment_gap: float | None
 
 
 def _tail(started: _Started, data: Samples, strategy: Strategy, cfg: LocalConfig) -> tuple[_Finished, WorkProfile]:
     """Measure how far training moved, quantize by the strategy, write the update, and (when
-    asked) measure its deployed loss."""
+    asked) measure what the deployment costs it."""
     model = started.model
     divergence, work = traced(lambda: _relative_distance(_flat_parameters(model), started.start))
     if strategy.kind == "fp32":
@@ -258,25 +259,28 @@ def _tail(started: _Started, data: Samples, strategy: Strategy, cfg: LocalConfig
     quantized, convert_work = backend.traced_convert(model)
     payload, write_work = traced_serialize(lambda: quantized_message(quantized, strategy.bits))
     work = work + convert_work + write_work
-    loss = None
-    if cfg.measure_deployed_loss:
+    gap = None
+    if cfg.measure_deployment_gap:
         held = Samples(data.x[: cfg.calibration_samples], data.y[: cfg.calibration_samples])
-        loss, label_work = deployed_loss(payload, started.deployed, held, cfg, strategy.bits)
+        gap, label_work = deployment_gap(payload, started.deployed, held, cfg, strategy.bits)
         work = work + label_work
-    return _Finished(payload, divergence, loss), work
+    return _Finished(payload, divergence, gap), work
 
 
-def deployed_loss(
+def deployment_gap(
     payload: bytes, deployed: LayerRanges | None, held: Samples, cfg: LocalConfig, bits: int
 ) -> tuple[float, WorkProfile]:
-    """The mean loss, on ``held`` samples, of the update in ``payload`` as the server deploys
-    it: decoded, its weights quantized per channel and its activations on the ``deployed``
-    grid (the one the download carried; the update's own ranges before any was deployed).
+    """The loss the deployment adds to the update in ``payload``, on ``held`` samples: its mean
+    loss as the server deploys it (decoded, weights quantized per channel, activations on the
+    ``deployed`` grid: the one the download carried, the update's own ranges before any was
+    deployed) minus its mean loss run in float, on the same samples.
 
-    This is FedHQ's label (docs/policies.md): what the deployment does to what this client
-    sent, on the client's own data, whichever strategy produced it. A QAT update, trained on
-    the deployed grid, should lose less on it than a PTQ update of the same client does; the
-    server could not measure it itself, holding no data.
+    This is FedHQ's label (docs/policies.md). The deployed loss alone mixes two things: how
+    well the client's update fits its own samples (which training, not the strategy, decides)
+    and what quantizing onto the deployed grid costs it. Only the second is what a client's
+    choice of PTQ or QAT changes, and only it carries over to the aggregated model the devices
+    run: a QAT update, trained on the deployed grid, should lose less to it than a PTQ update
+    of the same client. The server could not measure it itself, holding no data.
     """
     state, own, read_work = traced_decode_update(payload)
     grid = deployed if deployed is not None and all_set(deployed) else own
@@ -284,15 +288,21 @@ def deployed_loss(
         raise ValueError("a quantized update carries its ranges, and this one does not")
     model, build_work = traced_build(cfg.model_ref, cfg.num_classes, seed=0, input_shape=cfg.input_shape)
     work = read_work + build_work + traced_load(model, state)
+    model.eval()
     quantized, deploy_work = deploy_int8(model, grid, bits)
     batches = list(zip(torch.split(held.x, cfg.batch_size), torch.split(held.y, cfg.batch_size), strict=True))
 
-    def mean_loss() -> float:
-        total = sum(cross_entropy(backend.run_deployed(quantized, x), y, reduction="sum") for x, y in batches)
+    def mean_loss(run: Callable[[torch.Tensor], torch.Tensor]) -> float:
+        total = sum(cross_entropy(run(x), y, reduction="sum") for x, y in batches)
         return float(total) / len(held)
 
-    loss, run_work = traced(mean_loss)
-    return loss, work + deploy_work + run_work
+    def run_float(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(x)
+
+    float_loss, float_work = traced(lambda: mean_loss(run_float))
+    deployed_loss, run_work = traced(lambda: mean_loss(lambda x: backend.run_deployed(quantized, x)))
+    return deployed_loss - float_loss, work + float_work + deploy_work + run_work
 
 
 def local_work(global_payload: bytes, data: Samples, strategy: Strategy, cfg: LocalConfig, seed: int) -> LocalResult:
@@ -306,7 +316,7 @@ def local_work(global_payload: bytes, data: Samples, strategy: Strategy, cfg: Lo
     loss, train_work = _train(started.model, data, cfg, strategy, seed)
     done, tail_work = WORK_CACHE.once(tail_key(cfg, strategy, len(data)), lambda: _tail(started, data, strategy, cfg))
     work = head_work + train_work + tail_work
-    return LocalResult(done.payload, len(data), loss, work, done.divergence, done.deployed_loss)
+    return LocalResult(done.payload, len(data), loss, work, done.divergence, done.deployment_gap)
 
 
 def _flat_parameters(model: nn.Module) -> torch.Tensor:

@@ -78,7 +78,7 @@ def test_timing_only_runs_no_training_per_round(write_scenario, monkeypatch):
     assert 0 < counts[0] == counts[1]  # a step traced per batch size and strategy, whatever the rounds
 
 
-CFG = LocalConfig("small_cnn", 10, 2, 16, 0.1, 24, (1, 8, 8), measure_deployed_loss=True)
+CFG = LocalConfig("small_cnn", 10, 2, 16, 0.1, 24, (1, 8, 8), measure_deployment_gap=True)
 LABELS = ["fp32", "ptq8", "qat8", "ptq4", "qat4"]
 
 

@@ -173,7 +173,7 @@ def test_a_piece_cached_from_one_client_costs_what_a_fresh_trace_on_another_clie
     """The law behind the cache: which operations run, on which shapes, does not depend on
     the values, so a profile traced on one client's data holds for every client's."""
     strategy = Strategy.from_label(label)
-    cfg = dataclasses.replace(CFG, model_ref=model_ref, measure_deployed_loss=True)
+    cfg = dataclasses.replace(CFG, model_ref=model_ref, measure_deployment_gap=True)
     first, other = digits_federation.clients[0], digits_federation.clients[1]
     other = other.subset(np.arange(len(first)))  # the same number of samples, other values
     payload = encode_fp32(build_model(model_ref, 10, seed=1).state_dict())

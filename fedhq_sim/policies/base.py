@@ -56,10 +56,9 @@ class ClientReport:
     train_loss: float | None
     divergence: float | None = None
     """Relative L2 distance of the client's trained weights from the global model it began with."""
-    deployed_loss: float | None = None
-    """PTQ and QAT, for policies that observe it: the loss of the client's update as the
-    server deploys it, on the client's calibration samples (see
-    :func:`fedhq_sim.training.deployed_loss`)."""
+    deployment_gap: float | None = None
+    """PTQ and QAT, for policies that observe it: the loss the deployment adds to the client's
+    update, on the client's calibration samples (see :func:`fedhq_sim.training.deployment_gap`)."""
 
 
 class PolicyOptions(StrictModel):
@@ -88,8 +87,8 @@ class Policy(ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type[PolicyOptions]] = PolicyOptions
-    observes_deployed_loss: ClassVar[bool] = False
-    """Whether quantizing clients must measure their update's deployed loss for :meth:`observe`.
+    observes_deployment_gap: ClassVar[bool] = False
+    """Whether quantizing clients must measure their update's deployment gap for :meth:`observe`.
     The measurement is real work (deploying the update and an int8 pass over the calibration
     samples), charged to the clients, so only a policy that reads it asks for it."""
     observes_training: ClassVar[bool] = False

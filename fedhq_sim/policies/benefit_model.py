@@ -1,18 +1,25 @@
-"""The learned part of FedHQ: an online model of what QAT does to each client's deployed loss.
+"""The learned part of FedHQ: an online model of what each client's strategy costs the deployment.
 
-The label is the **deployed loss** of a client's update (:func:`fedhq_sim.training.deployed_loss`):
-the update as the server deploys it (its weights quantized, its activations on the deployed
-grid), run on the client's calibration samples. Every PTQ and QAT client measures it, so the
-model learns from both: the strategy of the labelled round is a feature, with its products with
-what distinguishes clients (skew, divergence, training loss). What QAT buys a client, its
-**benefit**, is then the predicted loss under PTQ minus that under QAT for its features now:
-``-(b_qat + b_qat_skew * skew + b_qat_divergence * divergence + b_qat_train_loss * train_loss)``.
-A QAT client keeps being labelled, so a benefit that has shrunk shows, and the prediction
-rests on the fleet's labels rather than on a client's own last one.
+The label is the **deployment gap** of a client's update (:func:`fedhq_sim.training.deployment_gap`):
+the loss the update has as the server deploys it (its weights quantized, its activations on the
+deployed grid) minus the loss it has run in float, both on the client's calibration samples.
+Every PTQ and QAT client measures it, so the model learns from both: the strategy of the
+labelled round is a feature, and so is its product with the client's data skew. What QAT buys
+a client, its **benefit**, is then the predicted gap under PTQ minus that under QAT for its
+features now: ``-(b_qat + b_qat_skew * skew)``. A QAT client keeps being labelled, so a benefit
+that has shrunk shows, and the prediction rests on the fleet's labels rather than on a
+client's own last one.
+
+Divergence and training loss explain how large a client's gap is, whichever strategy it runs,
+but are not multiplied with the strategy: they drift with every round, and where one strategy
+is labelled by a few clients only (two of 24 on PTQ on the PLAID fleet), their QAT slopes are
+fitted to those few and extrapolate. On PLAID seed 1 they predicted a benefit of -0.24 for a
+client whose own labels were a QAT gap of about 0 and a PTQ gap of about 0.13, and sent it
+back to PTQ. Skew is static, known for every client and set before the first round.
 
 The model is exponentially weighted ridge regression, solved exactly each update: the
 sufficient statistics ``A = sum w phi phi^T`` and ``b = sum w phi y`` decay by ``forgetting``
-per round, so it follows a federation whose weights, and so whose losses, drift. It has ten
+per round, so it follows a federation whose weights, and so whose losses, drift. It has eight
 coefficients, is explainable (``coefficients``), and costs microseconds.
 """
 
@@ -36,8 +43,6 @@ FEATURES = (
     "log_slowness",
     "qat",
     "qat_skew",
-    "qat_divergence",
-    "qat_train_loss",
 )
 
 
@@ -63,7 +68,7 @@ def _smooth(old: float | None, new: float | None, weight: float) -> float | None
 
 
 class BenefitModel:
-    """Predicts each client's deployed loss under PTQ and QAT from its features (module docstring).
+    """Predicts each client's deployment gap under PTQ and QAT from its features (module docstring).
 
     Parameters
     ----------
@@ -129,8 +134,6 @@ class BenefitModel:
                 log_slowness,
                 on_qat,
                 on_qat * skew,
-                on_qat * divergence,
-                on_qat * train_loss,
             ]
         )
 
@@ -143,9 +146,9 @@ class BenefitModel:
         reported = [r for r in reports if r.reported]
         fallback = {f: self._fleet_mean(f) for f in FALLBACK_FIELDS}
         labelled = [
-            (self.features(r.client_id, r.strategy.kind == "qat", fallback), r.deployed_loss)
+            (self.features(r.client_id, r.strategy.kind == "qat", fallback), r.deployment_gap)
             for r in reported
-            if r.strategy.kind in ("ptq", "qat") and r.deployed_loss is not None and math.isfinite(r.deployed_loss)
+            if r.strategy.kind in ("ptq", "qat") and r.deployment_gap is not None and math.isfinite(r.deployment_gap)
         ]
         self._a *= self.forgetting
         self._b *= self.forgetting
@@ -175,14 +178,19 @@ class BenefitModel:
         self.labels_seen = state["labels_seen"]
 
     @property
-    def mean_label(self) -> float:
-        """The weighted mean of the labels seen (0 before any): the scale of a benefit."""
-        weight = self._a[0, 0]  # the bias feature is 1, so A[0, 0] is the total weight
-        return float(self._b[0] / weight) if weight > 0 else 0.0
+    def ptq_mean_label(self) -> float:
+        """The weighted mean of the PTQ labels seen (of all labels while there is none; 0
+        before any): what the deployment costs a PTQ update, the scale of a benefit. (QAT
+        gaps centre on zero, so the mean of every label shrinks with the QAT share.)"""
+        qat = FEATURES.index("qat")
+        total, on_qat = self._a[0, 0], self._a[qat, qat]  # the bias is 1 and qat 0 or 1: weights
+        if total - on_qat > 1e-12 * total:
+            return float((self._b[0] - self._b[qat]) / (total - on_qat))
+        return float(self._b[0] / total) if total > 0 else 0.0
 
     def predict(self, client_ids: Sequence[int]) -> dict[int, float]:
-        """Each client's benefit of QAT: its predicted deployed loss on PTQ minus on QAT (may be
-        negative: QAT predicted to lose more)."""
+        """Each client's benefit of QAT: its predicted deployment gap on PTQ minus on QAT (may
+        be negative: QAT predicted to lose more to the deployment)."""
         fallback = {f: self._fleet_mean(f) for f in FALLBACK_FIELDS}
         return {
             cid: float((self.features(cid, False, fallback) - self.features(cid, True, fallback)) @ self.coefficients)

@@ -2,17 +2,20 @@
 
 Round 1 starts from :func:`~fedhq_sim.policies.hardware_aware.coarse_assignment`. After every
 ``adjust_every`` rounds the policy asks its :class:`~fedhq_sim.policies.benefit_model.BenefitModel`
-for each client's benefit of QAT (how much lower its update's deployed loss is predicted to be
-on QAT than on PTQ) and moves clients, with ``m`` the fleet's median benefit, ``f`` the
-``min_benefit`` floor (a share of the mean deployed loss) and the margin ``max(h |m|, f)``:
+for each client's benefit of QAT (how much less loss the deployment is predicted to add to its
+update on QAT than on PTQ) and moves clients, with ``m`` the fleet's median benefit, ``f`` the
+``min_benefit`` floor (a share of the mean gap of PTQ updates) and the margin ``max(h |m|, f)``:
 
-- clients with QAT "for free" keep it (it never lengthens the round);
 - only clients whose predicted QAT round fits the latency budget may run QAT, and at most
   ``max_qat_fraction`` of the fleet does, so the budget holds after every move;
 - a PTQ client is promoted when its benefit exceeds ``m`` by the margin and exceeds ``f``,
   into a free QAT place or in place of the QAT client with the lowest benefit if its own is
   larger by the margin;
-- a QAT client is demoted when its benefit falls below ``m`` by the margin, or below ``-f``;
+- a QAT client is demoted when its benefit falls below ``-f`` (QAT is predicted to lose more
+  to the deployment than PTQ), or below ``m`` by the margin;
+- clients with QAT "for free" (their QAT round is no longer than the all-PTQ critical path)
+  are demoted on the first rule only: their QAT costs the round nothing, so they are never
+  swapped out or demoted to make room, but free in time is not free in accuracy or energy;
 - nothing moves until the model has seen enough labels, and a client that moved stays put
   for two adjustment periods.
 
@@ -53,11 +56,11 @@ class FedHQOptions(CoarseOptions):
     ridge: float = Field(default=1e-3, gt=0.0)
     """L2 penalty: small, because the QAT terms are learned from few clients over a narrow range
     of skew (a penalty of 0.1 shrank their slope by half on ten clients)."""
-    min_benefit: float = Field(default=0.01, ge=0.0, le=1.0)
-    """The smallest benefit acted on, as a share of the fleet's mean deployed loss: a client
-    moves to QAT only if QAT is predicted to lower its deployed loss by more than this, and
-    back if QAT is predicted to raise it by more: noise in the labels, and the ridge penalty
-    (a few thousandths of a percent where the labels show no effect at all), move nobody."""
+    min_benefit: float = Field(default=0.1, ge=0.0, le=1.0)
+    """The smallest benefit acted on, as a share of the mean deployment gap of PTQ updates: a
+    client moves to QAT only if QAT is predicted to recover more than this share of what the
+    deployment costs a PTQ update, and back if QAT is predicted to lose that much more. Noise
+    in the labels, and the ridge penalty where they show no effect at all, then move nobody."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ class FedHQ(Policy):
     """Coarse hardware- and data-aware initialization plus the learned adjustment."""
 
     Options = FedHQOptions
-    observes_deployed_loss = True
+    observes_deployment_gap = True
     observes_training = True
 
     def __init__(self, options: FedHQOptions, clients: Sequence[ClientInfo], rng: np.random.Generator) -> None:
@@ -117,7 +120,7 @@ class FedHQ(Policy):
     def _adjust(self, round_index: int) -> None:
         """One adjustment: O(n log n) in the fleet, so it stays cheap for large fleets."""
         h = self.options.hysteresis
-        floor = self.options.min_benefit * abs(self.model.mean_label)
+        floor = self.options.min_benefit * abs(self.model.ptq_mean_label)
         benefit = self.model.predict(sorted(self.current))
         median = float(np.median(list(benefit.values())))
 
@@ -126,19 +129,20 @@ class FedHQ(Policy):
 
         low, high = median - margin(median), median + margin(median)
         settled_after = round_index - DWELL_ADJUSTMENTS * self.options.adjust_every
-        movable = sorted(
-            cid for cid in self.within_budget - self.free if self._last_moved.get(cid, settled_after) <= settled_after
-        )
+        movable = sorted(cid for cid in self.within_budget if self._last_moved.get(cid, settled_after) <= settled_after)
         for cid in movable:
-            if self.current[cid] == self.qat and (benefit[cid] < low or benefit[cid] < -floor):
-                why = f"benefit {benefit[cid]:.3g} < {low:.3g} (median - margin) or < -{floor:.3g}"
-                self._move(round_index, cid, self.ptq, why)
+            if self.current[cid] != self.qat:
+                continue
+            if benefit[cid] < -floor:
+                self._move(round_index, cid, self.ptq, f"benefit {benefit[cid]:.3g} < -{floor:.3g}: QAT hurts")
+            elif cid not in self.free and benefit[cid] < low:
+                self._move(round_index, cid, self.ptq, f"benefit {benefit[cid]:.3g} < {low:.3g} (median - margin)")
         candidates = sorted(
             (cid for cid in movable if self.current[cid] == self.ptq and benefit[cid] > max(high, floor)),
             key=lambda cid: (-benefit[cid], cid),
         )
         n_qat = sum(s == self.qat for s in self.current.values())
-        weakest_first = [(benefit[q], q) for q in movable if self.current[q] == self.qat]
+        weakest_first = [(benefit[q], q) for q in movable if self.current[q] == self.qat and q not in self.free]
         heapq.heapify(weakest_first)
         for cid in candidates:
             why = f"benefit {benefit[cid]:.3g} > {max(high, floor):.3g} (median + margin, and the floor)"
@@ -151,7 +155,8 @@ class FedHQ(Policy):
                 self._move(round_index, cid, self.qat, f"{why}; swapped in for {weakest}")
             else:
                 continue
-            heapq.heappush(weakest_first, (benefit[cid], cid))
+            if cid not in self.free:
+                heapq.heappush(weakest_first, (benefit[cid], cid))
 
     def decision_log(self) -> list[dict[str, object]]:
         return [
