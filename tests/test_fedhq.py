@@ -185,3 +185,11 @@ def test_random_hybrid_draws_as_many_qat_clients_as_fedhqs_initialization():
         assert sum(s == QAT for s in assigned.values()) == expected
         draws.append(frozenset(cid for cid, s in assigned.items() if s == QAT))
     assert len(set(draws)) > 1  # drawn, not chosen
+
+
+def test_the_coarse_start_says_whether_the_cap_or_the_free_clients_filled_the_qat_share():
+    assert (
+        coarse_assignment(TEN, 4, 0.1, 0.3)[9].reason
+        == "skew 0.00: the QAT share is full (3 on QAT, 3 by max_qat_fraction)"
+    )
+    assert coarse_assignment(FREE_TWO, 4, 0.1, 0.0)[5].reason == "skew 0.50: the QAT share is full (2 on QAT, all free)"

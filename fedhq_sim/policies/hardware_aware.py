@@ -65,7 +65,8 @@ def coarse_assignment(
         elif not use_skew or t > limit:
             choices[c.client_id] = Choice(ptq, f"QAT round {t:.3g} s would lengthen the round past {limit:.3g} s")
         else:
-            choices[c.client_id] = Choice(ptq, f"skew {skew:.2f}: the QAT share is full ({max_qat} clients)")
+            full = f"{n_qat} on QAT" + (f", {max_qat} by max_qat_fraction" if n_qat == max_qat else ", all free")
+            choices[c.client_id] = Choice(ptq, f"skew {skew:.2f}: the QAT share is full ({full})")
     return choices
 
 
