@@ -111,24 +111,24 @@ def run_on_ray(
     session: RaySession, function: Callable[..., Any], arguments: Sequence[tuple], on_done: Callable[[int, Any], None]
 ) -> list[Any]:
     """``function(*args)`` for every tuple of ``arguments`` as one-CPU tasks; ``on_done(index,
-    result)`` as each finishes; the results in input order. The first failure cancels the rest
-    and is raised."""
+    result)`` as each finishes; the results in input order. The first failure, and a stop
+    raised by ``on_done`` or while waiting (Ctrl-C, SIGTERM), cancels the rest and is raised."""
     ray = session.ray
     remote = ray.remote(num_cpus=1)(function)
     futures = [remote.remote(*args) for args in arguments]
     index = {future: i for i, future in enumerate(futures)}
     results: list[Any] = [None] * len(futures)
     pending = list(futures)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        try:
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
             result = ray.get(done[0])
-        except BaseException as error:
-            for future in pending:
-                ray.cancel(future, force=True)
-            raise _unwrapped(error) from None
-        results[index[done[0]]] = result
-        on_done(index[done[0]], result)
+            results[index[done[0]]] = result
+            on_done(index[done[0]], result)
+    except BaseException as error:
+        for future in pending:
+            ray.cancel(future, force=True)
+        raise _unwrapped(error) from None
     return results
 
 

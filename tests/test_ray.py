@@ -20,6 +20,7 @@ import ray  # noqa: F401 - the tests need Ray installed (make test installs the 
 
 from fedhq_sim.cli import main
 from fedhq_sim.errors import InputError
+from fedhq_sim.interrupts import Terminated
 from fedhq_sim.ray_engine import RaySession, run_on_ray
 from tests.conftest import tiny_scenario_dict
 
@@ -86,6 +87,29 @@ def test_a_failed_ray_task_raises_its_own_error_and_stops_the_rest(local_ray):
     with pytest.raises(InputError, match="no Dirichlet draw"):
         run_on_ray(local_ray, _fails, [("a.yaml",), ("b.yaml",)], lambda i, _r: finished.append(i))
     assert finished == []
+
+
+def _waits(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_stop_raised_while_results_arrive_cancels_the_tasks_still_running(local_ray, monkeypatch):
+    """Ctrl-C or SIGTERM reaches ``on_done`` as a stop: the queued and running tasks go with it."""
+    cancelled = []
+    real_cancel = local_ray.ray.cancel
+    monkeypatch.setattr(
+        local_ray.ray, "cancel", lambda future, **kw: (cancelled.append(future), real_cancel(future, **kw))
+    )
+
+    def stop(_index, _result):
+        raise Terminated
+
+    with pytest.raises(Terminated):
+        run_on_ray(local_ray, _waits, [(0.0,), (60.0,), (60.0,)], stop)
+    assert len(cancelled) == 2
 
 
 def test_address_needs_the_ray_engine(tiny_scenario, tmp_path, capsys):
