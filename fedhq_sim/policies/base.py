@@ -89,8 +89,8 @@ class Policy(ABC):
     Options: ClassVar[type[PolicyOptions]] = PolicyOptions
     observes_deployment_gap: ClassVar[bool] = False
     """Whether quantizing clients must measure their update's deployment gap for :meth:`observe`.
-    The measurement is real work (deploying the update and an int8 pass over the calibration
-    samples), charged to the clients, so only a policy that reads it asks for it."""
+    The measurement is real work (deploying the update, a float and an int8 pass over the
+    calibration samples), charged to the clients, so only a policy that reads it asks for it."""
     observes_training: ClassVar[bool] = False
     """Whether :meth:`observe` reads what real training produces (losses, divergence,
     quantization error) to change later assignments. Timing-only mode produces none of it,
