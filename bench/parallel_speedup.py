@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from fedhq_sim.engine import Simulation
-from fedhq_sim.executors import open_executor
+from fedhq_sim.executor_choice import open_executor
 from fedhq_sim.scenario import load_scenario
 from fedhq_sim.tables import rounds_frame
 

@@ -31,8 +31,10 @@ from fedhq_sim import plots
 from fedhq_sim.batch import Engine, Variant, median_table, run_batch, run_summary
 from fedhq_sim.compare import policy_variants
 from fedhq_sim.engine import Simulation
-from fedhq_sim.executors import open_executor
-from fedhq_sim.results import ResultsWriter, prepare_output_dir
+from fedhq_sim.executor_choice import open_executor
+from fedhq_sim.files import prepare_output_dir
+from fedhq_sim.policies.choice import choose_policy
+from fedhq_sim.results import ResultsWriter
 from fedhq_sim.scenario import LoadedScenario, load_scenario
 from fedhq_sim.sweep import grid_variants
 from fedhq_sim.tables import latency_breakdown, links_frame, phases_frame, rounds_frame
@@ -55,9 +57,9 @@ class Scenario:
 
 
 def load(path: str | Path) -> Scenario:
-    """A scenario file, validated now so a mistake shows at once."""
+    """A scenario file, validated now (its policy section too) so a mistake shows at once."""
     scenario = Scenario(Path(path))
-    scenario.load()
+    choose_policy(scenario.load())
     return scenario
 
 
@@ -71,6 +73,8 @@ class Result:
     links: pd.DataFrame
     policy_log: pd.DataFrame
     host_seconds: float
+    policy_options: Mapping[str, Any]
+    """The policy's options as validated (``resolved.json`` records them)."""
     timing_only: bool = False
     """Priced from work profiles, not executed: accuracy columns are NaN."""
 
@@ -103,7 +107,7 @@ class Result:
         """Write the folder ``fedhq-sim run`` writes (CSVs, figures, trace, report)."""
         folder = prepare_output_dir(Path(out), overwrite=overwrite)
         writer = ResultsWriter(folder, self.scenario, timing_only=self.timing_only)
-        writer.write_inputs()
+        writer.write_inputs(self.policy_options)
         for name, frame in (
             ("rounds.csv", self.rounds),
             ("events.csv", self.events),
@@ -142,6 +146,7 @@ def simulate(
         links_frame(simulation.network.samples, simulation.network.links),
         pd.DataFrame(simulation.policy.decision_log()),
         time.perf_counter() - started,
+        simulation.policy_choice.options.model_dump(mode="json"),
         timing_only,
     )
 

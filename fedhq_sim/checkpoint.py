@@ -27,9 +27,9 @@ from typing import Any, get_type_hints
 import torch
 
 from fedhq_sim.errors import InputError
+from fedhq_sim.files import atomic_write_bytes
 from fedhq_sim.network import LinkSample
 from fedhq_sim.records import PhaseRecord, RoundRecord
-from fedhq_sim.results import atomic_write_bytes
 from fedhq_sim.tables import link_name
 
 FILE = "checkpoint.pt"

@@ -181,8 +181,9 @@ def _run(args: argparse.Namespace) -> int:
     import os
     from contextlib import ExitStack
 
-    from fedhq_sim.executors import open_executor
-    from fedhq_sim.results import prepare_output_dir
+    from fedhq_sim.executor_choice import open_executor
+    from fedhq_sim.files import prepare_output_dir
+    from fedhq_sim.policies.choice import choose_policy
     from fedhq_sim.scenario import load_scenario
 
     workers = args.workers if args.workers is not None else os.cpu_count() or 1
@@ -201,6 +202,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.scenario is None:
             raise InputError("command line", "scenario", "give a scenario file, or --resume DIR")
         scenario, checkpoint = load_scenario(args.scenario), None
+        choose_policy(scenario)  # a bad policy section costs no output folder and no workers
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         out = prepare_output_dir(
             args.out or Path("results") / f"{scenario.spec.name}-{stamp}", overwrite=args.overwrite
@@ -282,7 +284,7 @@ def _simulate_into(
     simulation.checkpointing = True
     writer = ResultsWriter(out, scenario, timing_only=args.timing_only)
     if checkpoint is None:
-        writer.write_inputs()
+        writer.write_inputs(simulation.policy_choice.options.model_dump(mode="json"))
         writer.write_feasibility(simulation.feasibility)
     else:
         writer.resume(
@@ -404,11 +406,12 @@ def _analyze(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from fedhq_sim.engine import Simulation
+    from fedhq_sim.policies.choice import choose_policy
     from fedhq_sim.policies.hardware_aware import CoarseOptions, coarse_assignment, ptq_critical_path
     from fedhq_sim.scenario import load_scenario
 
     scenario = load_scenario(args.scenario)
-    defaults = CoarseOptions().model_dump() | scenario.policy_options.model_dump()
+    defaults = CoarseOptions().model_dump() | choose_policy(scenario).options.model_dump()
     budget = defaults["latency_budget"] if args.latency_budget is None else args.latency_budget
     fraction = defaults["max_qat_fraction"] if args.max_qat_fraction is None else args.max_qat_fraction
     if not (0 <= budget <= 10 and 0 <= fraction <= 1):
@@ -448,7 +451,7 @@ def _analyze(args: argparse.Namespace) -> int:
         f"budget x{1 + budget:g}, QAT share at most {fraction:g}"
     )
     if args.out:
-        from fedhq_sim.results import atomic_write_text
+        from fedhq_sim.files import atomic_write_text
 
         atomic_write_text(args.out, table.to_csv(index=False))
     return 0
@@ -480,10 +483,12 @@ def _execute_batch(args: argparse.Namespace, kind: str, variants: list, by: list
     import pandas as pd
 
     from fedhq_sim.batch import median_table, run_batch, run_summary, table_markdown
+    from fedhq_sim.files import atomic_write_text, prepare_output_dir
     from fedhq_sim.plots import plot_capacity_curves, plot_comparison, save
+    from fedhq_sim.policies.choice import check_timing_only, choose_policy
     from fedhq_sim.report import write_batch_report
-    from fedhq_sim.results import atomic_write_text, package_versions, prepare_output_dir
-    from fedhq_sim.scenario import check_timing_only, load_scenario
+    from fedhq_sim.results import package_versions
+    from fedhq_sim.scenario import load_scenario
 
     _check_engine(args)
     if args.timing_only:
@@ -491,8 +496,9 @@ def _execute_batch(args: argparse.Namespace, kind: str, variants: list, by: list
     names = []
     for variant in {v.name: v for v in variants}.values():  # every variant must load before any runs
         loaded = load_scenario(variant.scenario, {**variant.overrides, "seed": variant.seed})
+        choice = choose_policy(loaded)
         if args.timing_only:
-            check_timing_only(loaded)
+            check_timing_only(loaded, choice)
         names.append(loaded.spec.name)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = prepare_output_dir(args.out or Path("results") / f"{names[0]}-{kind}-{stamp}", overwrite=args.overwrite)
@@ -636,8 +642,8 @@ def _profile_device(args: argparse.Namespace) -> int:
     import torch
     import yaml
 
+    from fedhq_sim.files import atomic_write_text
     from fedhq_sim.probe import ProbeSettings, parse_measured, probe_device
-    from fedhq_sim.results import atomic_write_text
     from fedhq_sim.scenario import SAFE_NAME
 
     name = args.out.stem if args.out else "this_host"

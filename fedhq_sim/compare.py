@@ -15,7 +15,7 @@ from typing import Any
 from fedhq_sim.batch import Variant
 from fedhq_sim.errors import InputError
 from fedhq_sim.policies import POLICIES
-from fedhq_sim.scenario import import_user_policies
+from fedhq_sim.policies.choice import import_user_policies
 from fedhq_sim.yamlio import load_yaml_mapping
 
 DEFAULT_POLICIES = ("all-fp32", "all-ptq", "all-qat", "random-hybrid", "deadline-greedy", "fedhq")

@@ -36,10 +36,11 @@ from fedhq_sim.faults import CRASHED, ClientFaults, draw
 from fedhq_sim.feasibility import Feasibility, check_client, payload_bytes, training_step, transfer_floor_s
 from fedhq_sim.network import FlowNetwork, LinkSample, TransferStalledError
 from fedhq_sim.policies import ClientInfo, ClientReport, Policy, RoundContext
+from fedhq_sim.policies.choice import check_timing_only, choose_policy
 from fedhq_sim.quant.strategy import FP32, Strategy
 from fedhq_sim.records import PhaseRecord, RoundRecord
 from fedhq_sim.round_work import ClientResult, ExecutedWork, ProfiledWork, RoundWork
-from fedhq_sim.scenario import ClientSpec, LoadedScenario, Outage, check_timing_only
+from fedhq_sim.scenario import ClientSpec, LoadedScenario, Outage
 from fedhq_sim.server_work import Update
 from fedhq_sim.topology import Topology, build_topology
 from fedhq_sim.training import LocalConfig
@@ -138,8 +139,9 @@ class Simulation:
     ) -> None:
         spec = scenario.spec
         self.scenario = scenario
+        self.policy_choice = choose_policy(scenario)
         if timing_only:
-            check_timing_only(scenario)
+            check_timing_only(scenario, self.policy_choice)
         self.env = simpy.Environment()
         self.rng = _streams(spec.seed)
         self.data = federated_data(scenario, self.rng["partition"])
@@ -170,7 +172,7 @@ class Simulation:
             t.calibration_samples,
             self.data.input_shape,
             t.local_steps,
-            scenario.policy_class.observes_deployment_gap,
+            self.policy_choice.policy_class.observes_deployment_gap,
             self.range_bits,
         )
         self.analysis = analyze(scenario, self.data, self.topology, self.local, self._candidate_strategies())
@@ -186,7 +188,7 @@ class Simulation:
             )
             for c in scenario.clients
         ]
-        self.policy: Policy = scenario.policy_class(scenario.policy_options, infos, self.rng["policy"])
+        self.policy: Policy = self.policy_choice.policy_class(self.policy_choice.options, infos, self.rng["policy"])
         self.eligible = tuple(
             c.client_id
             for c in scenario.clients

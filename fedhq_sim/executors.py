@@ -16,7 +16,6 @@ import multiprocessing
 import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -138,16 +137,3 @@ class ProcessExecutor:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
-
-
-def open_executor(stack: ExitStack, engine: str, workers: int, address: str | None = None) -> WorkExecutor | None:
-    """Where a run's client work goes, closed with ``stack``: Ray tasks (``engine="ray"``, on
-    a local instance of ``workers`` CPUs or the cluster at ``address``), a pool of ``workers``
-    processes, or this process (``None``) for one worker."""
-    if engine == "ray":
-        from fedhq_sim.ray_engine import RayExecutor, RaySession  # Ray is an optional extra
-
-        return RayExecutor(stack.enter_context(RaySession(workers, address)))
-    if workers > 1:
-        return stack.enter_context(ProcessExecutor(workers))
-    return None

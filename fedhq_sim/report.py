@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from fedhq_sim.errors import InputError
-from fedhq_sim.results import atomic_write_text
+from fedhq_sim.files import atomic_write_text
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222; }

@@ -2,18 +2,17 @@
 
 This is the only module that knows the scenario format (as Ciw's ``import_params``). It
 validates the file, resolves every profile name against the profile library, checks what
-only makes sense across sections (enough clients for a round, a known policy), and returns
-a :class:`LoadedScenario` of plain values. Defaults live only in the model fields here.
+only makes sense across sections (enough clients for a round, known sites and clients), and
+returns a :class:`LoadedScenario` of plain values. Defaults live only in the model fields
+here. It runs no code of the scenario's: the policy (a registered name, perhaps from a user's
+module) is resolved by :mod:`fedhq_sim.policies.choice`.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -24,8 +23,8 @@ from fedhq_sim.deployment import DeploymentSpec
 from fedhq_sim.errors import InputError
 from fedhq_sim.faults import CrashRule, ScheduledCrash
 from fedhq_sim.models import ModelRef
+from fedhq_sim.nodes import CORE, SERVER, client_node, site_node
 from fedhq_sim.overrides import with_overrides
-from fedhq_sim.policies import POLICIES, Policy, PolicyOptions
 from fedhq_sim.profiles import DeviceProfile, LinkProfile, ProfileLibrary
 from fedhq_sim.schema import NonNegativeSeconds, Seconds, StrictModel, validate
 from fedhq_sim.workload import DataSource, DataSpec, ModelSpec, check_model, data_source, load_data, resolve_model
@@ -255,8 +254,6 @@ class LoadedScenario:
     server_device: DeviceProfile
     server_link: LinkProfile
     backhauls: dict[str, LinkProfile]
-    policy_class: type[Policy]
-    policy_options: PolicyOptions
     outages: tuple[Outage, ...]
     availability: Availability
     aggregators: dict[str, DeviceProfile]
@@ -279,8 +276,9 @@ class LoadedScenario:
         header = "".join(f"# override: {key} = {value!r}\n" for key, value in self.overrides.items())
         return header + yaml.safe_dump(applied, sort_keys=False, allow_unicode=True)
 
-    def resolved(self) -> dict[str, Any]:
-        """Everything the run used, in SI units, for the results folder."""
+    def resolved(self, policy_options: Mapping[str, Any]) -> dict[str, Any]:
+        """Everything the run used, in SI units, for the results folder (with the policy's
+        options as validated by :func:`fedhq_sim.policies.choice.choose_policy`)."""
         devices = {c.device.name: c.device for c in self.clients} | {self.server_device.name: self.server_device}
         devices |= {p.name: p for p in self.aggregators.values()}
         links = {c.link.name: c.link for c in self.clients} | {self.server_link.name: self.server_link}
@@ -290,7 +288,7 @@ class LoadedScenario:
             "units": "SI base units: seconds, bit/s (links), byte/s (memory bandwidth), bytes, operations/s",
             "scenario": self.spec.model_dump(mode="json"),
             "overrides": self.overrides,
-            "policy_options": self.policy_options.model_dump(mode="json"),
+            "policy_options": dict(policy_options),
             "clients": [
                 {"client_id": c.client_id, "name": c.name, "site": c.site, "device": c.device.name, "link": c.link.name}
                 for c in self.clients
@@ -298,61 +296,6 @@ class LoadedScenario:
             "device_profiles": {n: p.model_dump(mode="json") for n, p in sorted(devices.items())},
             "link_profiles": {n: p.model_dump(mode="json") for n, p in sorted(links.items())},
         }
-
-
-_USER_MODULES: dict[str, ModuleType] = {}
-
-
-def import_user_policies(module: str, path: Path) -> None:
-    """Run a user's module once, so that its ``@register_policy`` classes join ``POLICIES``."""
-    is_file = module.endswith(".py")
-    key = str((path.parent / module).resolve()) if is_file else module
-    if key in _USER_MODULES:
-        return
-    try:
-        if is_file:
-            if not Path(key).is_file():
-                raise InputError(path, "policy.module", f"no such file: {key}")
-            spec = importlib.util.spec_from_file_location(f"fedhq_sim_user_{Path(key).stem}", key)
-            loaded = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(loaded)
-        else:
-            loaded = importlib.import_module(module)
-    except InputError:
-        raise
-    except Exception as error:  # the user's code: report it in one line, whatever it raised
-        raise InputError(
-            path, "policy.module", f"importing '{module}' failed: {type(error).__name__}: {error}"
-        ) from None
-    _USER_MODULES[key] = loaded
-
-
-def _resolve_policy(spec: ScenarioSpec, path: Path) -> tuple[type[Policy], PolicyOptions]:
-    if spec.policy.module is not None:
-        import_user_policies(spec.policy.module, path)
-    policy_class = POLICIES.get(spec.policy.name)
-    if policy_class is None:
-        names = ", ".join(sorted(POLICIES))
-        raise InputError(path, "policy.name", f"unknown policy '{spec.policy.name}' (available: {names})")
-    given = dict(spec.policy.model_extra or {})
-    if "bits" in given:
-        raise InputError(path, "policy.bits", "has moved: the deployed bit width is the run's, set deployment.bits")
-    given["bits"] = spec.deployment.bits  # every policy quantizes at the deployment's width
-    options = validate(policy_class.Options, given, path, prefix=("policy",))
-    return policy_class, options
-
-
-def check_timing_only(scenario: LoadedScenario) -> None:
-    """Refuse a policy whose assignments depend on what real training produces: timing-only
-    mode produces none of it, so its timings would not be those of a full run."""
-    if scenario.policy_class.observes_training:
-        raise InputError(
-            scenario.path,
-            "policy.name",
-            f"policy '{scenario.spec.policy.name}' learns from real training (losses, divergence, quantization "
-            "error), which timing-only mode does not produce; use coarse-init (FedHQ's initialization, kept "
-            "fixed) or run in full mode",
-        )
 
 
 def load_scenario(path: Path | str, overrides: Mapping[str, Any] | None = None) -> LoadedScenario:
@@ -403,14 +346,13 @@ def load_scenario(path: Path | str, overrides: Mapping[str, Any] | None = None) 
             "training.clients_per_round",
             f"asks for {spec.training.clients_per_round} clients per round but the fleet has {len(clients)}",
         )
-    policy_class, options = _resolve_policy(spec, path)
     site_links = _resolve_site_links(spec, library, path)
     outages = _resolve_outages(spec, clients, path)
     availability = _resolve_availability(spec, clients, path)
     crash_rules, scheduled = _resolve_crashes(spec, clients, path)
     source = data_source(spec.data, path)
     model = resolve_model(spec.model, path)
-    check_model(model, load_data(source), path, quantizes=policy_class.name != "all-fp32")
+    check_model(model, load_data(source), path, quantizes=spec.policy.name != "all-fp32")
     return LoadedScenario(
         path=path,
         spec=spec,
@@ -418,8 +360,6 @@ def load_scenario(path: Path | str, overrides: Mapping[str, Any] | None = None) 
         server_device=library.device(spec.server.device, referenced_from=path, key="server.device"),
         server_link=library.link(spec.server.link, referenced_from=path, key="server.link"),
         backhauls=backhauls,
-        policy_class=policy_class,
-        policy_options=options,
         outages=outages,
         availability=availability,
         aggregators=aggregators,
@@ -513,7 +453,7 @@ def _resolve_availability(spec: ScenarioSpec, clients: list[ClientSpec], path: P
 
 
 def _resolve_outages(spec: ScenarioSpec, clients: list[ClientSpec], path: Path) -> tuple[Outage, ...]:
-    """Each outage's ``link`` as the node pair of its physical link (names as in topology.py)."""
+    """Each outage's ``link`` as the node pair of its physical link."""
     sites = {s.name for s in spec.sites}
     by_name = {c.name: c for c in clients}
     bridges = {frozenset(link.sites): tuple(link.sites) for link in spec.network.site_links}
@@ -521,15 +461,15 @@ def _resolve_outages(spec: ScenarioSpec, clients: list[ClientSpec], path: Path) 
     for index, outage in enumerate(spec.network.outages):
         kind, _, name = outage.link.partition(":")
         if outage.link == "server":
-            nodes = ("core", "server")
+            nodes = (CORE, SERVER)
         elif kind == "backhaul" and name in {s.name for s in spec.sites if s.backhaul is not None}:
-            nodes = (f"site:{name}", "core")
+            nodes = (site_node(name), CORE)
         elif kind == "site_link" and frozenset(name.split("/")) in bridges:
             a, b = bridges[frozenset(name.split("/"))]
-            nodes = (f"site:{a}", f"site:{b}")
+            nodes = (site_node(a), site_node(b))
         elif kind == "access" and name in by_name:
             site = next(s for s in spec.sites if s.name == by_name[name].site)
-            nodes = (f"client:{by_name[name].client_id}", f"site:{site.name}" if site.backhaul else "core")
+            nodes = (client_node(by_name[name].client_id), site_node(site.name) if site.backhaul else CORE)
         else:
             raise InputError(
                 path,

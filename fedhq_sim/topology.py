@@ -18,19 +18,9 @@ import networkx as nx
 
 from fedhq_sim.errors import InputError
 from fedhq_sim.network import DirectedLink
+from fedhq_sim.nodes import CORE, SERVER, client_node, site_node
 from fedhq_sim.profiles import LinkProfile
 from fedhq_sim.scenario import LoadedScenario
-
-SERVER = "server"
-CORE = "core"
-
-
-def site_node(site: str) -> str:
-    return f"site:{site}"
-
-
-def client_node(client_id: int) -> str:
-    return f"client:{client_id}"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import pytest
 from fedhq_sim.batch import median_table, time_to_target
 from fedhq_sim.cli import main
 from fedhq_sim.compare import policy_overrides
+from fedhq_sim.policies.choice import choose_policy
 from fedhq_sim.scenario import load_scenario
 from tests.conftest import scenario_file, tiny_scenario_dict
 
@@ -84,7 +85,7 @@ def test_a_policy_keeps_only_the_scenario_options_it_accepts(write_scenario):
     hybrid = policy_overrides(path, "random-hybrid")["policy"]
     assert hybrid == {"name": "random-hybrid", "latency_budget": 0.2, "max_qat_fraction": 0.5}
     loaded = load_scenario(path, policy_overrides(path, "all-fp32") | {"seed": 9})
-    assert loaded.spec.seed == 9 and loaded.policy_options.bits == 4  # fp32 clients, 4-bit deployment
+    assert loaded.spec.seed == 9 and choose_policy(loaded).options.bits == 4  # fp32 clients, 4-bit deployment
 
 
 def test_a_set_value_holds_for_every_policy(write_scenario):
@@ -92,7 +93,7 @@ def test_a_set_value_holds_for_every_policy(write_scenario):
 
     path = write_scenario(comparison_scenario())
     for variant in policy_variants(path, ["all-ptq", "fedhq"], [1], {"deployment.bits": 8}):
-        assert load_scenario(path, variant.overrides).policy_options.bits == 8
+        assert choose_policy(load_scenario(path, variant.overrides)).options.bits == 8
 
 
 USER_POLICY = """

@@ -9,6 +9,7 @@ import yaml
 
 from fedhq_sim.cli import main
 from fedhq_sim.errors import InputError
+from fedhq_sim.policies.choice import choose_policy
 from fedhq_sim.profiles import ProfileLibrary, numeric_keys
 from fedhq_sim.scenario import load_scenario
 from tests.conftest import PROFILES, REPO, tiny_scenario_dict
@@ -70,7 +71,7 @@ CASES = [
 def test_bad_scenarios_name_file_key_and_problem(write_scenario, label, change, key, fragment):
     path = write_scenario(mutated(change))
     with pytest.raises(InputError) as raised:
-        load_scenario(path)
+        choose_policy(load_scenario(path))  # the two input stages every front door runs first
     message = str(raised.value)
     assert message.startswith(f"{path}: {key}: "), message
     assert fragment in message

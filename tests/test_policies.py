@@ -70,6 +70,7 @@ class EveryOtherQAT(Policy):
 
 def test_a_user_defined_policy_loads_by_name_from_the_users_own_file(write_scenario, tmp_path):
     from fedhq_sim.engine import Simulation
+    from fedhq_sim.policies.choice import choose_policy
     from fedhq_sim.scenario import load_scenario
     from tests.conftest import tiny_scenario_dict
 
@@ -81,7 +82,7 @@ def test_a_user_defined_policy_loads_by_name_from_the_users_own_file(write_scena
     result = Simulation(load_scenario(path)).run()
     strategies = {p.client_id: p.strategy for p in result.phases if p.phase == "compute"}
     assert strategies == {0: "ptq8", 1: "qat8", 2: "ptq8", 3: "qat8"}
-    load_scenario(path)  # loading again does not register the policy twice
+    choose_policy(load_scenario(path))  # choosing again does not register the policy twice
 
 
 def test_a_broken_user_policy_module_is_one_line_naming_its_key(write_scenario, tmp_path, capsys):

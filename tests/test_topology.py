@@ -1,7 +1,8 @@
 from fedhq_sim.cli import main
 from fedhq_sim.engine import Simulation
+from fedhq_sim.nodes import CORE, SERVER, client_node, site_node
 from fedhq_sim.scenario import load_scenario
-from fedhq_sim.topology import CORE, SERVER, build_topology, client_node, site_node
+from fedhq_sim.topology import build_topology
 from tests.conftest import tiny_scenario_dict
 
 
