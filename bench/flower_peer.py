@@ -19,7 +19,7 @@ local epoch of plain SGD (no momentum, lr 0.05, batch 16, reshuffled each epoch)
 weighted by sample counts, policy ``all-fp32`` (no quantized training), 5 rounds.
 
 The same on both sides: the data partition (Flower's clients take their shares from
-``fedhq_sim.engine.federated_data``, partition-id i = fedhq-sim client i), the initial model
+``fedhq_sim.world.federated_data``, partition-id i = fedhq-sim client i), the initial model
 (``build_model`` with the scenario's seed), the local training loop and its per-client,
 per-round shuffle seed (``fedhq_sim.round_work.client_seed``), FedAvg over every client, fp32
 evaluation of the global model on the same test set after each round, one torch thread in
@@ -61,10 +61,10 @@ import yaml
 from torch.nn.functional import cross_entropy
 
 from fedhq_sim.data import FederatedData, Samples
-from fedhq_sim.engine import federated_data
 from fedhq_sim.models import build_model
 from fedhq_sim.round_work import client_seed
 from fedhq_sim.scenario import load_scenario
+from fedhq_sim.world import federated_data
 
 REPO = Path(__file__).resolve().parent.parent
 CLIENTS = 20

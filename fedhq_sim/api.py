@@ -146,7 +146,7 @@ def simulate(
         links_frame(simulation.network.samples, simulation.network.links),
         pd.DataFrame(simulation.policy.decision_log()),
         time.perf_counter() - started,
-        simulation.policy_choice.options.model_dump(mode="json"),
+        simulation.world.policy_choice.options.model_dump(mode="json"),
         timing_only,
     )
 

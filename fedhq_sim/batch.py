@@ -72,7 +72,7 @@ def run_variant(variant: Variant, loaded: LoadedScenario | None = None) -> Varia
     simulation = Simulation(loaded, timing_only=variant.timing_only)
     result = simulation.run()
     log = simulation.policy.decision_log()
-    resolved = loaded.resolved(simulation.policy_choice.options.model_dump(mode="json"))
+    resolved = loaded.resolved(simulation.world.policy_choice.options.model_dump(mode="json"))
     return VariantResult(variant, rounds_frame(result.rounds), simulation.policy_share_max(), resolved, log)
 
 

@@ -5,13 +5,14 @@ Each operation costs its kernel class's fixed overhead plus the larger of its co
 roofline model with a per-call intercept, which is what small-model work on real devices
 looks like (a tiny convolution costs its overhead, a large one its FLOPs). Views cost one
 dispatch; markers (training steps, rewritten modules) cost the device's stated overhead
-each. Energy is the device's active power times that time. The charge depends only on the
+each. Energy is the device's active power times that time (a transfer's, its interface's radio
+power times its time on the link). The charge depends only on the
 work and the device, never on the host.
 """
 
 from __future__ import annotations
 
-from fedhq_sim.profiles import DeviceProfile, Kernel
+from fedhq_sim.profiles import DeviceProfile, Kernel, LinkProfile
 from fedhq_sim.work import OpCost, WorkProfile
 
 _FP16_KERNELS = {"matmul": "fp16_matmul", "conv": "fp16_conv"}
@@ -89,3 +90,18 @@ def charge_seconds(work: WorkProfile, device: DeviceProfile) -> float:
 def compute_joules(seconds: float, device: DeviceProfile) -> float:
     """Energy of ``seconds`` of computation: the device's active power times the time."""
     return device.power.active * seconds
+
+
+def idle_joules(seconds: float, device: DeviceProfile) -> float:
+    """Energy of ``seconds`` in a round without computing: the device's idle power times the time."""
+    return device.power.idle * seconds
+
+
+def phase_joules(phase: str, status: str, seconds: float, device: DeviceProfile, link: LinkProfile) -> float:
+    """Energy of one phase of a client's round: computation at the device's active power (none
+    when it could not start: ``unable``), a transfer at its interface's receive (download)
+    or transmit (upload) power for as long as the transfer was on the link."""
+    if phase == "compute":
+        return compute_joules(seconds, device) if status != "unable" else 0.0
+    power = link.radio_power
+    return (power.receive if phase == "download" else power.transmit) * seconds

@@ -284,7 +284,7 @@ def _simulate_into(
     simulation.checkpointing = True
     writer = ResultsWriter(out, scenario, timing_only=args.timing_only)
     if checkpoint is None:
-        writer.write_inputs(simulation.policy_choice.options.model_dump(mode="json"))
+        writer.write_inputs(simulation.world.policy_choice.options.model_dump(mode="json"))
         writer.write_feasibility(simulation.feasibility)
     else:
         writer.resume(

@@ -103,7 +103,7 @@ def _fp32_only_board_scenario(tmp_path, policy: str):
 def test_a_fixed_policy_never_selects_a_client_that_cannot_run_its_strategy(tmp_path, capsys):
     path = _fp32_only_board_scenario(tmp_path, "all-qat")
     simulation = Simulation(load_scenario(path))
-    assert simulation.able[0] == frozenset({"fp32", "ptq8"})
+    assert simulation.world.able[0] == frozenset({"fp32", "ptq8"})
     assert 0 not in simulation.eligible
     result = simulation.run()
     assert 0 not in {p.client_id for p in result.phases}

@@ -97,7 +97,7 @@ def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 STOPPING_CHILD = """
 import os, signal, sys
-from fedhq_sim import engine, results
+from fedhq_sim import recorder, results
 from fedhq_sim.cli import main
 
 how, where = signal.Signals[sys.argv[1]], sys.argv[2]
@@ -107,7 +107,7 @@ class StopsInItsFinalizer:
         os.kill(os.getpid(), how)  # Python drops the KeyboardInterrupt this raises here
 
 fired = []
-record, write_trace = engine.Simulation._record, results.ResultsWriter.write_trace
+record, write_trace = recorder.Recorder.record, results.ResultsWriter.write_trace
 
 def record_then_stop(self, r, *rest):
     record(self, r, *rest)
@@ -122,7 +122,7 @@ def stop_then_write_trace(self, *args):
         os.kill(os.getpid(), how)
     write_trace(self, *args)
 
-engine.Simulation._record, results.ResultsWriter.write_trace = record_then_stop, stop_then_write_trace
+recorder.Recorder.record, results.ResultsWriter.write_trace = record_then_stop, stop_then_write_trace
 sys.exit(main(sys.argv[3:]))
 """
 
