@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+import numpy as np
 import simpy
 import torch
 
@@ -77,15 +78,31 @@ class Simulation:
         self, scenario: LoadedScenario, executor: WorkExecutor | None = None, *, timing_only: bool = False
     ) -> None:
         spec = scenario.spec
-        self.scenario = scenario
-        self.rng = streams(spec.seed)
-        self.world: World = build_world(scenario, self.rng["partition"], timing_only=timing_only)
-        world = self.world
+        rng = streams(spec.seed)
+        world = build_world(scenario, rng["partition"], timing_only=timing_only)
+        work: RoundWork = (
+            ProfiledWork(world.data, world.local, spec.seed, spec.deployment)
+            if timing_only
+            else ExecutedWork(world.data, world.local, spec.seed, spec.deployment, executor)
+        )
+        self._begin(world, work, rng)
+
+    @classmethod
+    def on(cls, world: World, work: RoundWork) -> Simulation:
+        """A simulation of ``world`` whose rounds' work is ``work``: a stand-in with fixed
+        charges lets the engine's tests check its clock without any real computation."""
+        simulation = cls.__new__(cls)
+        simulation._begin(world, work, streams(world.scenario.spec.seed))
+        return simulation
+
+    def _begin(self, world: World, work: RoundWork, rng: dict[str, np.random.Generator]) -> None:
+        scenario = world.scenario
+        spec = scenario.spec
+        self.scenario, self.world, self.work, self.rng = scenario, world, work, rng
         self.data, self.topology, self.feasibility = world.data, world.topology, world.feasibility
         self.analysis, self.local = world.analysis, world.local
-        self.policy: Policy = world.policy_choice.policy_class(
-            world.policy_choice.options, world.infos, self.rng["policy"]
-        )
+        choice = world.policy_choice
+        self.policy: Policy = choice.policy_class(choice.options, world.infos, rng["policy"])
         self.eligible = tuple(
             c.client_id
             for c in scenario.clients
@@ -94,11 +111,6 @@ class Simulation:
         if not self.eligible:
             reasons = [f.reason for f in self.feasibility if not f.able] or ["the policy assigns nothing they can run"]
             raise InputError(scenario.path, "sites", f"no client can take part: {reasons[0]}")
-        self.work: RoundWork = (
-            ProfiledWork(self.data, self.local, spec.seed, spec.deployment)
-            if timing_only
-            else ExecutedWork(self.data, self.local, spec.seed, spec.deployment, executor)
-        )
         self.rounds: list[RoundRecord] = []
         self.phases: list[PhaseRecord] = []
         self._wire(simpy.Environment())
@@ -255,7 +267,7 @@ class Simulation:
                     r,
                     o.strategy,
                     o.result is not None,
-                    len(self.data.clients[o.client_id]),
+                    self.world.infos[o.client_id].num_samples,
                     o.result.train_loss if o.result else None,
                     o.result.divergence if o.result else None,
                     o.result.deployment_gap if o.result else None,

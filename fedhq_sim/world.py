@@ -137,6 +137,16 @@ def check_clients(scenario: LoadedScenario, data: FederatedData, topology: Topol
     return rows
 
 
+def site_gateways(scenario: LoadedScenario) -> dict[str, ClientSpec]:
+    """Each aggregating site's gateway as a client with a negative id (``-1 - site index``),
+    on the site's backhaul: it appears in the events like a client."""
+    site_index = {site.name: i for i, site in enumerate(scenario.spec.sites)}
+    return {
+        site: ClientSpec(-1 - site_index[site], f"{site}/aggregator", site, device, scenario.backhauls[site])
+        for site, device in scenario.aggregators.items()
+    }
+
+
 def build_world(scenario: LoadedScenario, partition: np.random.Generator, *, timing_only: bool = False) -> World:
     """The world of one run; ``partition`` is the run's data-split stream (see :func:`streams`).
 
@@ -151,11 +161,6 @@ def build_world(scenario: LoadedScenario, partition: np.random.Generator, *, tim
     data = federated_data(scenario, partition)
     topology = build_topology(scenario)
     feasibility = check_clients(scenario, data, topology)
-    site_index = {site.name: i for i, site in enumerate(spec.sites)}
-    aggregators = {
-        site: ClientSpec(-1 - site_index[site], f"{site}/aggregator", site, device, scenario.backhauls[site])
-        for site, device in scenario.aggregators.items()
-    }
     able_sets: dict[int, set[str]] = {c.client_id: set() for c in scenario.clients}
     for row in feasibility:  # one pass: building a fleet of thousands stays linear
         if row.able:
@@ -187,4 +192,4 @@ def build_world(scenario: LoadedScenario, partition: np.random.Generator, *, tim
         )
         for c in scenario.clients
     ]
-    return World(scenario, choice, data, topology, feasibility, able, aggregators, local, analysis, infos)
+    return World(scenario, choice, data, topology, feasibility, able, site_gateways(scenario), local, analysis, infos)
