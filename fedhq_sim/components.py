@@ -33,6 +33,7 @@ from fedhq_sim.world import World
 
 OFFLINE = "client offline"  # the interrupt cause of a client whose availability ended
 CRASH = "device crashed"  # the interrupt cause of an injected crash
+CANCELLED = "the round had the reports it needed (over-selection)"  # the cause of a cancelled client
 NO_FAULT = ClientFaults()
 
 
@@ -147,6 +148,8 @@ class Client:
                 record(r, client, phase, strategy, nbytes, start, "failed", reason)
             elif interrupt.cause == CRASH:
                 record(r, client, phase, strategy, nbytes, start, "failed", CRASHED[phase])
+            elif interrupt.cause == CANCELLED:
+                record(r, client, phase, strategy, nbytes, start, "cancelled", CANCELLED)
             else:
                 record(r, client, phase, strategy, nbytes, start, "dropped")
             return Outcome(cid, strategy, None)
@@ -213,8 +216,9 @@ class SiteAggregator:
             record(r, gateway, phase, FP32, nbytes, start, "completed")
             return SiteOutcome([p.value for p in procs], update)
         except (simpy.Interrupt, TransferStalledError) as stop:
-            status = "failed" if isinstance(stop, TransferStalledError) else "dropped"
-            reason = str(stop) if status == "failed" else ""
+            cancelled = isinstance(stop, simpy.Interrupt) and stop.cause == CANCELLED
+            status = "failed" if isinstance(stop, TransferStalledError) else "cancelled" if cancelled else "dropped"
+            reason = str(stop) if status == "failed" else CANCELLED if cancelled else ""
             for proc in procs:
                 if proc.is_alive:
                     proc.interrupt(stop.cause if isinstance(stop, simpy.Interrupt) else "gateway failed")

@@ -26,7 +26,7 @@ import simpy
 import torch
 
 from fedhq_sim.clock import pending_events, schedule_at
-from fedhq_sim.components import Client, Outcome, Runtime, Server, SiteAggregator, SiteOutcome
+from fedhq_sim.components import CANCELLED, Client, Outcome, Runtime, Server, SiteAggregator, SiteOutcome
 from fedhq_sim.errors import InputError, SimulationError
 from fedhq_sim.executors import Pending, WorkExecutor
 from fedhq_sim.faults import draw
@@ -191,7 +191,8 @@ class Simulation:
             raise SimulationError(f"round {r}: no client is available at {self.env.now:.1f} s or later")
         yield self.env.timeout(ready_at - self.env.now)  # the server waits for someone to be on
         candidates = [cid for cid in self.eligible if availability.available(cid, self.env.now)]
-        n_select = min(spec.training.clients_per_round, len(candidates))
+        wanted = spec.training.clients_per_round
+        n_select = min(math.ceil(round(wanted * spec.training.over_selection, 9)), len(candidates))
         selected = tuple(sorted(int(i) for i in self.rng["selection"].choice(candidates, n_select, replace=False)))
         decided = time.perf_counter()
         assignment = self.policy.assign(RoundContext(r, selected))
@@ -216,15 +217,18 @@ class Simulation:
                 procs.append(self.clients[cid].start(r, assignment[cid], model_nbytes, routes, deadline_at))
         for site, members in by_site.items():
             procs.append(self.env.process(self.sites[site].round(r, members, assignment, model_nbytes, deadline_at)))
-        yield self.env.all_of(procs) | self.env.timeout(spec.training.round_deadline)
+        collected = self.env.all_of(procs) | self.env.timeout(spec.training.round_deadline)
+        enough = _reports_reach(self.env, procs, wanted) if n_select > wanted else None
+        yield collected if enough is None else collected | enough
         collect_end = self.env.now
         # The deadline is inclusive: work that ends at this very instant (an upload whose last
         # byte arrives now) is processed before the late clients are interrupted.
         while any(p.is_alive for p in procs) and self.env.peek() == self.env.now:
             yield self.env.timeout(0)
+        cause = CANCELLED if enough is not None and enough.triggered else "round deadline"
         for proc in procs:
             if proc.is_alive:
-                proc.interrupt("round deadline")
+                proc.interrupt(cause)
         yield self.env.all_of(procs)  # the interrupted processes record their drop at this instant
 
         values = [p.value for p in procs]
@@ -383,6 +387,29 @@ class Simulation:
             gc.unfreeze()  # collectable again once the run is no longer referenced
             torch.set_num_threads(threads)
         return RunResult(list(self.rounds), list(self.phases))
+
+
+def _reports_reach(env: simpy.Environment, procs: list[simpy.Process], wanted: int) -> simpy.Event:
+    """An event that fires once ``wanted`` client updates have reached the server: a direct
+    client's when its upload completes, an aggregating site's members' when its aggregate does."""
+    enough = env.event()
+    arrived = 0
+
+    def count(proc: simpy.Event) -> None:
+        nonlocal arrived
+        if not proc.ok or enough.triggered:
+            return
+        value = proc.value
+        if isinstance(value, Outcome):
+            arrived += value.result is not None
+        elif value.update is not None:
+            arrived += sum(o.result is not None for o in value.members)
+        if arrived >= wanted:
+            enough.succeed()
+
+    for proc in procs:
+        proc.callbacks.append(count)
+    return enough
 
 
 @contextmanager

@@ -94,6 +94,7 @@ def round_record(
     accuracies are left NaN: they are known once the server's evaluation is done."""
     unable = {p.client_id for p in phases if p.status == "unable"}
     rejected = {p.client_id for p in phases if p.status == "rejected" and p.client_id >= 0}
+    cancelled = {p.client_id for p in phases if p.status == "cancelled" and p.client_id >= 0}
     failed = {p.client_id for p in phases if p.status == "failed" and p.client_id >= 0}
     failed |= gateway_lost - unable - rejected
     kinds = [strategy.kind for cid, strategy in assigned if cid not in unable]
@@ -115,10 +116,11 @@ def round_record(
         server_s=times.server_s,
         selected=len(selected),
         reported=len(reported_losses),
-        dropped=len(selected) - len(reported_losses) - len(unable) - len(failed) - len(rejected),
+        dropped=len(selected) - len(reported_losses) - len(unable) - len(failed) - len(rejected) - len(cancelled),
         failed=len(failed),
         unable=len(unable),
         rejected=len(rejected),
+        cancelled=len(cancelled),
         n_fp32=kinds.count("fp32"),
         n_ptq=kinds.count("ptq"),
         n_qat=kinds.count("qat"),

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Literal, NamedTuple
 
 Phase = Literal["download", "compute", "upload"]
-Status = Literal["completed", "dropped", "failed", "unable", "rejected"]
+Status = Literal["completed", "dropped", "failed", "unable", "rejected", "cancelled"]
 
 
 class PhaseRecord(NamedTuple):
@@ -56,6 +56,8 @@ class RoundRecord:
     unable: int
     rejected: int
     """Clients whose update arrived corrupted and was rejected (see :mod:`fedhq_sim.faults`)."""
+    cancelled: int
+    """Over-selected clients still at work when the round had its reports (``training.over_selection``)."""
     n_fp32: int
     n_ptq: int
     n_qat: int

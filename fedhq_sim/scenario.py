@@ -81,6 +81,10 @@ class TrainingSpec(StrictModel):
     learning_rate: float = Field(gt=0.0, le=100.0)
     calibration_samples: int = Field(default=32, ge=1, le=100_000)
     round_deadline: Seconds
+    over_selection: float = Field(default=1.0, ge=1.0, le=10.0)
+    """Select this many times ``clients_per_round`` (rounded up) and close the round once
+    ``clients_per_round`` updates have reached the server; the others are cancelled
+    (FedScale's over-commitment, Google's practice): stragglers stop setting the round's end."""
 
     @model_validator(mode="after")
     def _epochs_or_steps(self) -> TrainingSpec:

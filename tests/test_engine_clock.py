@@ -198,3 +198,24 @@ def test_synchronous_rounds_end_when_their_slowest_client_and_then_the_server_ar
     period += work.server_dispatches * server.overheads.dispatch
     assert [r.end_s for r in rounds[1:]] == pytest.approx([period * k for k in range(1, n_rounds + 1)], rel=1e-9)
     assert [r for r, _ in work.rounds] == list(range(1, n_rounds + 1))
+
+
+def test_an_over_selected_round_closes_at_its_wanted_reports_and_cancels_the_rest(tmp_path, profiles):
+    scenario = star_scenario(tmp_path, profiles, 3, rounds=1, over_selection=1.5)
+    scenario = load_scenario(scenario.path, {"training.clients_per_round": 2})
+    pi, server = scenario.clients[0].device, scenario.server_device
+    work = FixedWork({0: 100_000, 1: 900_000, 2: 300_000})
+    simulation = Simulation.on(fleet_world(scenario), work)
+    record = simulation.run().rounds[1]
+
+    down_s, up_s = WIRE_LATENCY_S + 1.0, WIRE_LATENCY_S + 0.5
+    second_report = down_s + 300_000 * pi.overheads.dispatch + up_s  # client 2's upload arrives
+    rows = {(p.client_id, p.phase): p for p in simulation.phases}
+    assert set(work.rounds[0][1]) == {0, 1, 2}  # 2 x 1.5 = 3 selected
+    slow = rows[(1, "compute")]
+    assert (slow.status, slow.end_s) == ("cancelled", pytest.approx(second_report, rel=1e-12))
+    assert "over-selection" in slow.reason and (1, "upload") not in rows
+    assert rows[(0, "upload")].status == rows[(2, "upload")].status == "completed"
+    server_s = work.server_dispatches * server.overheads.dispatch
+    assert (record.collect_end_s, record.end_s) == pytest.approx((second_report, second_report + server_s), rel=1e-12)
+    assert (record.selected, record.reported, record.cancelled, record.dropped) == (3, 2, 1, 0)

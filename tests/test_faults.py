@@ -61,7 +61,7 @@ def test_every_fault_is_an_event_with_its_reason(faulty_run):
 def test_a_round_accounts_for_every_client_and_too_few_reports_leave_the_model_alone(faulty_run):
     _, run = faulty_run
     rounds = rounds_frame(run.rounds).iloc[1:]
-    accounted = rounds[["reported", "dropped", "failed", "unable", "rejected"]].sum(axis=1)
+    accounted = rounds[["reported", "dropped", "failed", "unable", "rejected", "cancelled"]].sum(axis=1)
     assert (accounted == rounds["selected"]).all()
     events = phases_frame(run.phases)
     rejected = events[events["status"] == "rejected"].groupby("round").size()

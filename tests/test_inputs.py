@@ -173,7 +173,7 @@ def test_cli_exits_2_with_one_line_and_no_traceback(write_scenario):
     assert done.returncode == 2
     allowed = (
         "rounds, clients_per_round, local_epochs, local_steps, batch_size, learning_rate, calibration_samples, "
-        "round_deadline"
+        "round_deadline, over_selection"
     )
     assert done.stderr == f"error: {path}: training.epochs: unknown key; allowed: {allowed}\n"
     assert "Traceback" not in done.stdout + done.stderr
