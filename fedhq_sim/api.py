@@ -7,7 +7,7 @@
     result = api.simulate(lte)
     result.rounds[["round", "latency_s", "deployed_accuracy"]]
     result.plot_latency()
-    result.save("results/lte-what-if")         # the same folder `fedhq-sim run` writes
+    api.simulate(lte, out="results/lte-what-if")   # also writes the folder `fedhq-sim run` writes
     summary = api.compare(plant, ["all-ptq", "fedhq"], seeds=[1, 2])
 
 Everything here is the library the command line uses; values set in code are validated
@@ -29,15 +29,18 @@ from matplotlib.axes import Axes
 
 from fedhq_sim import plots
 from fedhq_sim.batch import Engine, Variant, median_table, run_batch, run_summary
+from fedhq_sim.batch_runner import BatchSettings, check_variants, run_batch_into_folder
 from fedhq_sim.compare import policy_variants
 from fedhq_sim.engine import Simulation
 from fedhq_sim.executor_choice import open_executor
 from fedhq_sim.files import prepare_output_dir
 from fedhq_sim.policies.choice import choose_policy
-from fedhq_sim.results import ResultsWriter
+from fedhq_sim.runner import run_into_folder
 from fedhq_sim.scenario import LoadedScenario, load_scenario
 from fedhq_sim.sweep import grid_variants
 from fedhq_sim.tables import latency_breakdown, links_frame, phases_frame, rounds_frame
+
+API = "fedhq_sim.api"  # the command a folder written from code names
 
 
 @dataclass(frozen=True)
@@ -73,10 +76,10 @@ class Result:
     links: pd.DataFrame
     policy_log: pd.DataFrame
     host_seconds: float
-    policy_options: Mapping[str, Any]
-    """The policy's options as validated (``resolved.json`` records them)."""
     timing_only: bool = False
     """Priced from work profiles, not executed: accuracy columns are NaN."""
+    folder: Path | None = None
+    """The results folder the run wrote (``simulate(..., out=...)``), else ``None``."""
 
     def latency_breakdown(self) -> pd.DataFrame:
         """Each round's latency split into download, compute, upload, waiting and server."""
@@ -103,21 +106,6 @@ class Result:
     def plot_links(self) -> Axes:
         return plots.plot_link_utilisation(self.links)
 
-    def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the folder ``fedhq-sim run`` writes (CSVs, figures, trace, report)."""
-        folder = prepare_output_dir(Path(out), overwrite=overwrite)
-        writer = ResultsWriter(folder, self.scenario, timing_only=self.timing_only)
-        writer.write_inputs(self.policy_options)
-        for name, frame in (
-            ("rounds.csv", self.rounds),
-            ("events.csv", self.events),
-            ("link_utilisation.csv", self.links),
-        ):
-            writer.write_frame(name, frame)
-        run_info = {"host_seconds": round(self.host_seconds, 3), "command": "fedhq_sim.api"}
-        writer.write_final(self.rounds, self.events, self.links, self.policy_log.to_dict("records"), run_info)
-        return folder
-
 
 def simulate(
     scenario: Scenario | str | Path,
@@ -126,38 +114,55 @@ def simulate(
     timing_only: bool = False,
     engine: Engine = "process",
     address: str | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
 ) -> Result:
     """Run a scenario and return its results; ``workers > 1`` runs each round's client work
     on that many processes, ``engine="ray"`` as Ray tasks (on a local instance of ``workers``
     CPUs, or the cluster at ``address``): same results, less wall time. ``timing_only``
     prices the work from its traced profiles instead of running it (the same timings, no
-    accuracy)."""
+    accuracy). With ``out``, the run also writes the folder ``fedhq-sim run`` writes, with a
+    checkpoint after every round (``fedhq-sim run --resume`` goes on from a stopped one), by
+    the same code (:func:`fedhq_sim.runner.run_into_folder`)."""
     if not isinstance(scenario, Scenario):
         scenario = Scenario(Path(scenario))
+    loaded = scenario.load()
+    choose_policy(loaded)  # a bad policy section costs no folder
     started = time.perf_counter()
+    folder = prepare_output_dir(Path(out), overwrite=overwrite) if out is not None else None
     with ExitStack() as stack:
         executor = None if timing_only else open_executor(stack, engine, workers, address)
-        simulation = Simulation(scenario.load(), executor, timing_only=timing_only)
-        run = simulation.run()
+        if folder is None:
+            simulation = Simulation(loaded, executor, timing_only=timing_only)
+            simulation.run()
+        else:
+            simulation = run_into_folder(
+                loaded, folder, executor=executor, timing_only=timing_only, engine=engine, command=API
+            )
     return Result(
         simulation.scenario,
-        rounds_frame(run.rounds),
-        phases_frame(run.phases),
+        rounds_frame(simulation.rounds),
+        phases_frame(simulation.phases),
         links_frame(simulation.network.samples, simulation.network.links),
         pd.DataFrame(simulation.policy.decision_log()),
         time.perf_counter() - started,
-        simulation.world.policy_choice.options.model_dump(mode="json"),
         timing_only,
+        folder,
     )
 
 
 def _summaries(
-    variants: list[Variant], target: float, jobs: int, timing_only: bool, engine: Engine, address: str | None
+    variants: list[Variant], settings: BatchSettings, out: str | Path | None, overwrite: bool
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    variants = [dataclasses.replace(v, timing_only=timing_only) for v in variants]
-    results = run_batch(variants, jobs, engine=engine, address=address)
-    summary = pd.DataFrame([run_summary(r, target) for r in results])
-    return summary, median_table(summary, list(variants[0].label))
+    """The batch's summary and median table; with ``out``, also its folder, as the CLI writes it."""
+    if out is not None:
+        summary, table, _ = run_batch_into_folder(variants, settings, Path(out), overwrite=overwrite)
+        return summary, table
+    check_variants(variants, timing_only=settings.timing_only)
+    variants = [dataclasses.replace(v, timing_only=settings.timing_only) for v in variants]
+    results = run_batch(variants, settings.jobs, engine=settings.engine, address=settings.address)
+    summary = pd.DataFrame([run_summary(r, settings.target) for r in results])
+    return summary, median_table(summary, settings.by)
 
 
 def compare(
@@ -170,12 +175,16 @@ def compare(
     timing_only: bool = False,
     engine: Engine = "process",
     address: str | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every policy over every seed: ``(summary per run, median table per policy)``; the runs
-    go ``jobs`` at a time to a process pool, or to Ray (``engine``, ``address``)."""
+    go ``jobs`` at a time to a process pool, or to Ray (``engine``, ``address``). With
+    ``out``, also the folder ``fedhq-sim compare`` writes (runs, tables, figure, report)."""
     scenario = scenario if isinstance(scenario, Scenario) else Scenario(Path(scenario))
     variants = policy_variants(scenario.path, policies, seeds, scenario.overrides)
-    return _summaries(variants, target, jobs, timing_only, engine, address)
+    settings = BatchSettings("compare", ["policy"], target, jobs, timing_only, engine, address, command=API)
+    return _summaries(variants, settings, out, overwrite)
 
 
 def sweep(
@@ -188,12 +197,15 @@ def sweep(
     timing_only: bool = False,
     engine: Engine = "process",
     address: str | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every combination of ``grid``'s values over every seed: ``(summary, median table)``;
-    the runs go where :func:`compare`'s do."""
+    the runs go where :func:`compare`'s do, the folder (``out``) is ``fedhq-sim sweep``'s."""
     scenario = scenario if isinstance(scenario, Scenario) else Scenario(Path(scenario))
     variants = [
         Variant(v.scenario, v.label, v.seed, {**scenario.overrides, **v.overrides})
         for v in grid_variants(scenario.path, list(grid.items()), seeds)
     ]
-    return _summaries(variants, target, jobs, timing_only, engine, address)
+    settings = BatchSettings("sweep", list(grid), target, jobs, timing_only, engine, address, command=API)
+    return _summaries(variants, settings, out, overwrite)

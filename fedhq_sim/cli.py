@@ -6,22 +6,17 @@ Exit codes: 0 success, 2 bad input (one line naming file, key path and problem),
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import math
 import os
 import sys
-import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedhq_sim.errors import InputError, SimulationError
-from fedhq_sim.interrupts import Terminated, raise_if_stopped, stop_signals
-from fedhq_sim.records import RoundRecord
+from fedhq_sim.interrupts import Terminated, stop_signals
 
 if TYPE_CHECKING:  # the engine imports torch; the CLI loads it only for commands that need it
-    from fedhq_sim.engine import Simulation
     from fedhq_sim.executors import WorkExecutor
     from fedhq_sim.scenario import LoadedScenario
 
@@ -158,25 +153,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress_line(total: int, record: RoundRecord, host_s: float, eta_s: float) -> str:
-    accuracy = (
-        ""
-        if math.isnan(record.deployed_accuracy)  # timing-only
-        else f"deployed acc {record.deployed_accuracy:.3f}  fp32 acc {record.fp32_accuracy:.3f}  "
-    )
-    return (
-        f"round {record.round:>3}/{total}  sim {record.end_s:9.3f} s  latency {record.latency_s:8.3f} s  "
-        f"reported {record.reported}/{record.selected}  energy {record.energy_j:8.1f} J  "
-        f"{accuracy}[host {host_s:.1f} s, eta {eta_s:.0f} s]"
-    )
-
-
-TIMING_ONLY_NOTE = (
-    "timing-only: client, gateway and server work is priced from traced work profiles and not executed; "
-    "timings equal a full run's, accuracy is not reported"
-)
-
-
 def _run(args: argparse.Namespace) -> int:
     import os
     from contextlib import ExitStack
@@ -220,25 +196,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def _resumed(args: argparse.Namespace) -> tuple[LoadedScenario, dict]:
     """The scenario and checkpoint of the run to go on with; only the engine may differ."""
-    from fedhq_sim.checkpoint import read_checkpoint, text_hash
-    from fedhq_sim.scenario import load_scenario
-    from fedhq_sim.workload import inputs_digest
+    from fedhq_sim.runner import resumable
 
     if args.scenario is not None or args.out is not None:
         raise InputError("command line", "--resume", "goes on in its own folder with its own scenario: give neither")
-    checkpoint = read_checkpoint(args.resume)
-    ran = checkpoint["scenario"]
-    scenario = load_scenario(ran["path"], ran["overrides"])
-    if text_hash(scenario.text()) != ran["sha256"]:
-        raise InputError(ran["path"], "", "changed since the run began; a resumed run must be the same scenario")
-    if ran.get("inputs", "") != inputs_digest(scenario.model, scenario.data_source):
-        raise InputError(
-            ran["path"], "", "its model file or data changed since the run began; a resumed run reads the same"
-        )
-    if checkpoint["round"] >= scenario.spec.training.rounds and checkpoint.get("finished", True):
-        raise InputError(args.resume, "--resume", f"the run finished all {checkpoint['round']} rounds")
-    if args.timing_only and not checkpoint["timing_only"]:
-        raise InputError("command line", "--timing-only", "the run being resumed runs in full mode; it goes on so")
+    scenario, checkpoint = resumable(args.resume, timing_only=args.timing_only)
     args.timing_only = checkpoint["timing_only"]
     return scenario, checkpoint
 
@@ -268,132 +230,30 @@ def _simulate_into(
     executor: WorkExecutor | None,
     checkpoint: dict | None = None,
 ) -> int:
-    """The body of ``run``: simulate with ``executor`` (from ``checkpoint``, if resuming) and
-    write the results folder, with a checkpoint after every round."""
-    import pandas as pd
-
-    from fedhq_sim import checkpoint as checkpoints
-    from fedhq_sim.engine import Simulation
-    from fedhq_sim.results import ResultsWriter
-    from fedhq_sim.tables import links_frame, phases_frame, rounds_frame
-    from fedhq_sim.workload import inputs_digest
+    """The body of ``run``: the library's run into a folder, its progress printed."""
+    from fedhq_sim.runner import run_into_folder
 
     say = (lambda _text: None) if args.quiet else _printer()
-    host_start = time.perf_counter()
-    simulation = Simulation(scenario, executor, timing_only=args.timing_only)
-    simulation.checkpointing = True
-    writer = ResultsWriter(out, scenario, timing_only=args.timing_only)
-    if checkpoint is None:
-        writer.write_inputs(simulation.world.policy_choice.options.model_dump(mode="json"))
-        writer.write_feasibility(simulation.feasibility)
-    else:
-        writer.resume(
-            checkpoint["files"], {"events.csv": checkpoint["phases"], "link_utilisation.csv": checkpoint["samples"]}
-        )
-        simulation.restore(
-            checkpoint,
-            checkpoints.read_rounds(out / "rounds.csv", checkpoint["rounds"]),
-            checkpoints.read_phases(out / "events.csv", checkpoint["phases"]),
-            checkpoints.read_samples(out / "link_utilisation.csv", checkpoint["samples"], simulation.network.links),
-        )
-    ran = {
-        "path": str(scenario.path.resolve()),
-        "overrides": scenario.overrides,
-        "sha256": checkpoints.text_hash(scenario.text()),
-        "inputs": inputs_digest(scenario.model, scenario.data_source),
-    }
-    total = scenario.spec.training.rounds
-    say(f"{scenario.spec.name}: {len(scenario.clients)} clients, {total} rounds, policy {scenario.spec.policy.name}")
-    if checkpoint is not None and checkpoint["round"] >= total:
-        say(f"all {total} rounds ran; writing the results that a stop cut short")
-    elif checkpoint is not None:
-        say(f"resuming after round {checkpoint['round']} (simulated {checkpoint['clock_s']:.3f} s)")
-    if args.timing_only:
-        say(TIMING_ONLY_NOTE)
-    for line in _feasibility_lines(simulation):
-        say(line)
-
-    def link_load() -> pd.DataFrame:
-        return links_frame(simulation.network.samples, simulation.network.links)
-
-    host_per_round: list[float] = []
-    saved = dict(checkpoint) if checkpoint is not None else {}  # the last checkpoint written
-
-    def on_round(record: RoundRecord, host_s: float) -> None:
-        # What this round ended with (a later round may be done already, awaiting its evaluation).
-        state = simulation.checkpoint(record.round)
-        phases, samples = simulation.phases[: state["phases"]], simulation.network.samples[: state["samples"]]
-        writer.write_progress(simulation.rounds[: record.round + 1], phases, samples, simulation.network.links)
-        files = writer.appended_sizes()
-        saved.clear()
-        saved.update(state | {"scenario": ran, "timing_only": args.timing_only, "files": files, "finished": False})
-        checkpoints.write_checkpoint(out, saved)
-        host_per_round.append(host_s)
-        eta_s = sum(host_per_round) / len(host_per_round) * (total - record.round)
-        say(_progress_line(total, record, host_s, eta_s))
-        raise_if_stopped()  # a stop swallowed during the round (in a finalizer, say) stops here
-
-    result = simulation.run(on_round)
-    writer.write_final(
-        rounds_frame(result.rounds),
-        phases_frame(result.phases),
-        link_load(),
-        simulation.policy.decision_log(),
-        {
-            "host_seconds": round(time.perf_counter() - host_start, 3),
-            "round_host_seconds": [_measured(t.host_s, 4) for t in simulation.host_timing],
-            "policy_host_seconds_per_round": [_measured(t.policy_s, 6) for t in simulation.host_timing],
-            **({"resumed_after_round": checkpoint["round"]} if checkpoint is not None else {}),
-            "policy_share_of_round_host_time_max": simulation.policy_share_max(),
-            "engine": args.engine,
-        },
+    run_into_folder(
+        scenario,
+        out,
+        executor=executor,
+        timing_only=args.timing_only,
+        checkpoint=checkpoint,
+        engine=args.engine,
+        say=say,
     )
-    # Only now is the run finished: one stopped while writing the files above resumes to write them.
-    checkpoints.write_checkpoint(out, saved | {"finished": True})
-    say(f"results written to {out} (open report.html)")
     return 0
-
-
-def _measured(seconds: float, digits: int) -> float | None:
-    """A host time for run.json; ``None`` for a round measured before a resume (JSON has no NaN)."""
-    return None if math.isnan(seconds) else round(seconds, digits)
-
-
-def _feasibility_lines(simulation: Simulation) -> list[str]:
-    """Warnings for clients that cannot run some strategy, with the reason; one line for a
-    client that is never selected."""
-    lines = []
-    policy = simulation.scenario.spec.policy.name
-    by_client: dict[int, list] = {}
-    for row in simulation.feasibility:
-        by_client.setdefault(row.client_id, []).append(row)
-    for client in simulation.scenario.clients:
-        rows = by_client[client.client_id]
-        unable = [row for row in rows if not row.able]
-        if client.client_id in simulation.eligible:
-            lines += [f"warning: {client.name} cannot run {row.strategy}: {row.reason}" for row in unable]
-        elif len(unable) == len(rows):
-            best = min(unable, key=lambda row: (row.transfer_s, row.memory_needed_bytes))
-            lines.append(
-                f"warning: {client.name} can run no strategy and is never selected; {best.strategy}: {best.reason}"
-            )
-        else:
-            wanted = sorted(s.label for s in simulation.policy.strategies_for(client.client_id))
-            reason = next(row.reason for row in unable if row.strategy in wanted)
-            lines.append(
-                f"warning: {client.name} is never selected: policy {policy} gives it {', '.join(wanted)}, "
-                f"which it cannot run; {reason}"
-            )
-    return lines
 
 
 def _validate(args: argparse.Namespace) -> int:
     from fedhq_sim.engine import Simulation
+    from fedhq_sim.runner import feasibility_lines
     from fedhq_sim.scenario import load_scenario
 
     scenario = load_scenario(args.scenario)
     # The data split and the clients' memory and link checks can fail too.
-    for line in _feasibility_lines(Simulation(scenario)):
+    for line in feasibility_lines(Simulation(scenario)):
         print(line, file=sys.stderr)
     sites = len(scenario.spec.sites)
     print(
@@ -457,13 +317,13 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _jobs(args: argparse.Namespace, n_runs: int) -> int:
+def _jobs(args: argparse.Namespace) -> int:
     import os
 
     jobs = args.jobs if args.jobs is not None else os.cpu_count() or 1
     if jobs < 1:
         raise InputError("command line", "--jobs", f"must be at least 1, got {jobs}")
-    return min(jobs, n_runs)
+    return jobs
 
 
 def _check_batch_arguments(args: argparse.Namespace) -> list[int]:
@@ -476,92 +336,15 @@ def _check_batch_arguments(args: argparse.Namespace) -> list[int]:
 
 
 def _execute_batch(args: argparse.Namespace, kind: str, variants: list, by: list[str]) -> int:
-    """Run the variants (each loaded once first, so bad input costs no run), then write the
-    runs, the summary and median tables, the figure and the report."""
-    import json
-
-    import pandas as pd
-
-    from fedhq_sim.batch import median_table, run_batch, run_summary, table_markdown
-    from fedhq_sim.files import atomic_write_text, prepare_output_dir
-    from fedhq_sim.plots import plot_capacity_curves, plot_comparison, save
-    from fedhq_sim.policies.choice import check_timing_only, choose_policy
-    from fedhq_sim.report import write_batch_report
-    from fedhq_sim.results import package_versions
-    from fedhq_sim.scenario import load_scenario
+    """The library's batch into a folder, its progress printed."""
+    from fedhq_sim.batch_runner import BatchSettings, run_batch_into_folder
 
     _check_engine(args)
-    if args.timing_only:
-        variants = [dataclasses.replace(v, timing_only=True) for v in variants]
-    names = []
-    for variant in {v.name: v for v in variants}.values():  # every variant must load before any runs
-        loaded = load_scenario(variant.scenario, {**variant.overrides, "seed": variant.seed})
-        choice = choose_policy(loaded)
-        if args.timing_only:
-            check_timing_only(loaded, choice)
-        names.append(loaded.spec.name)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = prepare_output_dir(args.out or Path("results") / f"{names[0]}-{kind}-{stamp}", overwrite=args.overwrite)
-    for scenario in dict.fromkeys(v.scenario for v in variants):  # the report reads them from here
-        atomic_write_text(out / f"scenario-{scenario.stem}.yaml", scenario.read_text(encoding="utf-8"))
-    jobs = _jobs(args, len(variants))
+    settings = BatchSettings(
+        kind, by, args.target, _jobs(args), args.timing_only, args.engine, args.address, tuple(args.set or ())
+    )
     say = (lambda _text: None) if args.quiet else (lambda text: print(text, flush=True))
-    n_seeds = len({v.seed for v in variants})
-    say(f"{kind}: {len(variants)} runs ({len(variants) // n_seeds} variants x {n_seeds} seeds), {jobs} at a time")
-    if args.timing_only:
-        say(TIMING_ONLY_NOTE)
-    started, done = time.perf_counter(), []
-
-    def on_done(result) -> None:
-        done.append(result)
-        folder = out / "runs" / result.variant.folder_name
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / "rounds.csv", result.rounds.to_csv(index=False))
-        atomic_write_text(folder / "resolved.json", json.dumps(result.resolved, indent=2) + "\n")
-        if result.decision_log:
-            atomic_write_text(folder / "policy_log.csv", pd.DataFrame(result.decision_log).to_csv(index=False))
-        elapsed = time.perf_counter() - started
-        eta = elapsed / len(done) * (len(variants) - len(done))
-        last = result.rounds.iloc[-1]
-        reached = "" if args.timing_only else f"deployed acc {last['deployed_accuracy']:.3f} "
-        say(
-            f"[{len(done)}/{len(variants)}] {result.variant.name} seed {result.variant.seed}: {reached}"
-            f"{last['end_s']:.2f} s simulated  (elapsed {elapsed:.0f} s, eta {eta:.0f} s)"
-        )
-        raise_if_stopped()
-
-    results = run_batch(variants, jobs, on_done, engine=args.engine, address=args.address)
-    summary = pd.DataFrame([run_summary(r, args.target) for r in results])
-    runs = pd.concat([r.rounds.assign(variant=r.variant.name, seed=r.variant.seed) for r in results])
-    table = median_table(summary, by)
-    atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
-    atomic_write_text(out / "rounds.csv", runs.to_csv(index=False))
-    atomic_write_text(out / "table.csv", table.to_csv(index=False))
-    markdown = table_markdown(table, by, args.target, accuracy_reported=not args.timing_only)
-    atomic_write_text(out / "table.md", markdown)
-    figure = "comparison.png" if kind == "compare" else "capacity.png"
-    if kind == "compare":
-        save(plot_comparison(runs, summary, args.target, timing_only=args.timing_only), out / figure)
-    else:
-        save(plot_capacity_curves(summary, by, args.target, timing_only=args.timing_only), out / figure)
-    info = {
-        "kind": kind,
-        "mode": "timing-only" if args.timing_only else "full",
-        "scenarios": sorted({str(v.scenario) for v in variants}),
-        "variants": list(dict.fromkeys(v.name for v in variants)),
-        "by": by,
-        "seeds": list(dict.fromkeys(v.seed for v in variants)),
-        "target": args.target,
-        "set": args.set or [],
-        "command": " ".join(sys.argv),
-        "versions": package_versions(),
-        "host_seconds": round(time.perf_counter() - started, 1),
-        "engine": args.engine,
-    }
-    atomic_write_text(out / f"{kind}.json", json.dumps(info, indent=2) + "\n")
-    write_batch_report(out)
-    say(markdown)
-    say(f"results written to {out}")
+    run_batch_into_folder(variants, settings, args.out, overwrite=args.overwrite, say=say)
     return 0
 
 

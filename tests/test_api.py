@@ -1,4 +1,4 @@
-"""The Python API: load, change in code, simulate, DataFrames, figures, save."""
+"""The Python API: load, change in code, simulate, DataFrames, figures, the results folder."""
 
 import json
 
@@ -26,17 +26,33 @@ def test_values_changed_in_code_reach_the_run_and_results_are_dataframes(result)
         assert plot().get_xlabel()  # every axis is labelled
 
 
-def test_a_saved_result_is_the_folder_the_cli_writes_with_its_overrides(result, tmp_path):
-    _, run = result
-    out = run.save(tmp_path / "out")
-    for name in ("rounds.csv", "events.csv", "trace.json", "report.html", "client_timeline.png"):
-        assert (out / name).is_file(), name
-    scenario_text = (out / "scenario.yaml").read_text()
-    assert "# override: sites[1].backhaul = 'fibre_1g'" in scenario_text and "fibre_1g" in scenario_text
-    assert json.loads((out / "run.json").read_text())["command"] == "fedhq_sim.api"
-    assert json.loads((out / "resolved.json").read_text())["overrides"]["training.rounds"] == 1
+def test_a_run_from_code_writes_the_folder_the_cli_writes(tmp_path):
+    from fedhq_sim.checkpoint import read_checkpoint
+    from fedhq_sim.cli import main
+
+    data = tiny_scenario_dict()
+    data["training"]["rounds"] = 1
+    path = scenario_file(tmp_path, data)
+    run = api.simulate(path, out=tmp_path / "api")
+    assert run.folder == tmp_path / "api" and list(run.rounds["round"]) == [0, 1]
+    assert main(["run", str(path), "--out", str(tmp_path / "cli"), "--quiet"]) == 0
+    written = {p.name for p in (tmp_path / "api").iterdir()}
+    assert written == {p.name for p in (tmp_path / "cli").iterdir()}
+    assert {"feasibility.csv", "checkpoint.pt", "report.html", "trace.json"} <= written
+    for name in ("rounds.csv", "events.csv", "link_utilisation.csv", "feasibility.csv", "resolved.json", "trace.json"):
+        assert (tmp_path / "api" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes(), name
+    assert read_checkpoint(tmp_path / "api")["finished"] is True
+    assert json.loads((tmp_path / "api" / "run.json").read_text())["command"] == "fedhq_sim.api"
     with pytest.raises(InputError, match="not empty"):
-        run.save(out)
+        api.simulate(path, out=tmp_path / "api")
+
+
+def test_values_set_in_code_are_in_the_folder_a_run_writes(result, tmp_path):
+    plant, _ = result
+    run = api.simulate(plant.with_values({"training.rounds": 1, "sites[1].backhaul": "fibre_1g"}), out=tmp_path / "o")
+    scenario_text = (run.folder / "scenario.yaml").read_text()
+    assert "# override: sites[1].backhaul = 'fibre_1g'" in scenario_text and "fibre_1g" in scenario_text
+    assert json.loads((run.folder / "resolved.json").read_text())["overrides"]["training.rounds"] == 1
 
 
 def test_a_bad_value_set_in_code_names_its_key(result):
