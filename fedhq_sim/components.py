@@ -57,9 +57,26 @@ class SiteOutcome:
 
 
 @dataclass
+class Quorum:
+    """An over-selected round's count of arrived updates: ``enough`` fires at the
+    ``wanted``-th (a direct client's update on reaching the server, a site member's on
+    reaching its gateway, which then stops collecting and forwards what it holds)."""
+
+    wanted: int
+    enough: simpy.Event
+    arrived: int = 0
+
+    def note(self) -> None:
+        self.arrived += 1
+        if self.arrived >= self.wanted and not self.enough.triggered:
+            self.enough.succeed()
+
+
+@dataclass
 class Runtime:
     """What every component acts through: the clock, the network, the recorder, the round's
-    work and the world; ``faults`` are the injected faults of the round being played."""
+    work and the world; ``faults`` are the injected faults of the round being played, and
+    ``quorum`` its count of arrivals when it is over-selected."""
 
     env: simpy.Environment
     network: FlowNetwork
@@ -67,6 +84,7 @@ class Runtime:
     work: RoundWork
     world: World
     faults: dict[int, ClientFaults] = field(default_factory=dict)
+    quorum: Quorum | None = None
 
 
 class Client:
@@ -141,6 +159,8 @@ class Client:
                 record(r, client, phase, strategy, nbytes, start, "rejected", reason)
                 return Outcome(cid, strategy, None)
             record(r, client, phase, strategy, nbytes, start, "completed")
+            if self.rt.quorum is not None:
+                self.rt.quorum.note()
             return Outcome(cid, strategy, result)
         except simpy.Interrupt as interrupt:
             if interrupt.cause == OFFLINE:
@@ -199,10 +219,13 @@ class SiteAggregator:
             upstream_s = transfer_floor_s(up_full[1:], topology.links, model_nbytes)
             reserve_s = 2.0 * (upstream_s + self.aggregation_estimate(len(members)))
             cutoff = max(deadline_at - reserve_s - env.now, 0.0)
-            yield env.all_of(procs) | env.timeout(cutoff)
+            collecting = env.all_of(procs) | env.timeout(cutoff)
+            quorum = self.rt.quorum
+            yield collecting if quorum is None else collecting | quorum.enough
+            enough = quorum is not None and quorum.enough.triggered
             for proc in procs:
                 if proc.is_alive:
-                    proc.interrupt("aggregator cut-off")
+                    proc.interrupt(CANCELLED if enough else "aggregator cut-off")
             yield env.all_of(procs)
             arrived = [p.value for p in procs if p.value.result is not None]
             if not arrived:

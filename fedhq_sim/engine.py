@@ -4,8 +4,9 @@ The world is built once (:func:`fedhq_sim.world.build_world`); the clients, gate
 server are components acting on the clock (:mod:`fedhq_sim.components`). What remains here
 is the loop: per round the server selects clients, the policy assigns strategies, one
 process per selected client (or per aggregating site) is spawned, and the round's
-collection ends when every one has reported or at the deadline, whichever comes first;
-late clients are interrupted, leave the network, and are recorded as dropped. The server
+collection ends when every one has reported, when ``clients_per_round`` have in an
+over-selected round (the rest cancelled), or at the deadline, whichever comes first; late
+clients are interrupted, leave the network, and are recorded as dropped. The server
 then aggregates and evaluates, and the round's phases become its record
 (:func:`fedhq_sim.recorder.round_record`). Outages, checkpoints and the host's timings are
 kept here too. Host time never enters simulated results.
@@ -26,7 +27,7 @@ import simpy
 import torch
 
 from fedhq_sim.clock import pending_events, schedule_at
-from fedhq_sim.components import CANCELLED, Client, Outcome, Runtime, Server, SiteAggregator, SiteOutcome
+from fedhq_sim.components import CANCELLED, Client, Outcome, Quorum, Runtime, Server, SiteAggregator, SiteOutcome
 from fedhq_sim.errors import InputError, SimulationError
 from fedhq_sim.executors import Pending, WorkExecutor
 from fedhq_sim.faults import draw
@@ -206,6 +207,8 @@ class Simulation:
             self.runtime.faults = faults
             self._crashes_fired.update(fired)
         deadline_at = self.env.now + spec.training.round_deadline
+        quorum = Quorum(wanted, self.env.event()) if n_select > wanted else None
+        self.runtime.quorum = quorum
         by_site: dict[str, list[int]] = {}
         procs = []
         for cid in selected:
@@ -215,29 +218,30 @@ class Simulation:
             else:
                 routes = (self.topology.downlink_routes[cid], self.topology.uplink_routes[cid])
                 procs.append(self.clients[cid].start(r, assignment[cid], model_nbytes, routes, deadline_at))
+        direct = list(procs)
         for site, members in by_site.items():
             procs.append(self.env.process(self.sites[site].round(r, members, assignment, model_nbytes, deadline_at)))
         collected = self.env.all_of(procs) | self.env.timeout(spec.training.round_deadline)
-        enough = _reports_reach(self.env, procs, wanted) if n_select > wanted else None
-        yield collected if enough is None else collected | enough
+        yield collected if quorum is None else collected | quorum.enough
+        if quorum is not None and quorum.enough.triggered and self.env.now < deadline_at:
+            yield from self._close_early(direct, procs[len(direct) :], deadline_at)
         collect_end = self.env.now
         # The deadline is inclusive: work that ends at this very instant (an upload whose last
         # byte arrives now) is processed before the late clients are interrupted.
         while any(p.is_alive for p in procs) and self.env.peek() == self.env.now:
             yield self.env.timeout(0)
-        cause = CANCELLED if enough is not None and enough.triggered else "round deadline"
         for proc in procs:
             if proc.is_alive:
-                proc.interrupt(cause)
+                proc.interrupt("round deadline")
         yield self.env.all_of(procs)  # the interrupted processes record their drop at this instant
 
         values = [p.value for p in procs]
-        direct = [v for v in values if isinstance(v, Outcome)]
+        reached = [v for v in values if isinstance(v, Outcome)]
         sites = [v for v in values if isinstance(v, SiteOutcome)]
-        updates = [o.result.update for o in direct if o.result is not None]
+        updates = [o.result.update for o in reached if o.result is not None]
         updates += [s.update for s in sites if s.update is not None]
         # A member's update reached the server only if its aggregator's did.
-        outcomes = direct + [
+        outcomes = reached + [
             o if s.update else Outcome(o.client_id, o.strategy, None) for s in sites for o in s.members
         ]
         outcomes.sort(key=lambda o: o.client_id)
@@ -280,6 +284,19 @@ class Simulation:
             ]
         )
         self._policy_s += time.perf_counter() - decided
+
+    def _close_early(self, direct: list[simpy.Process], gateways: list[simpy.Process], deadline_at: float) -> Generator:
+        """An over-selected round has its reports: cancel the direct clients still at work
+        (after what ends at this very instant), and wait, until the deadline at most, for the
+        gateways, which stop collecting at once and forward what they hold."""
+        while any(p.is_alive for p in direct) and self.env.peek() == self.env.now:
+            yield self.env.timeout(0)
+        for proc in direct:
+            if proc.is_alive:
+                proc.interrupt(CANCELLED)
+        forwarding = [p for p in gateways if p.is_alive]
+        if forwarding:
+            yield self.env.all_of(forwarding) | self.env.timeout(deadline_at - self.env.now)
 
     def _initial_round(self) -> RoundRecord:
         fp32_acc, int8_acc = self.work.initial_accuracy()
@@ -387,29 +404,6 @@ class Simulation:
             gc.unfreeze()  # collectable again once the run is no longer referenced
             torch.set_num_threads(threads)
         return RunResult(list(self.rounds), list(self.phases))
-
-
-def _reports_reach(env: simpy.Environment, procs: list[simpy.Process], wanted: int) -> simpy.Event:
-    """An event that fires once ``wanted`` client updates have reached the server: a direct
-    client's when its upload completes, an aggregating site's members' when its aggregate does."""
-    enough = env.event()
-    arrived = 0
-
-    def count(proc: simpy.Event) -> None:
-        nonlocal arrived
-        if not proc.ok or enough.triggered:
-            return
-        value = proc.value
-        if isinstance(value, Outcome):
-            arrived += value.result is not None
-        elif value.update is not None:
-            arrived += sum(o.result is not None for o in value.members)
-        if arrived >= wanted:
-            enough.succeed()
-
-    for proc in procs:
-        proc.callbacks.append(count)
-    return enough
 
 
 @contextmanager

@@ -83,7 +83,7 @@ class TrainingSpec(StrictModel):
     round_deadline: Seconds
     over_selection: float = Field(default=1.0, ge=1.0, le=10.0)
     """Select this many times ``clients_per_round`` (rounded up) and close the round once
-    ``clients_per_round`` updates have reached the server; the others are cancelled
+    ``clients_per_round`` updates have arrived (at the server, or at a site's gateway); the others are cancelled
     (FedScale's over-commitment, Google's practice): stragglers stop setting the round's end."""
 
     @model_validator(mode="after")

@@ -4,8 +4,8 @@ Everything that follows from the scenario alone goes into a :class:`World`: the 
 class and options, the data split, the topology and routes, which client can run which
 strategy and why not (feasibility), the aggregating gateways, the local-training settings,
 the hardware and data analysis and what the policy is told about each client. The engine
-then only plays rounds on it; a study that needs the analysis or the feasibility without
-running (``fedhq-sim analyze``) builds the same world.
+then only plays rounds on it, and an engine test can hand it a world built by hand
+(:meth:`fedhq_sim.engine.Simulation.on`).
 """
 
 from __future__ import annotations

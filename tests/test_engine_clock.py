@@ -219,3 +219,36 @@ def test_an_over_selected_round_closes_at_its_wanted_reports_and_cancels_the_res
     server_s = work.server_dispatches * server.overheads.dispatch
     assert (record.collect_end_s, record.end_s) == pytest.approx((second_report, second_report + server_s), rel=1e-12)
     assert (record.selected, record.reported, record.cancelled, record.dropped) == (3, 2, 1, 0)
+
+
+def test_an_over_selected_site_stops_collecting_at_the_wanted_reports_and_forwards_them(tmp_path, profiles):
+    """Behind an aggregating gateway a member reports when its update reaches the gateway;
+    at the wanted count the gateway cancels the members still at work and forwards the rest."""
+    data = tiny_scenario_dict()
+    data["profiles_dir"] = str(profiles)
+    data["server"] = {"device": "x86_server", "link": "trunk"}
+    data["sites"] = [
+        {
+            "name": "hall",
+            "backhaul": "trunk",
+            "aggregator": "cortex_a53_gateway",
+            "devices": [{"device": "rpi4", "link": "wire", "count": 4}],
+        }
+    ]
+    data["policy"] = {"name": "all-ptq"}
+    data["training"].update(rounds=1, clients_per_round=2, over_selection=2.0)
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    scenario = load_scenario(path)
+    pi = scenario.clients[0].device
+    work = FixedWork({0: 100_000, 1: 200_000, 2: 900_000, 3: 5_000_000})
+    simulation = Simulation.on(fleet_world(scenario), work)
+    record = simulation.run().rounds[1]
+
+    status = {(p.client_id, p.phase): p.status for p in simulation.phases}
+    assert status[(0, "upload")] == status[(1, "upload")] == "completed"
+    assert status[(2, "compute")] == status[(3, "compute")] == "cancelled"
+    assert status[(-1, "upload")] == "completed"  # the gateway forwards the two it holds
+    slowest_member_s = 5_000_000 * pi.overheads.dispatch
+    assert record.end_s < slowest_member_s
+    assert (record.selected, record.reported, record.cancelled, record.dropped) == (4, 2, 2, 0)
