@@ -65,7 +65,7 @@ def bare_run(simulation: Simulation) -> tuple[list[float], float]:
                 data.num_classes,
                 data.server_calibration,
                 data.test,
-                fresh.quantized_bits,
+                fresh.world.quantized_bits,
             )
             state, accuracy = server.state, server.deployed_accuracy
             seconds.append(time.perf_counter() - start)

@@ -16,7 +16,6 @@ exactly like the file (a bad one raises :class:`~fedhq_sim.errors.InputError` na
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
@@ -28,8 +27,8 @@ import pandas as pd
 from matplotlib.axes import Axes
 
 from fedhq_sim import plots
-from fedhq_sim.batch import Engine, Variant, median_table, run_batch, run_summary
-from fedhq_sim.batch_runner import BatchSettings, check_variants, run_batch_into_folder
+from fedhq_sim.batch import Engine, Variant
+from fedhq_sim.batch_runner import BatchSettings, checked_variants, run_batch_into_folder, run_variants
 from fedhq_sim.compare import policy_variants
 from fedhq_sim.engine import Simulation
 from fedhq_sim.executor_choice import open_executor
@@ -158,11 +157,8 @@ def _summaries(
     if out is not None:
         summary, table, _ = run_batch_into_folder(variants, settings, Path(out), overwrite=overwrite)
         return summary, table
-    check_variants(variants, timing_only=settings.timing_only)
-    variants = [dataclasses.replace(v, timing_only=settings.timing_only) for v in variants]
-    results = run_batch(variants, settings.jobs, engine=settings.engine, address=settings.address)
-    summary = pd.DataFrame([run_summary(r, settings.target) for r in results])
-    return summary, median_table(summary, settings.by)
+    _, summary, table = run_variants(checked_variants(variants, settings)[0], settings)
+    return summary, table
 
 
 def compare(

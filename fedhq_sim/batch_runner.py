@@ -52,21 +52,35 @@ class BatchSettings:
     """What ``compare.json``/``sweep.json`` names as the command (default: this process's)."""
 
 
-def check_variants(variants: Sequence[Variant], *, timing_only: bool) -> list[str]:
-    """Load every distinct variant and choose its policy (timing-only ones checked for it);
-    the scenarios' names, in order. Any problem is an :class:`~fedhq_sim.errors.InputError`."""
+def checked_variants(variants: Sequence[Variant], settings: BatchSettings) -> tuple[list[Variant], list[str]]:
+    """The variants as they will run (in timing-only mode, if asked), each distinct one
+    loaded and its policy chosen first, and their scenarios' names in order. Any problem is
+    an :class:`~fedhq_sim.errors.InputError`, before any run."""
+    if settings.timing_only:
+        variants = [dataclasses.replace(v, timing_only=True) for v in variants]
     names = []
     for variant in {v.name: v for v in variants}.values():
         loaded = load_scenario(variant.scenario, {**variant.overrides, "seed": variant.seed})
         choice = choose_policy(loaded)
-        if timing_only:
+        if settings.timing_only:
             check_timing_only(loaded, choice)
         names.append(loaded.spec.name)
-    return names
+    return list(variants), names
 
 
 def default_folder(name: str, kind: Kind) -> Path:
     return Path("results") / f"{name}-{kind}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_variants(
+    variants: Sequence[Variant], settings: BatchSettings, on_done: Callable[[VariantResult], None] | None = None
+) -> tuple[list[VariantResult], pd.DataFrame, pd.DataFrame]:
+    """Run ``variants`` (from :func:`checked_variants`; ``on_done`` called as each ends):
+    the results, the summary (a row per run) and the median table."""
+    jobs = min(settings.jobs, len(variants))
+    results = run_batch(variants, jobs, on_done, engine=settings.engine, address=settings.address)
+    summary = pd.DataFrame([run_summary(r, settings.target) for r in results])
+    return results, summary, median_table(summary, settings.by)
 
 
 def _write_run(out: Path, result: VariantResult) -> None:
@@ -89,9 +103,7 @@ def run_batch_into_folder(
     """Run ``variants`` and write the batch's folder (``out``, default
     ``results/<name>-<kind>-<date-time>``); returns the summary (a row per run), the median
     table and the folder."""
-    if settings.timing_only:
-        variants = [dataclasses.replace(v, timing_only=True) for v in variants]
-    names = check_variants(variants, timing_only=settings.timing_only)
+    variants, names = checked_variants(variants, settings)
     out = prepare_output_dir(out or default_folder(names[0], settings.kind), overwrite=overwrite)
     for scenario in dict.fromkeys(v.scenario for v in variants):  # the report reads them from here
         atomic_write_text(out / f"scenario-{scenario.stem}.yaml", scenario.read_text(encoding="utf-8"))
@@ -115,11 +127,9 @@ def run_batch_into_folder(
         )
         raise_if_stopped()
 
-    results = run_batch(variants, jobs, on_done, engine=settings.engine, address=settings.address)
-    summary = pd.DataFrame([run_summary(r, settings.target) for r in results])
+    results, summary, table = run_variants(variants, settings, on_done)
     runs = pd.concat([r.rounds.assign(variant=r.variant.name, seed=r.variant.seed) for r in results])
     by, target, timing_only = settings.by, settings.target, settings.timing_only
-    table = median_table(summary, by)
     atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
     atomic_write_text(out / "rounds.csv", runs.to_csv(index=False))
     atomic_write_text(out / "table.csv", table.to_csv(index=False))

@@ -267,8 +267,9 @@ def _analyze(args: argparse.Namespace) -> int:
 
     from fedhq_sim.engine import Simulation
     from fedhq_sim.policies.choice import choose_policy
-    from fedhq_sim.policies.hardware_aware import CoarseOptions, coarse_assignment, ptq_critical_path
+    from fedhq_sim.policies.hardware_aware import CoarseOptions
     from fedhq_sim.scenario import load_scenario
+    from fedhq_sim.start_table import start_table
 
     scenario = load_scenario(args.scenario)
     defaults = CoarseOptions().model_dump() | choose_policy(scenario).options.model_dump()
@@ -276,36 +277,9 @@ def _analyze(args: argparse.Namespace) -> int:
     fraction = defaults["max_qat_fraction"] if args.max_qat_fraction is None else args.max_qat_fraction
     if not (0 <= budget <= 10 and 0 <= fraction <= 1):
         raise InputError("command line", "--latency-budget/--max-qat-fraction", "expected 0-10 and 0-1")
-    simulation = Simulation(scenario)
-    bits = simulation.quantized_bits
-    ptq, qat = f"ptq{bits}", f"qat{bits}"
-    infos = simulation.policy.clients
-    choices = coarse_assignment(list(infos.values()), bits, budget, fraction)
-    rows = []
-    for client in scenario.clients:
-        a = simulation.analysis[client.client_id]
-        choice = choices[client.client_id]
-        rows.append(
-            {
-                "client": client.name,
-                "device": client.device.name,
-                "link": client.link.name,
-                "samples": a.samples,
-                "skew_jsd": round(a.skew, 3),
-                "download_s": round(a.download_s, 4),
-                f"{ptq}_compute_s": round(a.compute_s[ptq], 4),
-                f"{qat}_compute_s": round(a.compute_s[qat], 4),
-                "upload_s": round(a.upload_s[ptq], 4),
-                f"{ptq}_round_s": round(a.round_s(ptq), 4),
-                f"{qat}_round_s": round(a.round_s(qat), 4),
-                "initial": choice.strategy.label,
-                "why": choice.reason,
-            }
-        )
-    table = pd.DataFrame(rows)
+    table, path = start_table(Simulation(scenario).world, budget, fraction)  # the engine refuses a fleet that can't run
     with pd.option_context("display.max_colwidth", 90, "display.width", 250):
         print(table.to_string(index=False))
-    path = ptq_critical_path(list(infos.values()), bits)
     print(
         f"\nall-PTQ critical path (predicted, no other traffic): {path:.4g} s; "
         f"budget x{1 + budget:g}, QAT share at most {fraction:g}"

@@ -148,11 +148,6 @@ class Simulation:
         }
         self.server = Server(self.runtime, self.scenario.server_device)
 
-    @property
-    def quantized_bits(self) -> int:
-        """The bit width of the run's quantized strategies and of the deployed model."""
-        return self.world.quantized_bits
-
     def policy_share_max(self) -> float:
         """The largest share of a round's host time spent in the policy's decisions so far."""
         return max((t.policy_s / t.host_s for t in self.host_timing if t.host_s > 0), default=0.0)
@@ -228,8 +223,7 @@ class Simulation:
         collect_end = self.env.now
         # The deadline is inclusive: work that ends at this very instant (an upload whose last
         # byte arrives now) is processed before the late clients are interrupted.
-        while any(p.is_alive for p in procs) and self.env.peek() == self.env.now:
-            yield self.env.timeout(0)
+        yield from self._finish_this_instant(procs)
         for proc in procs:
             if proc.is_alive:
                 proc.interrupt("round deadline")
@@ -285,12 +279,17 @@ class Simulation:
         )
         self._policy_s += time.perf_counter() - decided
 
+    def _finish_this_instant(self, procs: list[simpy.Process]) -> Generator:
+        """Let what is due at this very instant happen (an upload whose last byte arrives now)
+        before the processes still at work are interrupted."""
+        while any(p.is_alive for p in procs) and self.env.peek() == self.env.now:
+            yield self.env.timeout(0)
+
     def _close_early(self, direct: list[simpy.Process], gateways: list[simpy.Process], deadline_at: float) -> Generator:
         """An over-selected round has its reports: cancel the direct clients still at work
         (after what ends at this very instant), and wait, until the deadline at most, for the
         gateways, which stop collecting at once and forward what they hold."""
-        while any(p.is_alive for p in direct) and self.env.peek() == self.env.now:
-            yield self.env.timeout(0)
+        yield from self._finish_this_instant(direct)
         for proc in direct:
             if proc.is_alive:
                 proc.interrupt(CANCELLED)
