@@ -35,14 +35,14 @@ SCENARIO = "scenarios/fedhq_comparison.yaml"
 def range_averaging() -> None:
     simulation = Simulation(load_scenario(SCENARIO, {"training.local_epochs": 2, "training.local_steps": None}))
     payload = encode_fp32(simulation.work.global_state)
-    data = max(simulation.data.clients, key=len)
-    fp32 = local_work(payload, data, FP32, simulation.local, seed=1).train_loss
+    data = max(simulation.world.data.clients, key=len)
+    fp32 = local_work(payload, data, FP32, simulation.world.local, seed=1).train_loss
     print(f"1. client of {len(data)} samples, 2 epochs from a fresh model: fp32 loss {fp32:.2f}")
     recipe = backend.QAT_RANGE_AVERAGING
     try:
         for constant in (0.01, 1.0):
             backend.QAT_RANGE_AVERAGING = constant
-            qat = local_work(payload, data, Strategy("qat", 4), simulation.local, seed=1).train_loss
+            qat = local_work(payload, data, Strategy("qat", 4), simulation.world.local, seed=1).train_loss
             print(f"   4-bit QAT, range averaging {constant}: loss {qat:.2f}")
     finally:
         backend.QAT_RANGE_AVERAGING = recipe

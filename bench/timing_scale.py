@@ -1,6 +1,7 @@
 """Scaling of timing-only runs: wall time and peak memory from 100 to 10,000 clients.
 
 Usage: .venv/bin/python bench/timing_scale.py [--clients 100 300 1000 3000 10000] [--rounds 10] [--repeats 3]
+       [--mode buffered]
 
 Issue 7's targets: 10,000 clients for 10 rounds through a shared backhaul in at most 60 s on
 one core, peak memory at most 2 GiB, cost growing no worse than n log n. Each run is the
@@ -19,6 +20,12 @@ median host time of a round after the first (the first also traces the work prof
 the peak resident memory (the child's ru_maxrss), and the growth exponent k of the round
 time between successive N (time ~ N^k; N log N from 1,000 to 10,000 is k = 1.1, and fixed
 costs make small N look flatter).
+
+With ``--mode buffered`` (issue 16's target: 10,000 clients in buffered mode for the
+simulated time of 10 sync rounds in at most 60 s on one core), each N first runs the sync
+scenario (untimed) to learn when its last round ends, then times the same fleet in FedBuff
+mode: every client in flight at once (``concurrency`` N), a version at every N/10-th
+arrival, until that simulated time (``training.time_limit``). "round" is then a version.
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 
 
-def scenario(n_clients: int, rounds: int, folder: Path) -> Path:
+def scenario(n_clients: int, rounds: int, folder: Path, *, until_s: float | None = None) -> Path:
+    """The fleet of N; with ``until_s``, in buffered mode until that simulated time."""
     quarter = n_clients // 4
     data = {
         "name": f"fleet-{n_clients}",
@@ -74,9 +82,16 @@ def scenario(n_clients: int, rounds: int, folder: Path) -> Path:
             "learning_rate": 0.05,
             "round_deadline": "2 h",
         },
-        "policy": {"name": "hybrid", "qat_fraction": 0.2, "bits": 8},
+        "policy": {"name": "hybrid", "qat_fraction": 0.2},
     }
-    path = folder / f"fleet-{n_clients}.yaml"
+    if until_s is not None:
+        data["training"] |= {
+            "rounds": 100_000,
+            "time_limit": f"{until_s!r} s",
+            "mode": "buffered",
+            "aggregation": {"concurrency": n_clients, "buffer_size": max(1, n_clients // 10)},
+        }
+    path = folder / f"fleet-{n_clients}{'-buffered' if until_s is not None else ''}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -105,16 +120,29 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[100, 300, 1000, 3000, 10000])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--mode", choices=["sync", "buffered"], default="sync")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for n in args.clients:
             path = scenario(n, args.rounds, Path(folder))
+            if args.mode == "buffered":
+                sync_wall, sync_host, *_ = timed_run(path, Path(folder) / f"sync-{n}")
+                rounds_csv = (Path(folder) / f"sync-{n}" / "rounds.csv").read_text().splitlines()
+                header, last = rounds_csv[0].split(","), rounds_csv[-1].split(",")
+                until_s = float(last[header.index("end_s")])
+                path = scenario(n, args.rounds, Path(folder), until_s=until_s)
+                print(
+                    f"{n:>6} clients: {args.rounds} sync rounds end at {until_s:.1f} s simulated "
+                    f"(sync: wall {sync_wall:.1f} s, simulation {sync_host:.1f} s)",
+                    flush=True,
+                )
             runs = [timed_run(path, Path(folder) / f"out-{n}-{i}") for i in range(args.repeats)]
             wall, host, per_round = (statistics.median(r[k] for r in runs) for k in range(3))
             rows.append((n, wall, host, per_round, max(r[3] for r in runs)))
             print(f"{n:>6} clients: wall {wall:6.1f} s, simulation {host:6.1f} s, round {per_round:6.3f} s", flush=True)
-    print(f"\n{args.rounds} rounds, every client in every round, one core, median of {args.repeats}")
+    what = "rounds, every client in every round" if args.mode == "sync" else "sync rounds' time in buffered mode"
+    print(f"\n{args.rounds} {what}, one core, median of {args.repeats}")
     print("| clients | wall [s] | simulation [s] | round [s] | peak memory [MiB] | growth k (round ~ N^k) |")
     print("|---|---|---|---|---|---|")
     for i, (n, wall, host, per_round, peak) in enumerate(rows):

@@ -33,3 +33,16 @@ class _Placeholder(simpy.Event):
 def schedule_at(env: simpy.Environment, time_s: float, priority: int) -> simpy.Event:
     """An event that ``env`` will process at exactly ``time_s`` (no ``now + delay`` rounding)."""
     return _Placeholder(env, time_s, priority)
+
+
+LATE = 2  # after SimPy's URGENT (0) and NORMAL (1) events of the same instant
+
+
+def late_timeout(env: simpy.Environment, delay_s: float) -> simpy.Event:
+    """A timeout processed after every other event due at its instant, including those that
+    events of that instant schedule for it: what ends exactly then ends before it (a turn's
+    deadline is inclusive, as a round's is)."""
+    event = env.event()
+    event._ok, event._value = True, None
+    env.schedule(event, LATE, delay_s)
+    return event

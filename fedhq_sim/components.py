@@ -28,12 +28,13 @@ from fedhq_sim.quant.strategy import FP32, Strategy
 from fedhq_sim.recorder import Recorder
 from fedhq_sim.round_work import ClientResult, RoundWork
 from fedhq_sim.scenario import ClientSpec
-from fedhq_sim.server_work import Update
+from fedhq_sim.server_work import Mixing, Update
 from fedhq_sim.world import World
 
 OFFLINE = "client offline"  # the interrupt cause of a client whose availability ended
 CRASH = "device crashed"  # the interrupt cause of an injected crash
 CANCELLED = "the round had the reports it needed (over-selection)"  # the cause of a cancelled client
+RUN_ENDED = "the run ended with its last version (asynchronous modes)"  # a turn still in flight then
 NO_FAULT = ClientFaults()
 
 
@@ -85,6 +86,13 @@ class Runtime:
     world: World
     faults: dict[int, ClientFaults] = field(default_factory=dict)
     quorum: Quorum | None = None
+    version: int | None = None
+    """The server's model version, in the asynchronous modes (an update's staleness is
+    counted from it); ``None`` in synchronous rounds, where no update is stale."""
+
+    def staleness(self, r: int) -> int:
+        """How many versions behind an update that counts toward round ``r`` arrives now."""
+        return 0 if self.version is None else self.version - (r - 1)
 
 
 class Client:
@@ -158,7 +166,7 @@ class Client:
                 reason = f"rejected on arrival: {why} (fault injection: a corrupted update)"
                 record(r, client, phase, strategy, nbytes, start, "rejected", reason)
                 return Outcome(cid, strategy, None)
-            record(r, client, phase, strategy, nbytes, start, "completed")
+            record(r, client, phase, strategy, nbytes, start, "completed", staleness=self.rt.staleness(r))
             if self.rt.quorum is not None:
                 self.rt.quorum.note()
             return Outcome(cid, strategy, result)
@@ -168,8 +176,8 @@ class Client:
                 record(r, client, phase, strategy, nbytes, start, "failed", reason)
             elif interrupt.cause == CRASH:
                 record(r, client, phase, strategy, nbytes, start, "failed", CRASHED[phase])
-            elif interrupt.cause == CANCELLED:
-                record(r, client, phase, strategy, nbytes, start, "cancelled", CANCELLED)
+            elif interrupt.cause in (CANCELLED, RUN_ENDED):
+                record(r, client, phase, strategy, nbytes, start, "cancelled", interrupt.cause)
             else:
                 record(r, client, phase, strategy, nbytes, start, "dropped")
             return Outcome(cid, strategy, None)
@@ -264,10 +272,11 @@ class Server:
         self.rt = runtime
         self.device = device
 
-    def aggregate(self, updates: list[Update]) -> Generator:
-        """Aggregate ``updates`` (charged on the server's profile); the process's value is the
-        seconds it took and the pending evaluation of the new model."""
-        outcome = self.rt.work.server(updates)
+    def aggregate(self, updates: list[Update], mixing: Mixing | None = None) -> Generator:
+        """Aggregate ``updates`` (an asynchronous mode's step with ``mixing``; charged on the
+        server's profile); the process's value is the seconds it took and the pending
+        evaluation of the new model."""
+        outcome = self.rt.work.server(updates, mixing)
         server_s = charge_seconds(outcome.work, self.device)
         yield self.rt.env.timeout(server_s)
         return server_s, outcome.accuracy

@@ -26,6 +26,7 @@ import numpy as np
 import simpy
 import torch
 
+from fedhq_sim.async_loop import AsynchronousLoop
 from fedhq_sim.clock import pending_events, schedule_at
 from fedhq_sim.components import CANCELLED, Client, Outcome, Quorum, Runtime, Server, SiteAggregator, SiteOutcome
 from fedhq_sim.errors import InputError, SimulationError
@@ -100,8 +101,6 @@ class Simulation:
         scenario = world.scenario
         spec = scenario.spec
         self.scenario, self.world, self.work, self.rng = scenario, world, work, rng
-        self.data, self.topology, self.feasibility = world.data, world.topology, world.feasibility
-        self.analysis, self.local = world.analysis, world.local
         choice = world.policy_choice
         self.policy: Policy = choice.policy_class(choice.options, world.infos, rng["policy"])
         self.eligible = tuple(
@@ -110,7 +109,7 @@ class Simulation:
             if any(s.label in world.able[c.client_id] for s in self.policy.strategies_for(c.client_id))
         )
         if not self.eligible:
-            reasons = [f.reason for f in self.feasibility if not f.able] or ["the policy assigns nothing they can run"]
+            reasons = [f.reason for f in world.feasibility if not f.able] or ["the policy assigns nothing they can run"]
             raise InputError(scenario.path, "sites", f"no client can take part: {reasons[0]}")
         self.rounds: list[RoundRecord] = []
         self.phases: list[PhaseRecord] = []
@@ -125,6 +124,10 @@ class Simulation:
         self._injects_faults = bool(scenario.crash_rules or scenario.scheduled_crashes or self._corruptions)
         self._crashes_fired: set[int] = set()  # scheduled crashes that happened (by index)
         self._next_round = 1
+        self.asynchronous = AsynchronousLoop(self) if spec.training.mode != "sync" else None
+        self._replay: tuple[int, list[RoundRecord], list[PhaseRecord]] | None = None
+        """An asynchronous run being resumed: the checkpoint's version and the records its
+        files hold, which the replay from the start must give again."""
         self.checkpointing = False
         """Keep the state at each round's end until :meth:`checkpoint` takes it (the CLI's run does)."""
         self._snapshots: dict[int, dict[str, Any]] = {}
@@ -135,9 +138,9 @@ class Simulation:
         self.env = env
         self.network = FlowNetwork(
             env,
-            self.topology.links,
+            self.world.topology.links,
             self.rng["network"],
-            monitored=self.topology.shared_links,
+            monitored=self.world.topology.shared_links,
             stall_timeout_s=self.scenario.spec.network.stall_timeout,
         )
         self.runtime = Runtime(env, self.network, Recorder(env, self.phases), self.work, self.world)
@@ -211,7 +214,7 @@ class Simulation:
             if site in self.sites:
                 by_site.setdefault(site, []).append(cid)
             else:
-                routes = (self.topology.downlink_routes[cid], self.topology.uplink_routes[cid])
+                routes = (self.world.topology.downlink_routes[cid], self.world.topology.uplink_routes[cid])
                 procs.append(self.clients[cid].start(r, assignment[cid], model_nbytes, routes, deadline_at))
         direct = list(procs)
         for site, members in by_site.items():
@@ -325,7 +328,13 @@ class Simulation:
 
     def _snapshot(self, r: int) -> dict[str, Any]:
         """The state at the end of round ``r``: everything a resumed run needs besides the
-        records, which its files hold (see :mod:`fedhq_sim.checkpoint`)."""
+        records, which its files hold (see :mod:`fedhq_sim.checkpoint`). An asynchronous
+        run has turns in flight at every version, mid-transfer and mid-computation: its
+        resume replays the run from the start instead (see :meth:`restore`)."""
+        counts = {"rounds": len(self.rounds), "phases": len(self.phases), "samples": len(self.network.samples)}
+        counts["last"] = self.is_last(r)
+        if self.asynchronous is not None:
+            return {"round": r, "clock_s": self.env.now, "replay": True, **counts}
         waiting = {id(p.target): i for i, p in enumerate(self._outage_procs) if p.is_alive}
         return {
             "round": r,
@@ -339,9 +348,7 @@ class Simulation:
             "policy": self.policy.state_dict(),
             "work": self.work.state_dict(),
             "crashes_fired": sorted(self._crashes_fired),
-            "rounds": len(self.rounds),
-            "phases": len(self.phases),
-            "samples": len(self.network.samples),
+            **counts,
         }
 
     def checkpoint(self, r: int) -> dict[str, Any]:
@@ -353,7 +360,14 @@ class Simulation:
     ) -> None:
         """Continue from a checkpoint of this scenario: after :meth:`run`, the records are those
         of a run that was never interrupted. The clock goes back with every event the
-        interrupted run still had pending, at its exact time and in its order."""
+        interrupted run still had pending, at its exact time and in its order.
+
+        An asynchronous run is replayed from the start instead, every computation done
+        again (its state at a version includes turns in flight); the replay must give the
+        records the files hold, or it stops with an error, and it goes on from there."""
+        if state.get("replay"):
+            self._replay = (state["round"], list(rounds), list(phases))
+            return
         self.rounds, self.phases = list(rounds), list(phases)
         self._wire(simpy.Environment(initial_time=state["clock_s"]))
         self.network.load_state_dict(state["network"], samples)
@@ -371,6 +385,25 @@ class Simulation:
         self.host_timing = [HostTiming(rec.round, math.nan, math.nan) for rec in rounds[1:]]  # not measured here
         self._next_round = state["round"] + 1
 
+    def is_last(self, r: int) -> bool:
+        """Whether the run ends with round (version) ``r``, which has just ended: its last,
+        or the first to end at or after ``training.time_limit``."""
+        training = self.scenario.spec.training
+        return r >= training.rounds or (training.time_limit is not None and self.env.now >= training.time_limit)
+
+    def _check_replay(self, index: int) -> None:
+        """A replayed version must be the one the stopped run wrote (with its phases, once
+        the checkpoint's last version is reached)."""
+        assert self._replay is not None
+        last, rounds, phases = self._replay
+        if not _same(self.rounds[index], rounds[index]):
+            raise SimulationError(f"resuming: the replay's version {index} differs from the one the stopped run wrote")
+        if index == last:
+            replayed = self.phases[: len(phases)]
+            if len(replayed) < len(phases) or any(not _same(a, b) for a, b in zip(replayed, phases, strict=True)):
+                raise SimulationError(f"resuming: the replay's events up to version {last} differ from the files'")
+            self.host_timing[:last] = [HostTiming(t.round, math.nan, math.nan) for t in self.host_timing[:last]]
+
     def run(self, on_round: RoundCallback | None = None) -> RunResult:
         """Simulate every round; ``on_round(record, host_seconds)`` is called for each once its
         record is complete: right after the round, or, where the evaluation runs beside the
@@ -378,7 +411,9 @@ class Simulation:
 
         def report(indices: list[int]) -> None:
             for index in indices:
-                if on_round is not None:
+                if self._replay is not None and index <= self._replay[0]:
+                    self._check_replay(index)
+                elif on_round is not None:
                     on_round(self.rounds[index], self.host_timing[index - 1].host_s)
 
         threads = torch.get_num_threads()
@@ -386,23 +421,42 @@ class Simulation:
         try:
             if self._next_round == 1:
                 self.rounds.append(self._initial_round())
-            for r in range(self._next_round, self.scenario.spec.training.rounds + 1):
+            restored = self._next_round - 1  # a run stopped after its last round has none to run
+            end = 0 if restored and self.is_last(restored) else self.scenario.spec.training.rounds + 1
+            for r in range(self._next_round, end):
                 host_start = time.perf_counter()
                 self._policy_s = 0.0
                 # Run until this round's process ends; stale timers (a deadline that was not
                 # needed) stay queued and fire later without effect.
                 with _collection_after_round():
-                    self.env.run(until=self.env.process(self._round(r)))
+                    if self.asynchronous is None:
+                        self.env.run(until=self.env.process(self._round(r)))
+                    else:
+                        if r == 1:
+                            self.asynchronous.start()
+                        self.env.run(until=self.asynchronous.version_done(r))
                     if self.checkpointing:
                         self._snapshots[r] = self._snapshot(r)
                 host_s = time.perf_counter() - host_start
                 self.host_timing.append(HostTiming(r, host_s, self._policy_s))
+                if self.is_last(r):
+                    break
                 report(self._settle(wait=False))
             report(self._settle(wait=True))
         finally:
             gc.unfreeze()  # collectable again once the run is no longer referenced
             torch.set_num_threads(threads)
         return RunResult(list(self.rounds), list(self.phases))
+
+
+def _same(a: object, b: object) -> bool:
+    """Records equal field by field, NaN equal to NaN (a round without accuracy)."""
+    left = a._asdict() if hasattr(a, "_asdict") else vars(a)
+    right = b._asdict() if hasattr(b, "_asdict") else vars(b)
+    return left.keys() == right.keys() and all(
+        x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))
+        for x, y in zip(left.values(), right.values(), strict=True)
+    )
 
 
 @contextmanager

@@ -25,15 +25,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from fedhq_sim.data import Samples
-from fedhq_sim.models import Arch
+from fedhq_sim.models import Arch, build_model
+from fedhq_sim.quant.ranges import empty_ranges
 from fedhq_sim.quant.strategy import Strategy
 from fedhq_sim.server_work import (
     DeploySource,
+    Mixing,
     Update,
     aggregate_updates,
     evaluate_global,
@@ -41,6 +43,8 @@ from fedhq_sim.server_work import (
     fedavg_key,
     gateway_round,
     gateway_write_key,
+    mix_key,
+    mix_updates,
     read_key,
 )
 from fedhq_sim.training import (
@@ -146,7 +150,8 @@ class AggregationProfiles:
         self.local = local
         self.with_ranges = with_ranges
         """Whether the updates carry input ranges that the aggregation averages."""
-        self._fedavg_step: WorkProfile | None = None
+        self._steps: dict[tuple, WorkProfile] = {}  # per kind of step: the work of one more update
+        self._form_ranges = empty_ranges(build_model(arch[0], arch[1], seed=0, input_shape=arch[2]))
         self._gateway_nbytes: int | None = None
 
     def _update(self, label: str) -> Update:
@@ -160,31 +165,64 @@ class AggregationProfiles:
         return _cached(key)
 
     def _fedavg(self, n_updates: int) -> WorkProfile:
-        """FedAvg of ``n_updates``: the trace of one, plus the difference between two and one
-        for each further update (checked against the real trace of three). The peak memory
-        of more than three is taken as that of three: aggregation memory is not checked."""
-        if self._fedavg_step is None:
+        """FedAvg of ``n_updates`` (see :meth:`_affine`)."""
+        return self._affine(
+            lambda n: fedavg_key(self.arch, n, self.with_ranges),
+            lambda updates: aggregate_updates(updates, self.global_state, self.arch, with_ranges=self.with_ranges),
+            n_updates,
+        )
+
+    def _mix(self, n_updates: int, against_base: bool, first_ranges: bool) -> WorkProfile:
+        """An asynchronous mode's step over ``n_updates`` (see :meth:`_affine`);
+        ``first_ranges``: no ranges were deployed yet."""
+
+        def step(updates: list[Update]) -> None:
+            base = [dataclasses.replace(u, base_state=self.global_state) for u in updates]
+            ranges = None if first_ranges else self._form_ranges
+            mix_updates(
+                base,
+                [0.5] * len(base),
+                self.global_state,
+                self.arch,
+                against_base=against_base,
+                current_ranges=ranges,
+                with_ranges=self.with_ranges,
+            )
+
+        return self._affine(
+            lambda n: mix_key(self.arch, n, against_base, self.with_ranges, first_ranges), step, n_updates
+        )
+
+    def _affine(self, key: Callable[[int], tuple], trace: Callable[[list[Update]], object], n: int) -> WorkProfile:
+        """The work of a step over ``n`` updates: the trace of one, plus the difference
+        between two and one for each further update (checked against the real trace of
+        three). The peak memory of more than three is taken as that of three: aggregation
+        memory is not checked."""
+        if key(1) not in self._steps:
             update = self._update("fp32")
             traced = {}
-            for n in (1, 2, 3):
-                if WORK_CACHE.get(fedavg_key(self.arch, n, self.with_ranges)) is None:
-                    aggregate_updates([update] * n, self.global_state, self.arch, with_ranges=self.with_ranges)
-                traced[n] = _cached(fedavg_key(self.arch, n, self.with_ranges))
+            for count in (1, 2, 3):
+                if WORK_CACHE.get(key(count)) is None:
+                    trace([update] * count)
+                traced[count] = _cached(key(count))
             step = WorkProfile(traced[2].counts - traced[1].counts, traced[3].peak_bytes)
-            if any((traced[1] + step.times(n - 1)).counts != traced[n].counts for n in (2, 3)):
-                raise RuntimeError("FedAvg's work is not affine in the number of updates; it cannot be extrapolated")
-            self._fedavg_step = step
-        if n_updates <= 3:
-            return _cached(fedavg_key(self.arch, n_updates, self.with_ranges))
-        return _cached(fedavg_key(self.arch, 1, self.with_ranges)) + self._fedavg_step.times(n_updates - 1)
+            if any((traced[1] + step.times(count - 1)).counts != traced[count].counts for count in (2, 3)):
+                raise RuntimeError(f"the work of {key(1)[0]} is not affine in the number of updates")
+            self._steps[key(1)] = step
+        if n <= 3:
+            return _cached(key(n))
+        return _cached(key(1)) + self._steps[key(1)].times(n - 1)
 
-    def aggregate(self, labels: Sequence[str]) -> WorkProfile:
-        """Reading and averaging updates written with these strategy labels."""
+    def aggregate(self, labels: Sequence[str], mixing: Mixing | None = None) -> WorkProfile:
+        """Reading updates written with these strategy labels and averaging them (or, with
+        ``mixing``, an asynchronous mode's step over them)."""
         if not labels:
             raise ValueError("aggregating needs at least one update")
         work = WorkProfile()
         for label, count in Counter(labels).items():
             work = work + self._read(label).times(count)
+        if mixing is not None:
+            return work + self._mix(len(labels), mixing.against_base, mixing.first_ranges)
         return work + self._fedavg(len(labels))
 
     def gateway(self, labels: Sequence[str]) -> WorkProfile:
@@ -204,10 +242,12 @@ class AggregationProfiles:
         assert self._gateway_nbytes is not None
         return self._gateway_nbytes
 
-    def server(self, labels: Sequence[str], source: DeploySource, test: Samples, bits: int) -> WorkProfile:
+    def server(
+        self, labels: Sequence[str], source: DeploySource, test: Samples, bits: int, mixing: Mixing | None = None
+    ) -> WorkProfile:
         """The server's round: aggregate, then evaluate the new global model fp32 and deployed."""
         model_ref, num_classes, _ = self.arch
         key = evaluate_key(model_ref, num_classes, source, test, bits)
         if WORK_CACHE.get(key) is None:
             evaluate_global(self.global_state, model_ref, num_classes, source, test, bits, price_only=True)
-        return self.aggregate(labels) + _cached(key)
+        return self.aggregate(labels, mixing) + _cached(key)

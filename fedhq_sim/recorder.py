@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import simpy
@@ -31,6 +31,9 @@ class Recorder:
     def __init__(self, env: simpy.Environment, phases: list[PhaseRecord]) -> None:
         self.env = env
         self.phases = phases
+        self.computed_s: Counter[int] = Counter()
+        """Each client's compute seconds so far (an asynchronous turn's idle time is its
+        length less what it computed)."""
 
     def record(
         self,
@@ -42,9 +45,14 @@ class Recorder:
         start: float,
         status: str,
         reason: str = "",
+        *,
+        staleness: int = 0,
     ) -> None:
-        """A phase of ``client`` in round ``r`` that began at ``start`` and ends now."""
+        """A phase of ``client`` in round ``r`` that began at ``start`` and ends now
+        (``staleness``: of the update an upload delivered)."""
         energy = phase_joules(phase, status, self.env.now - start, client.device, client.link)
+        if phase == "compute":
+            self.computed_s[client.client_id] += self.env.now - start
         self.phases.append(
             PhaseRecord(
                 r,
@@ -62,6 +70,7 @@ class Recorder:
                 status,
                 energy,
                 reason,
+                staleness,
             )
         )
 
@@ -92,35 +101,87 @@ def round_record(
     reached the server (``None`` where it reported none), ``gateway_lost`` the members of
     sites whose gateway failed (they count as failed, whatever they had done). The
     accuracies are left NaN: they are known once the server's evaluation is done."""
-    unable = {p.client_id for p in phases if p.status == "unable"}
-    rejected = {p.client_id for p in phases if p.status == "rejected" and p.client_id >= 0}
-    cancelled = {p.client_id for p in phases if p.status == "cancelled" and p.client_id >= 0}
-    failed = {p.client_id for p in phases if p.status == "failed" and p.client_id >= 0}
-    failed |= gateway_lost - unable - rejected
-    kinds = [strategy.kind for cid, strategy in assigned if cid not in unable]
-    losses = [loss for loss in reported_losses if loss is not None]
+    ended = _ended(phases, gateway_lost)
+    unable, failed, rejected, cancelled = (ended[s] for s in ("unable", "failed", "rejected", "cancelled"))
     latency = times.end_s - times.start_s
-    compute_j = sum(p.energy_j for p in phases if p.phase == "compute")
-    radio_j = sum(p.energy_j for p in phases if p.phase != "compute")
     computing: Counter[int] = Counter()  # one pass: a round of thousands stays linear
     for p in phases:
         if p.phase == "compute":
             computing[p.client_id] += p.end_s - p.start_s
     idle_j = sum(idle_joules(latency - computing[cid], clients[cid].device) for cid in selected)
+    dropped = len(selected) - len(reported_losses) - len(unable) - len(failed) - len(rejected) - len(cancelled)
+    kinds = [strategy.kind for cid, strategy in assigned if cid not in unable]
+    return _record(r, times, len(selected), reported_losses, ended, dropped, kinds, phases, idle_j, status)
+
+
+def version_record(
+    v: int,
+    times: RoundTimes,
+    clients: Sequence[ClientSpec],
+    dispatched: Sequence[tuple[int, Strategy]],
+    applied: Sequence[tuple[float | None, int]],
+    turns_idle_s: Sequence[tuple[int, float]],
+    phases: Sequence[PhaseRecord],
+    status: str,
+) -> RoundRecord:
+    """The record of version ``v`` of an asynchronous mode, from what happened in its window
+    (the ``phases`` that ended since the version before): ``dispatched`` the turns begun in
+    it with their strategies, ``applied`` the training loss and staleness of each update
+    the version applied, ``turns_idle_s`` each turn that ended in it and its seconds not
+    computing (its client's idle energy). Clients are counted by their turns' ends."""
+    ended = _ended(phases, set())
+    kinds = [strategy.kind for _, strategy in dispatched]
+    idle_j = sum(idle_joules(seconds, clients[cid].device) for cid, seconds in turns_idle_s)
+    dropped = len({p.client_id for p in phases if p.status == "dropped" and p.client_id >= 0})
+    losses = [loss for loss, _ in applied]
+    record = _record(v, times, len(dispatched), losses, ended, dropped, kinds, phases, idle_j, status)
+    staleness = [tau for _, tau in applied]
+    return replace(
+        record,
+        staleness_mean=float(np.mean(staleness)) if staleness else 0.0,
+        staleness_max=max(staleness, default=0),
+    )
+
+
+def _ended(phases: Sequence[PhaseRecord], gateway_lost: set[int]) -> dict[str, set[int]]:
+    """The clients whose part ended ``unable``, ``failed``, ``rejected`` or ``cancelled``
+    (gateways, whose ids are negative, are not clients)."""
+    by = {s: {p.client_id for p in phases if p.status == s and p.client_id >= 0} for s in ("rejected", "cancelled")}
+    by["unable"] = {p.client_id for p in phases if p.status == "unable"}
+    by["failed"] = {p.client_id for p in phases if p.status == "failed" and p.client_id >= 0}
+    by["failed"] |= gateway_lost - by["unable"] - by["rejected"]
+    return by
+
+
+def _record(
+    r: int,
+    times: RoundTimes,
+    selected: int,
+    reported_losses: Sequence[float | None],
+    ended: dict[str, set[int]],
+    dropped: int,
+    kinds: list[str],
+    phases: Sequence[PhaseRecord],
+    idle_j: float,
+    status: str,
+) -> RoundRecord:
+    losses = [loss for loss in reported_losses if loss is not None]
+    compute_j = sum(p.energy_j for p in phases if p.phase == "compute")
+    radio_j = sum(p.energy_j for p in phases if p.phase != "compute")
     return RoundRecord(
         round=r,
         start_s=times.start_s,
         collect_end_s=times.collect_end_s,
         end_s=times.end_s,
-        latency_s=latency,
+        latency_s=times.end_s - times.start_s,
         server_s=times.server_s,
-        selected=len(selected),
+        selected=selected,
         reported=len(reported_losses),
-        dropped=len(selected) - len(reported_losses) - len(unable) - len(failed) - len(rejected) - len(cancelled),
-        failed=len(failed),
-        unable=len(unable),
-        rejected=len(rejected),
-        cancelled=len(cancelled),
+        dropped=dropped,
+        failed=len(ended["failed"]),
+        unable=len(ended["unable"]),
+        rejected=len(ended["rejected"]),
+        cancelled=len(ended["cancelled"]),
         n_fp32=kinds.count("fp32"),
         n_ptq=kinds.count("ptq"),
         n_qat=kinds.count("qat"),

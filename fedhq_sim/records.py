@@ -37,11 +37,17 @@ class PhaseRecord(NamedTuple):
     status: Status
     energy_j: float
     reason: str = ""
+    staleness: int = 0
+    """On an arrived update's row: the model versions applied since its client downloaded
+    the model (always 0 in synchronous rounds)."""
 
 
 @dataclass(frozen=True)
 class RoundRecord:
-    """What one round did and what it reached. Round 0 is the initial model, before training."""
+    """What one round did and what it reached. Round 0 is the initial model, before training.
+
+    In the asynchronous modes a row is a model version: its updates' arrivals and what
+    happened in the window since the version before (:mod:`fedhq_sim.aggregation_modes`)."""
 
     round: int
     start_s: float
@@ -72,6 +78,9 @@ class RoundRecord:
     deployed_accuracy: float
     status: str = "ok"
     """``ok``, or why the server did not update the model (too few clients reported)."""
+    staleness_mean: float = 0.0
+    """The mean staleness of the updates applied (asynchronous modes; 0 in synchronous rounds)."""
+    staleness_max: int = 0
 
 
 def column_names(record_type: type) -> list[str]:

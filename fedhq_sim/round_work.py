@@ -31,12 +31,14 @@ from fedhq_sim.quant.ranges import LayerRanges, empty_ranges, unset_ranges
 from fedhq_sim.quant.strategy import Strategy
 from fedhq_sim.server_work import (
     DeploySource,
+    Mixing,
     Update,
     aggregate_updates,
     evaluate_global,
     evaluate_payload,
     evaluation_work,
     gateway_round,
+    mix_updates,
 )
 from fedhq_sim.training import LocalConfig
 from fedhq_sim.work import WorkProfile
@@ -70,8 +72,13 @@ class RoundWork(Protocol):
         """Get the round's local work ready for the clients in ``assignment`` (those able to
         run their strategy); return the global model's size in bytes."""
 
+    def dispatch(self, version: int, assignment: Mapping[int, Strategy]) -> int:
+        """Get ready the local work of the clients in ``assignment``, which start now from
+        the current model, version ``version`` (the asynchronous modes); the model's size."""
+
     def client(self, client_id: int) -> ClientResult:
-        """A client's local work this round (after :meth:`begin_round`)."""
+        """A client's local work for its turn (after :meth:`begin_round` or :meth:`dispatch`);
+        asked once per turn."""
 
     def gateway(self, updates: Sequence[Update]) -> tuple[Update, WorkProfile]:
         """A site gateway's aggregate of its members' updates, and its work."""
@@ -82,8 +89,9 @@ class RoundWork(Protocol):
     def rejection(self, update: Update, corruption: Corruption) -> str | None:
         """What the receiver's check finds in ``update`` once corrupted by ``corruption``."""
 
-    def server(self, updates: Sequence[Update]) -> ServerOutcome:
-        """Aggregate the round's updates into the global model, and evaluate it."""
+    def server(self, updates: Sequence[Update], mixing: Mixing | None = None) -> ServerOutcome:
+        """Aggregate the updates into the global model (FedAvg; an asynchronous mode's
+        step with ``mixing``), and evaluate it."""
 
     def initial_accuracy(self) -> tuple[float, float]:
         """fp32 and deployed accuracy of the initial global model."""
@@ -143,17 +151,26 @@ class ExecutedWork:
         happens during the round, so computing it up front gives the same results as
         computing it when each client's download ends; a client that never gets that far
         (deadline, outage, shift end) just wasted host time."""
+        self._results = {}
+        return self._run_local(r, assignment)
+
+    def dispatch(self, version: int, assignment: Mapping[int, Strategy]) -> int:
+        """Run the clients' local work now, from the current model; each is seeded by the
+        round it counts toward (the next version), as in a synchronous round."""
+        return self._run_local(version + 1, assignment)
+
+    def _run_local(self, r: int, assignment: Mapping[int, Strategy]) -> int:
         ids = sorted(assignment, key=lambda cid: -self._expected_cost(cid, assignment[cid]))
         tasks = [
             WorkTask(self._payload, self.data.clients[cid], assignment[cid], self.cfg, client_seed(self.seed, r, cid))
             for cid in ids
         ]
-        self._results = {}
         for cid, done in zip(ids, self.executor.map(tasks), strict=True):
             result, decoded = done.local, {k: as_tensor(v) for k, v in done.decoded.items()}
             ranges = {k: as_tensor(v) for k, v in done.ranges.items()} if done.ranges is not None else None
             label = assignment[cid].label
-            update = Update(result.payload, result.num_samples, label, len(result.payload), decoded, ranges)
+            nbytes = len(result.payload)
+            update = Update(result.payload, result.num_samples, label, nbytes, decoded, ranges, self.global_state)
             self._results[cid] = ClientResult(
                 result.work, update, result.train_loss, result.divergence, result.deployment_gap
             )
@@ -165,7 +182,7 @@ class ExecutedWork:
         return self.cfg.steps(len(self.data.clients[client_id])) * (1.5 if strategy.kind == "qat" else 1.0)
 
     def client(self, client_id: int) -> ClientResult:
-        return self._results[client_id]
+        return self._results.pop(client_id)  # once per turn: no result outlives its turn
 
     def gateway(self, updates: Sequence[Update]) -> tuple[Update, WorkProfile]:
         with_ranges = self.deployment.from_clients
@@ -185,14 +202,24 @@ class ExecutedWork:
         values = update.decoded if update.decoded is not None else decode_to_fp32(update.payload)
         return rejection(corrupted(values, corruption), self.global_state)
 
-    def server(self, updates: Sequence[Update]) -> ServerOutcome:
+    def server(self, updates: Sequence[Update], mixing: Mixing | None = None) -> ServerOutcome:
         """Aggregate now (the next round starts from the new model); evaluate on the executor,
         beside the next round's client work, since only the reported accuracy depends on it.
         Its work is the same every round, so it is charged from its profile now."""
         d = self.data
-        combined = aggregate_updates(
-            updates, self.global_state, self.cfg.arch, with_ranges=self.deployment.from_clients
-        )
+        with_ranges = self.deployment.from_clients
+        if mixing is None:
+            combined = aggregate_updates(updates, self.global_state, self.cfg.arch, with_ranges=with_ranges)
+        else:
+            combined = mix_updates(
+                updates,
+                mixing.coefficients,
+                self.global_state,
+                self.cfg.arch,
+                against_base=mixing.against_base,
+                current_ranges=self.ranges,
+                with_ranges=with_ranges,
+            )
         self.global_state, self.ranges = combined.state, combined.ranges
         model = (self.cfg.model_ref, d.num_classes, self._source, d.test, self.deployment.bits)
         self._payload = self._download()  # what the next round downloads
@@ -231,14 +258,18 @@ class ProfiledWork:
         self._model_nbytes = len(payload := encode_fp32(state, broadcast))
         self.local = LocalProfiles(cfg, payload, max(data.clients, key=len))
         self.aggregation = AggregationProfiles(cfg.arch, state, self.local, with_ranges=deployment.from_clients)
-        self._assignment: Mapping[int, Strategy] = {}
+        self._assignment: dict[int, Strategy] = {}
 
     def begin_round(self, r: int, assignment: Mapping[int, Strategy]) -> int:
-        self._assignment = assignment
+        self._assignment = dict(assignment)
+        return self._model_nbytes
+
+    def dispatch(self, version: int, assignment: Mapping[int, Strategy]) -> int:
+        self._assignment.update(assignment)
         return self._model_nbytes
 
     def client(self, client_id: int) -> ClientResult:
-        strategy = self._assignment[client_id]
+        strategy = self._assignment.pop(client_id)
         n = len(self.data.clients[client_id])
         nbytes = len(self.local.payload(strategy))
         return ClientResult(self.local.profile(strategy, n), Update(None, n, strategy.label, nbytes), None, None)
@@ -253,10 +284,11 @@ class ProfiledWork:
     def rejection(self, update: Update, corruption: Corruption) -> str | None:
         return FOUND[corruption]  # what the real check finds in each kind (tested)
 
-    def server(self, updates: Sequence[Update]) -> ServerOutcome:
+    def server(self, updates: Sequence[Update], mixing: Mixing | None = None) -> ServerOutcome:
         d = self.data
         source = _ranges_in_form(self.cfg) if self.deployment.from_clients else d.server_calibration
-        work = self.aggregation.server([u.label for u in updates], source, d.test, self.deployment.bits)
+        labels = [u.label for u in updates]
+        work = self.aggregation.server(labels, source, d.test, self.deployment.bits, mixing)
         return ServerOutcome(work, completed(lambda: (math.nan, math.nan)))
 
     def initial_accuracy(self) -> tuple[float, float]:

@@ -48,23 +48,29 @@ def resumable(folder: Path, *, timing_only: bool) -> tuple[LoadedScenario, dict[
         raise InputError(
             ran["path"], "", "its model file or data changed since the run began; a resumed run reads the same"
         )
-    if checkpoint["round"] >= scenario.spec.training.rounds and checkpoint.get("finished", True):
+    ended = checkpoint.get("last", checkpoint["round"] >= scenario.spec.training.rounds)
+    if ended and checkpoint.get("finished", True):
         raise InputError(folder, "--resume", f"the run finished all {checkpoint['round']} rounds")
     if timing_only and not checkpoint["timing_only"]:
         raise InputError("command line", "--timing-only", "the run being resumed runs in full mode; it goes on so")
     return scenario, checkpoint
 
 
-def progress_line(total: int, record: RoundRecord, host_s: float, eta_s: float) -> str:
-    """One round's line of progress, as ``fedhq-sim run`` prints it."""
+def progress_line(total: int, record: RoundRecord, host_s: float, eta_s: float, *, asynchronous: bool = False) -> str:
+    """One round's (an asynchronous mode's version's) line of progress, as ``fedhq-sim run`` prints it."""
     accuracy = (
         ""
         if math.isnan(record.deployed_accuracy)  # timing-only
         else f"deployed acc {record.deployed_accuracy:.3f}  fp32 acc {record.fp32_accuracy:.3f}  "
     )
+    if asynchronous:  # a version: the updates it applied, and how stale they were
+        counts = f"applied {record.reported} (staleness <= {record.staleness_max})"
+        head = f"version {record.round:>3}/{total}"
+    else:
+        counts, head = f"reported {record.reported}/{record.selected}", f"round {record.round:>3}/{total}"
     return (
-        f"round {record.round:>3}/{total}  sim {record.end_s:9.3f} s  latency {record.latency_s:8.3f} s  "
-        f"reported {record.reported}/{record.selected}  energy {record.energy_j:8.1f} J  "
+        f"{head}  sim {record.end_s:9.3f} s  latency {record.latency_s:8.3f} s  "
+        f"{counts}  energy {record.energy_j:8.1f} J  "
         f"{accuracy}[host {host_s:.1f} s, eta {eta_s:.0f} s]"
     )
 
@@ -75,7 +81,7 @@ def feasibility_lines(simulation: Simulation) -> list[str]:
     lines = []
     policy = simulation.scenario.spec.policy.name
     by_client: dict[int, list] = {}
-    for row in simulation.feasibility:
+    for row in simulation.world.feasibility:
         by_client.setdefault(row.client_id, []).append(row)
     for client in simulation.scenario.clients:
         rows = by_client[client.client_id]
@@ -124,7 +130,7 @@ def run_into_folder(
     writer = ResultsWriter(out, scenario, timing_only=timing_only)
     if checkpoint is None:
         writer.write_inputs(simulation.world.policy_choice.options.model_dump(mode="json"))
-        writer.write_feasibility(simulation.feasibility)
+        writer.write_feasibility(simulation.world.feasibility)
     else:
         writer.resume(
             checkpoint["files"], {"events.csv": checkpoint["phases"], "link_utilisation.csv": checkpoint["samples"]}
@@ -142,9 +148,13 @@ def run_into_folder(
         "inputs": inputs_digest(scenario.model, scenario.data_source),
     }
     total = scenario.spec.training.rounds
-    say(f"{scenario.spec.name}: {len(scenario.clients)} clients, {total} rounds, policy {scenario.spec.policy.name}")
-    if checkpoint is not None and checkpoint["round"] >= total:
-        say(f"all {total} rounds ran; writing the results that a stop cut short")
+    training = scenario.spec.training
+    counted = f"{total} rounds" if training.mode == "sync" else f"{total} versions, mode {training.mode}"
+    say(f"{scenario.spec.name}: {len(scenario.clients)} clients, {counted}, policy {scenario.spec.policy.name}")
+    if checkpoint is not None and checkpoint.get("last", checkpoint["round"] >= total):
+        say(f"all {checkpoint['round']} rounds ran; writing the results that a stop cut short")
+    elif checkpoint is not None and checkpoint.get("replay"):
+        say(f"resuming after version {checkpoint['round']}: replaying the run up to it (turns were in flight)")
     elif checkpoint is not None:
         say(f"resuming after round {checkpoint['round']} (simulated {checkpoint['clock_s']:.3f} s)")
     if timing_only:
@@ -166,7 +176,7 @@ def run_into_folder(
         checkpoints.write_checkpoint(out, saved)
         host_per_round.append(host_s)
         eta_s = sum(host_per_round) / len(host_per_round) * (total - record.round)
-        say(progress_line(total, record, host_s, eta_s))
+        say(progress_line(total, record, host_s, eta_s, asynchronous=scenario.spec.training.mode != "sync"))
         raise_if_stopped()  # a stop swallowed during the round (in a finalizer, say) stops here
 
     result = simulation.run(on_round)

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
+from fedhq_sim.aggregation_modes import AggregationSpec, Mode, buffer_size, concurrency, misplaced_options
 from fedhq_sim.availability import DAY_S, Availability, ClientAvailability, Window, read_trace
 from fedhq_sim.deployment import DeploymentSpec
 from fedhq_sim.errors import InputError
@@ -69,7 +70,7 @@ class ServerSpec(StrictModel):
 
 
 class TrainingSpec(StrictModel):
-    """The federated-learning settings of a synchronous run."""
+    """The federated-learning settings of a run."""
 
     rounds: int = Field(ge=1, le=100_000)
     clients_per_round: int = Field(ge=1)
@@ -85,11 +86,27 @@ class TrainingSpec(StrictModel):
     """Select this many times ``clients_per_round`` (rounded up) and close the round once
     ``clients_per_round`` updates have arrived (at the server, or at a site's gateway); the others are cancelled
     (FedScale's over-commitment, Google's practice): stragglers stop setting the round's end."""
+    time_limit: Seconds | None = None
+    """End the run with the first round (version) that ends at or after this simulated time,
+    if that comes before ``rounds``: "what does an hour of training reach?"."""
+    mode: Mode = "sync"
+    """How arrivals become model versions (:mod:`fedhq_sim.aggregation_modes`)."""
+    aggregation: AggregationSpec = Field(default_factory=AggregationSpec)
 
     @model_validator(mode="after")
     def _epochs_or_steps(self) -> TrainingSpec:
         if self.local_steps is not None and "local_epochs" in self.model_fields_set:
             raise ValueError("give local_epochs or local_steps, not both")
+        if self.mode != "sync" and "over_selection" in self.model_fields_set:
+            raise ValueError(f"over_selection applies to sync rounds, not to mode {self.mode}")
+        if self.mode == "semi-sync" and self.aggregation.period is None:
+            raise ValueError("mode semi-sync needs aggregation.period, the rounds' fixed length")
+        if misplaced := misplaced_options(self.mode, self.aggregation):
+            raise ValueError(f"aggregation.{misplaced[0]} does not apply to mode {self.mode}")
+        if buffer_size(self.aggregation, self.clients_per_round) > concurrency(
+            self.aggregation, self.clients_per_round
+        ):
+            raise ValueError("aggregation.buffer_size is larger than the concurrency: the buffer would never fill")
         return self
 
 

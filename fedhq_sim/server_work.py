@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedhq_sim.aggregate import fedavg
+from fedhq_sim.aggregate import fedavg, mix
 from fedhq_sim.data import Samples
 from fedhq_sim.models import Arch, ModelRef, traced_build, traced_load
 from fedhq_sim.quant import backend
@@ -183,6 +183,8 @@ class Update:
     """What decoding the payload gives, if it was already decoded where it was written."""
     ranges: LayerRanges | None = field(default=None, compare=False, repr=False)
     """The input ranges the payload carries, if it was already decoded where it was written."""
+    base_state: dict[str, torch.Tensor] | None = field(default=None, compare=False, repr=False)
+    """The state of the model version it was trained from, which FedBuff's step subtracts (full mode)."""
 
 
 def read_key(arch: Arch, label: str, with_ranges: bool) -> tuple:
@@ -194,8 +196,26 @@ def fedavg_key(arch: Arch, n_updates: int, with_ranges: bool) -> tuple:
     return ("fedavg", arch, n_updates, with_ranges)
 
 
+def mix_key(arch: Arch, n_updates: int, against_base: bool, with_ranges: bool, first_ranges: bool) -> tuple:
+    """An asynchronous step; ``first_ranges``: no ranges were deployed yet (their mean is taken)."""
+    return ("mix", arch, n_updates, against_base, with_ranges, first_ranges and with_ranges)
+
+
 def gateway_write_key(arch: Arch, with_ranges: bool) -> tuple:
     return ("gateway-write", arch, with_ranges)
+
+
+@dataclass(frozen=True)
+class Mixing:
+    """How an asynchronous mode applies updates (:func:`fedhq_sim.aggregate.mix`): each
+    update's coefficient, and whether its change is taken from the version it was trained
+    from (FedBuff, semi-sync) or from the current model (FedAsync)."""
+
+    coefficients: tuple[float, ...]
+    against_base: bool
+    first_ranges: bool = False
+    """No activation ranges were deployed yet: the step takes the updates' mean (timing-only
+    mode prices that step; full mode knows it from its own state)."""
 
 
 @dataclass(frozen=True)
@@ -207,11 +227,11 @@ class Aggregate:
     work: WorkProfile
 
 
-def aggregate_updates(
+def read_updates(
     updates: Sequence[Update], global_state: dict[str, torch.Tensor], arch: Arch, *, with_ranges: bool = False
-) -> Aggregate:
-    """Decode the updates, bring them into ``global_state``'s parameterization, FedAvg them;
-    ``with_ranges``, also the sample-weighted mean of their input ranges (each must carry them)."""
+) -> tuple[list[tuple[dict[str, torch.Tensor], int]], list[tuple[LayerRanges | None, int]], WorkProfile]:
+    """Decode the updates and bring them into ``global_state``'s parameterization: their
+    states and (``with_ranges``, each must carry them) input ranges, with their sample counts."""
     work = WorkProfile()
 
     def in_form(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -248,12 +268,57 @@ def aggregate_updates(
         states.append((state, update.num_samples))
         ranges.append((update_ranges, update.num_samples))
         work = work + read_work
+    return states, ranges, work
+
+
+def aggregate_updates(
+    updates: Sequence[Update], global_state: dict[str, torch.Tensor], arch: Arch, *, with_ranges: bool = False
+) -> Aggregate:
+    """Decode the updates, bring them into ``global_state``'s parameterization, FedAvg them;
+    ``with_ranges``, also the sample-weighted mean of their input ranges (each must carry them)."""
+    states, ranges, work = read_updates(updates, global_state, arch, with_ranges=with_ranges)
 
     def average() -> tuple[dict[str, torch.Tensor], LayerRanges | None]:
         return fedavg(states), mean_ranges(ranges) if with_ranges else None
 
     (state, mean), aggregate_work = WORK_CACHE.run(fedavg_key(arch, len(states), with_ranges), average)
     return Aggregate(state, mean, work + aggregate_work)
+
+
+def mix_updates(
+    updates: Sequence[Update],
+    coefficients: Sequence[float],
+    global_state: dict[str, torch.Tensor],
+    arch: Arch,
+    *,
+    against_base: bool,
+    current_ranges: LayerRanges | None = None,
+    with_ranges: bool = False,
+) -> Aggregate:
+    """An asynchronous mode's step (:func:`fedhq_sim.aggregate.mix`): each update's change
+    from the version it was trained from (``against_base``, FedBuff) or from the current
+    model (FedAsync), times its coefficient. The deployed ranges move by the same
+    coefficients from the current ones (their sample-weighted mean while there are none)."""
+    states, ranges, work = read_updates(updates, global_state, arch, with_ranges=with_ranges)
+    refs = []
+    for update in updates:
+        if against_base and update.base_state is None:
+            raise ValueError("an update without the version it was trained from cannot be applied against it")
+        refs.append(update.base_state if against_base else global_state)
+
+    def step() -> tuple[dict[str, torch.Tensor], LayerRanges | None]:
+        state = mix(global_state, [(s, ref, c) for (s, _), ref, c in zip(states, refs, coefficients, strict=True)])
+        if not with_ranges:
+            return state, None
+        if current_ranges is None:
+            return state, mean_ranges(ranges)
+        return state, mix(
+            current_ranges, [(r, current_ranges, c) for (r, _), c in zip(ranges, coefficients, strict=True)]
+        )
+
+    key = mix_key(arch, len(states), against_base, with_ranges, current_ranges is None)
+    (state, mixed), step_work = WORK_CACHE.run(key, step)
+    return Aggregate(state, mixed, work + step_work)
 
 
 def gateway_round(

@@ -104,3 +104,32 @@ def scenario_file(folder: Path, data: dict[str, Any], name: str = "s.yaml") -> P
     path = folder / name
     path.write_text(yaml.safe_dump({**data, "profiles_dir": str(PROFILES)}, sort_keys=False))
     return path
+
+
+WIRE_LATENCY_S = 0.010  # the closed-form "wire" link of the engine-clock tests
+
+
+@pytest.fixture(scope="session")
+def profiles(tmp_path_factory):
+    """The repository's profiles plus two links whose transfer times are closed-form."""
+    root = tmp_path_factory.mktemp("profiles")
+    for kind in ("devices", "links"):
+        (root / kind).mkdir()
+        for path in (PROFILES / kind).glob("*.yaml"):
+            (root / kind / path.name).write_text(path.read_text())
+    for name, rate, latency in (("wire", "8 Mbit/s", f"{WIRE_LATENCY_S * 1e3:g} ms"), ("trunk", "80 Gbit/s", "0 s")):
+        link = {
+            "kind": "link",
+            "name": name,
+            "description": "a test link: no jitter, no loss",
+            "downlink": rate,
+            "uplink": rate,
+            "latency": latency,
+            "jitter": "0 s",
+            "loss": "0 %",
+            "radio_power": {"transmit": "1 W", "receive": "1 W"},
+            "sources": {k: "[I] test" for k in ("downlink", "uplink", "latency", "jitter", "loss")}
+            | {"radio_power.transmit": "[I] test", "radio_power.receive": "[I] test"},
+        }
+        (root / "links" / f"{name}.yaml").write_text(yaml.safe_dump(link))
+    return root

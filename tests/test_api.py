@@ -66,3 +66,37 @@ def test_compare_from_code_returns_a_summary_and_a_median_table(result):
     summary, table = api.compare(plant.with_values({"training.rounds": 1}), ["all-ptq", "all-qat"], seeds=[1])
     assert list(table["policy"]) == ["all-ptq", "all-qat"]
     assert summary.loc[summary["policy"] == "all-qat", "qat_share"].item() == 1.0
+
+
+@pytest.mark.parametrize(("mode", "timing_only"), [("buffered", False), ("async", True), ("semi-sync", True)])
+def test_every_asynchronous_mode_runs_from_code_and_from_the_command_line(tmp_path, mode, timing_only):
+    """The same folder from both front doors, with the staleness columns, and a report."""
+    from fedhq_sim.cli import main
+
+    data = tiny_scenario_dict()
+    data["training"].update(rounds=3, mode=mode)
+    if mode == "semi-sync":
+        data["training"]["aggregation"] = {"period": "0.1 s"}  # shorter than some turns: updates carry over
+    path = scenario_file(tmp_path, data)
+    run = api.simulate(path, out=tmp_path / "api", timing_only=timing_only)
+    assert list(run.rounds["round"]) == [0, 1, 2, 3]
+    assert run.rounds["reported"].iloc[1:].sum() >= 3 and {"staleness_mean", "staleness_max"} <= set(run.rounds)
+    assert "staleness" in run.events
+    assert timing_only or run.rounds["deployed_accuracy"].iloc[1:].notna().all()
+    flags = ["--timing-only"] if timing_only else []
+    assert main(["run", str(path), "--out", str(tmp_path / "cli"), "--quiet", *flags]) == 0
+    for name in ("rounds.csv", "events.csv", "link_utilisation.csv", "trace.json"):
+        assert (tmp_path / "api" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes(), name
+    assert (tmp_path / "cli" / "report.html").stat().st_size > 0
+
+
+def test_a_sweep_compares_the_modes_of_one_scenario(tmp_path):
+    from fedhq_sim.cli import main
+
+    data = tiny_scenario_dict()
+    data["training"]["rounds"] = 2
+    path = scenario_file(tmp_path, data)
+    command = ["sweep", str(path), "--set", "training.mode=sync,buffered,async", "--seeds", "1", "--timing-only"]
+    assert main([*command, "--out", str(tmp_path / "sweep"), "--quiet", "--jobs", "1"]) == 0
+    summary = pd.read_csv(tmp_path / "sweep" / "summary.csv")
+    assert len(summary) == 3 and summary["simulated_s"].gt(0).all()

@@ -23,11 +23,10 @@ from fedhq_sim.server_work import Update
 from fedhq_sim.topology import build_topology
 from fedhq_sim.work import OpCost, WorkProfile
 from fedhq_sim.world import World, site_gateways
-from tests.conftest import PROFILES, tiny_scenario_dict
+from tests.conftest import WIRE_LATENCY_S, tiny_scenario_dict
 
 MODEL_NBYTES = 1_000_000  # 1.0 s on an 8 Mbit/s wire
 UPDATE_NBYTES = 500_000  # 0.5 s
-WIRE_LATENCY_S = 0.010
 DISPATCH = OpCost("view", "view", "fp32", 0.0, 0.0)
 
 
@@ -49,6 +48,10 @@ class FixedWork:
         self.rounds.append((r, dict(assignment)))
         return MODEL_NBYTES
 
+    def dispatch(self, version, assignment):
+        self.rounds.append((version + 1, dict(assignment)))
+        return MODEL_NBYTES
+
     def client(self, client_id):
         work = dispatches(self.client_dispatches[client_id])
         return ClientResult(work, Update(None, 100, "ptq8", UPDATE_NBYTES), 0.5, None)
@@ -62,7 +65,7 @@ class FixedWork:
     def rejection(self, update, corruption):
         return "NaN values"
 
-    def server(self, updates):
+    def server(self, updates, mixing=None):
         return ServerOutcome(dispatches(self.server_dispatches), completed(lambda: (0.5, 0.5)))
 
     def initial_accuracy(self):
@@ -73,32 +76,6 @@ class FixedWork:
 
     def load_state_dict(self, state):
         pass
-
-
-@pytest.fixture(scope="module")
-def profiles(tmp_path_factory):
-    """The repository's profiles plus two links whose transfer times are closed-form."""
-    root = tmp_path_factory.mktemp("profiles")
-    for kind in ("devices", "links"):
-        (root / kind).mkdir()
-        for path in (PROFILES / kind).glob("*.yaml"):
-            (root / kind / path.name).write_text(path.read_text())
-    for name, rate, latency in (("wire", "8 Mbit/s", f"{WIRE_LATENCY_S * 1e3:g} ms"), ("trunk", "80 Gbit/s", "0 s")):
-        link = {
-            "kind": "link",
-            "name": name,
-            "description": "a test link: no jitter, no loss",
-            "downlink": rate,
-            "uplink": rate,
-            "latency": latency,
-            "jitter": "0 s",
-            "loss": "0 %",
-            "radio_power": {"transmit": "1 W", "receive": "1 W"},
-            "sources": {k: "[I] test" for k in ("downlink", "uplink", "latency", "jitter", "loss")}
-            | {"radio_power.transmit": "[I] test", "radio_power.receive": "[I] test"},
-        }
-        (root / "links" / f"{name}.yaml").write_text(yaml.safe_dump(link))
-    return root
 
 
 def star_scenario(tmp_path, profiles, n_clients: int, **training) -> LoadedScenario:

@@ -25,7 +25,7 @@ def _with_lorawan_site(data):
 
 def test_a_lorawan_only_client_is_flagged_unable_to_carry_an_update(write_scenario):
     simulation = Simulation(load_scenario(write_scenario(_with_lorawan_site(tiny_scenario_dict()))))
-    field = [row for row in simulation.feasibility if row.client.startswith("field/")]
+    field = [row for row in simulation.world.feasibility if row.client.startswith("field/")]
     assert len(field) == 3 and not any(row.able for row in field)
     assert all(row.reason.startswith("link: ") and "lorawan_eu868" in row.reason for row in field)
     assert all(row.transfer_s > 10 * 60 for row in field)
@@ -65,7 +65,7 @@ def test_a_model_too_big_for_the_device_memory_is_refused_with_a_message(tmp_pat
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(data))
     simulation = Simulation(load_scenario(path))
-    tiny = [row for row in simulation.feasibility if row.device == "tiny_board"]
+    tiny = [row for row in simulation.world.feasibility if row.device == "tiny_board"]
     assert tiny and not any(row.able for row in tiny)
     for row in tiny:
         assert row.memory_needed_bytes > row.memory_available_bytes == 256_000

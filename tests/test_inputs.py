@@ -64,6 +64,32 @@ CASES = [
     ("unknown model", lambda d: d.update(model="gpt"), "model", "small_cnn"),
     ("negative alpha", lambda d: d["data"].update(dirichlet_alpha=-1.0), "data.dirichlet_alpha", "greater"),
     ("duplicate site", lambda d: d["sites"][1].update(name="hall"), "sites[1].name", "used twice"),
+    ("unknown mode", lambda d: d["training"].update(mode="gossip"), "training.mode", "'semi-sync'"),
+    ("semi-sync period", lambda d: d["training"].update(mode="semi-sync"), "training", "needs aggregation.period"),
+    (
+        "option of another mode",
+        lambda d: d["training"].update(mode="async", aggregation={"buffer_size": 4}),
+        "training",
+        "aggregation.buffer_size does not apply to mode async",
+    ),
+    (
+        "buffer never fills",
+        lambda d: d["training"].update(mode="buffered", aggregation={"concurrency": 2, "buffer_size": 3}),
+        "training",
+        "the buffer would never fill",
+    ),
+    (
+        "staleness option of another kind",
+        lambda d: d["training"].update(mode="async", aggregation={"staleness": {"kind": "hinge", "exponent": 1.0}}),
+        "training.aggregation.staleness",
+        "exponent does not apply to kind hinge",
+    ),
+    (
+        "over-selection in async",
+        lambda d: d["training"].update(mode="async", over_selection=2.0),
+        "training",
+        "over_selection applies to sync rounds",
+    ),
 ]
 
 
@@ -173,7 +199,7 @@ def test_cli_exits_2_with_one_line_and_no_traceback(write_scenario):
     assert done.returncode == 2
     allowed = (
         "rounds, clients_per_round, local_epochs, local_steps, batch_size, learning_rate, calibration_samples, "
-        "round_deadline, over_selection"
+        "round_deadline, over_selection, time_limit, mode, aggregation"
     )
     assert done.stderr == f"error: {path}: training.epochs: unknown key; allowed: {allowed}\n"
     assert "Traceback" not in done.stdout + done.stderr

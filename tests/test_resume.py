@@ -5,6 +5,7 @@ import pickle
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ import yaml
 from fedhq_sim.checkpoint import FILE, FORMAT, read_checkpoint
 from fedhq_sim.cli import main
 from fedhq_sim.engine import Simulation
-from fedhq_sim.errors import InputError
+from fedhq_sim.errors import InputError, SimulationError
 from fedhq_sim.policies.fedhq import FedHQ, FedHQOptions
 from fedhq_sim.scenario import load_scenario
 from fedhq_sim.tables import links_frame, phases_frame, rounds_frame
@@ -109,8 +110,8 @@ class StopsInItsFinalizer:
 fired = []
 record, write_trace = recorder.Recorder.record, results.ResultsWriter.write_trace
 
-def record_then_stop(self, r, *rest):
-    record(self, r, *rest)
+def record_then_stop(self, r, *rest, **keywords):
+    record(self, r, *rest, **keywords)
     if r == 4 and where == "mid-round":
         os.kill(os.getpid(), how)
     if r == 4 and where == "finalizer" and not fired:
@@ -127,13 +128,13 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
-def _stopped(scenario, out, how, where, workers):
+def _stopped(scenario, out, how, where, workers, *flags):
     """Run ``scenario`` and stop it by the signal ``how``, sent from within the run ``where``:
     right after the first event of round 4 is recorded, from a finalizer at that moment (which
     swallows the exception it raises), or as the finished run starts its trace. Sent from
     within, the stop comes at a known moment: a signal from the test could come after a
     fast run had ended."""
-    run = ["run", str(scenario), "--out", str(out), "--workers", workers]
+    run = ["run", str(scenario), "--out", str(out), "--workers", workers, *flags]
     child = _run_code(STOPPING_CHILD, [how.name, where, *run], timeout=300)
     return child.returncode, child.stderr
 
@@ -235,3 +236,53 @@ def test_a_checkpoint_of_an_earlier_format_is_refused_saying_so(tmp_path):
     torch.save({"format": FORMAT - 1, "round": 3}, older / FILE)
     with pytest.raises(InputError, match=f"written by an earlier fedhq-sim \\(format {FORMAT - 1}"):
         read_checkpoint(older)
+
+
+@pytest.mark.parametrize(("mode", "timing_only"), [("buffered", False), ("async", True), ("semi-sync", True)])
+def test_an_asynchronous_run_resumed_after_any_version_replays_to_one_never_stopped(write_scenario, mode, timing_only):
+    data = _eight_rounds_with_every_kind_of_event()
+    data["training"]["mode"] = mode
+    if mode == "semi-sync":
+        data["training"]["aggregation"] = {"period": "0.15 s"}  # shorter than some turns: updates carry over
+    scenario = load_scenario(write_scenario(data))
+    whole = Simulation(scenario, timing_only=timing_only)
+    whole.checkpointing = True
+    states = {}
+    whole.run(lambda record, _host_s: states.update({record.round: whole.checkpoint(record.round)}))
+    statuses = {p.status for p in whole.phases}
+    assert max(r.staleness_max for r in whole.rounds) >= 1
+    assert {"completed", "failed"} <= statuses, statuses
+    for r in (1, 5):
+        state = states[r]
+        again = Simulation(scenario, timing_only=timing_only)
+        counts = state["rounds"], state["phases"], state["samples"]
+        again.restore(state, whole.rounds[: counts[0]], whole.phases[: counts[1]], whole.network.samples[: counts[2]])
+        resumed = []
+        again.run(lambda record, _host_s, seen=resumed: seen.append(record.round))
+        assert _same_records(again, whole), r
+        assert resumed == list(range(r + 1, 9))
+    tampered = Simulation(scenario, timing_only=timing_only)
+    rows = list(whole.rounds[: states[5]["rounds"]])
+    rows[3] = replace(rows[3], reported=rows[3].reported + 1)
+    tampered.restore(states[5], rows, whole.phases[: states[5]["phases"]], [])
+    with pytest.raises(SimulationError, match="version 3 differs"):
+        tampered.run()
+
+
+def test_a_buffered_run_killed_mid_run_resumes_by_replay_to_the_files_of_one_never_stopped(tmp_path):
+    data = _eight_rounds_with_every_kind_of_event()
+    data["training"]["mode"] = "buffered"
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(yaml.safe_dump(data, sort_keys=False))
+    whole = tmp_path / "whole"  # timing-only: the replay is the same in full mode (tested above), and quicker
+    assert _run(["run", str(scenario), "--out", str(whole), "--quiet", "--timing-only"], check=True).returncode == 0
+    out = tmp_path / "stopped"
+    returned, err = _stopped(scenario, out, signal.SIGKILL, "mid-round", "1", "--timing-only")
+    assert returned == -signal.SIGKILL, err
+    assert read_checkpoint(out)["replay"] and 1 <= read_checkpoint(out)["round"] < 8
+    resumed = _run(["run", "--resume", str(out), "--timing-only"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "replaying the run up to it" in resumed.stdout
+    for name in COMPARED:
+        if (whole / name).exists():
+            assert (out / name).read_bytes() == (whole / name).read_bytes(), name

@@ -144,7 +144,7 @@ def test_the_deadline_drops_late_clients_and_logs_them(write_scenario):
     data["training"]["rounds"] = 1
     # A deadline just above every client's feasibility floor (transfers and training steps
     # alone) lets all take part, but model handling and quantization make them late.
-    floors = Simulation(load_scenario(write_scenario(data))).feasibility
+    floors = Simulation(load_scenario(write_scenario(data))).world.feasibility
     deadline = max(row.transfer_s + row.compute_s for row in floors) * 1.01
     data["training"]["round_deadline"] = f"{deadline * 1e3:.6f} ms"
     sim = Simulation(load_scenario(write_scenario(data)))
