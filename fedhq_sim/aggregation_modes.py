@@ -11,15 +11,16 @@
     a client drawn from those idle and available, which starts from the current version.
 ``async``
     FedAsync (Xie et al., 2019): every arrival is a version,
-    ``w <- w + mixing * s(tau) (w_i - w)``; the slot is refilled as in ``buffered``.
+    ``w <- w + mixing * s(tau) (w_i - w)``; the turn's slot is refilled once its update
+    is applied, as in ``buffered``.
 ``semi-sync``
-    Rounds of a fixed ``period``: at each round's start ``clients_per_round`` idle clients
-    are drawn; at its end every update that arrived in it is applied as in ``buffered``.
-    A late client is not dropped: its update joins the round it arrives in, with the
-    staleness weight of the versions it missed.
+    Rounds of ``period`` (plus the server's step): at each round's start
+    ``clients_per_round`` idle clients are drawn; at its end every update that arrived in
+    it is applied as in ``buffered``. A late client is not dropped: its update joins the
+    round it arrives in, with the staleness weight of the versions it missed.
 
-The staleness ``tau`` of an update is the number of versions applied between its
-client's download and its arrival. In every mode other than ``sync`` a turn (download,
+The staleness ``tau`` of an update is the number of versions that changed the model
+between its client's download and the update's application. In every mode other than ``sync`` a turn (download,
 local work, upload) longer than ``round_deadline`` is dropped, and ``rounds`` counts
 versions: a run ends with its ``rounds``-th version, and the turns still in flight then
 are cancelled.
@@ -70,7 +71,8 @@ class StalenessSpec(StrictModel):
 
 class AggregationSpec(StrictModel):
     """The options of the asynchronous modes (see the module's docstring); each applies to
-    the modes named beside it."""
+    the modes named beside it, and the others ignore it (so that one scenario can be swept
+    across modes)."""
 
     concurrency: int | None = Field(default=None, ge=1)
     """``async``, ``buffered``: clients training at once (default: ``clients_per_round``)."""
@@ -85,21 +87,6 @@ class AggregationSpec(StrictModel):
     the rounds are synchronous ones that never close early."""
     staleness: StalenessSpec = Field(default_factory=StalenessSpec)
     """``async``, ``buffered``, ``semi-sync``: the staleness weight."""
-
-
-APPLIES_TO: dict[str, frozenset[str]] = {
-    "concurrency": frozenset({"async", "buffered"}),
-    "buffer_size": frozenset({"buffered"}),
-    "server_learning_rate": frozenset({"buffered", "semi-sync"}),
-    "mixing": frozenset({"async"}),
-    "period": frozenset({"semi-sync"}),
-    "staleness": frozenset({"async", "buffered", "semi-sync"}),
-}
-
-
-def misplaced_options(mode: Mode, spec: AggregationSpec) -> list[str]:
-    """The options given that ``mode`` does not use (each a mistake worth an error)."""
-    return sorted(name for name in spec.model_fields_set if mode not in APPLIES_TO[name])
 
 
 def concurrency(spec: AggregationSpec, clients_per_round: int) -> int:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Generator, Iterable
+from collections import Counter
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,16 +28,17 @@ import numpy as np
 import simpy
 
 from fedhq_sim.aggregation_modes import buffer_size, concurrency
-from fedhq_sim.clock import late_timeout
+from fedhq_sim.clock import LAST, late_timeout
 from fedhq_sim.components import RUN_ENDED, Client, Outcome, Runtime, Server
 from fedhq_sim.errors import SimulationError
 from fedhq_sim.executors import Pending
 from fedhq_sim.faults import Corruption, draw
+from fedhq_sim.idle_pool import IdlePool
 from fedhq_sim.policies import ClientReport, Policy, RoundContext
 from fedhq_sim.quant.strategy import Strategy
 from fedhq_sim.recorder import RoundTimes, version_record
 from fedhq_sim.records import PhaseRecord, RoundRecord
-from fedhq_sim.round_work import RoundWork
+from fedhq_sim.round_work import RoundWork, turn_seed
 from fedhq_sim.scenario import LoadedScenario
 from fedhq_sim.server_work import Mixing
 from fedhq_sim.world import World
@@ -72,51 +74,10 @@ TURN_DEADLINE = "round deadline"  # a turn longer than round_deadline is dropped
 
 @dataclass(frozen=True)
 class Arrival:
-    """An update that reached the server: whose, from which version, and how stale it was."""
+    """An update that reached the server, and the model version its turn began from."""
 
     outcome: Outcome
     base: int
-    staleness: int
-
-
-class IdlePool:
-    """The clients not in a turn, drawn from uniformly at random in constant time: a fleet of
-    thousands refills a slot at every arrival, and a scan of the fleet each time would make
-    a run quadratic in its size."""
-
-    TRIES = 8  # random picks before a scan for the available ones (most are, in most plants)
-
-    def __init__(self, client_ids: Iterable[int]) -> None:
-        self.items = list(client_ids)
-        self._where = {c: i for i, c in enumerate(self.items)}
-
-    def add(self, client_id: int) -> None:
-        self._where[client_id] = len(self.items)
-        self.items.append(client_id)
-
-    def remove(self, client_id: int) -> None:
-        """Take ``client_id`` out, moving the last client into its place."""
-        i, last = self._where.pop(client_id), self.items.pop()
-        if last != client_id:
-            self.items[i], self._where[last] = last, i
-
-    def draw(self, rng: np.random.Generator, n: int, available: Callable[[int], bool]) -> list[int]:
-        """Up to ``n`` clients for which ``available`` holds, each uniform over those left
-        (picks that are not available are drawn again), taken out of the pool; sorted."""
-        chosen: list[int] = []
-        while len(chosen) < n and self.items:
-            for _ in range(self.TRIES):
-                pick = self.items[int(rng.integers(len(self.items)))]
-                if available(pick):
-                    break
-            else:
-                ready = [c for c in self.items if available(c)]
-                if not ready:
-                    break
-                pick = ready[int(rng.integers(len(ready)))]
-            self.remove(pick)
-            chosen.append(pick)
-        return sorted(chosen)
 
 
 class AsynchronousLoop:
@@ -132,9 +93,13 @@ class AsynchronousLoop:
         self.buffer_size = {"async": 1, "buffered": buffer_size(self.options, training.clients_per_round)}.get(
             self.mode, 0
         )
-        self.version = 0
+        self.version = 0  # records made
+        self.model_version = 0  # versions that changed the model (staleness counts these)
         self.busy: set[int] = set()
         self.idle = IdlePool(simulation.eligible)
+        self.held: list[int] = []  # clients whose turn ended as it began: back at the next version
+        self.turns_of: Counter[int] = Counter()  # each client's turns so far (its seeds' stream)
+        self.bases: dict[int, int] = {}  # the model version each turn in flight began from
         self.buffer: list[Arrival] = []
         self.lost: list[Outcome] = []  # turns that ended without an update since the last version
         self.dispatched: list[tuple[int, Strategy]] = []  # turns begun since the last version
@@ -144,14 +109,17 @@ class AsynchronousLoop:
         self.window_start_s, self.window_first_phase = 0.0, 0
         self.versions: dict[int, simpy.Event] = {}
         self._arrival: simpy.Event | None = None
+        self._last_arrival_s = 0.0
+        self._busy_since = 0.0  # when the last spell with turns in flight began
+        self._started: simpy.Event | None = None  # a turn began after a spell with none
         self._wake_at = math.inf  # when a refill is already scheduled for (availability)
         self._stopped = False
-        self._applied_any = False  # no version applied updates yet (so no ranges were deployed)
+        self._applying_now = False  # the server is replacing the model: new turns wait for it
 
     def start(self) -> None:
         """Begin the server's processes (at the clock's start)."""
         env = self.sim.env
-        self.sim.runtime.version = 0
+        self.sim.runtime.bases = self.bases
         if self.mode == "semi-sync":
             env.process(self._periods())
         else:
@@ -165,23 +133,36 @@ class AsynchronousLoop:
     # Turns ---------------------------------------------------------------------------
 
     def _begin(self, chosen: list[int]) -> None:
-        """Begin turns for ``chosen`` clients from the current version."""
+        """Begin turns for ``chosen`` clients from the current model. Each turn has its own
+        training seed and fault draws (a client's n-th turn), so a client drawn again
+        before the model changes trains anew instead of repeating its update."""
         sim = self.sim
         spec = sim.scenario.spec
         r = self.version + 1
         decided = time.perf_counter()
         assignment = sim.policy.assign(RoundContext(r, tuple(chosen)))
         sim._policy_s += time.perf_counter() - decided
+        for cid in chosen:
+            self.turns_of[cid] += 1
         able = {cid: assignment[cid] for cid in chosen if assignment[cid].label in sim.world.able[cid]}
-        model_nbytes = sim.work.dispatch(self.version, able)
+        model_nbytes = sim.work.dispatch(able, {cid: turn_seed(spec.seed, cid, self.turns_of[cid]) for cid in able})
         if sim._injects_faults:
             pending = {i: s for i, s in sim.scenario.scheduled_crashes.items() if i not in sim._crashes_fired}
-            faults, fired = draw(tuple(chosen), sim.scenario.crash_rules, pending, sim._corruptions, r, spec.seed)
-            sim.runtime.faults.update(faults)
-            sim._crashes_fired.update(fired)
+            for cid in chosen:
+                turn = self.turns_of[cid]
+                faults, fired = draw((cid,), sim.scenario.crash_rules, pending, sim._corruptions, r, spec.seed, turn)
+                sim.runtime.faults.update(faults)
+                sim._crashes_fired.update(fired)
+                for index in fired:
+                    pending.pop(index)
         limit_s = spec.training.round_deadline
+        if not self.busy:
+            self._busy_since = sim.env.now
+            if self._started is not None and not self._started.triggered:
+                self._started.succeed()
         for cid in chosen:
             self.busy.add(cid)  # drawn from the idle pool already
+            self.bases[cid] = self.model_version
             self.dispatched.append((cid, assignment[cid]))
             routes = (sim.world.topology.downlink_routes[cid], sim.world.topology.uplink_routes[cid])
             proc = sim.clients[cid].start(r, assignment[cid], model_nbytes, routes, sim.env.now + limit_s)
@@ -192,26 +173,38 @@ class AsynchronousLoop:
         """Watch one client's turn: dropped if it outlasts ``round_deadline``; its update
         goes to the buffer on arrival."""
         sim, env = self.sim, self.sim.env
-        base, began, computed_s = self.version, env.now, sim.runtime.recorder.computed_s[cid]
+        began, computed_s = env.now, sim.runtime.recorder.computed_s[cid]
         yield proc | late_timeout(env, sim.scenario.spec.training.round_deadline)
         if proc.is_alive:
             proc.interrupt(TURN_DEADLINE)
         outcome: Outcome = yield proc
         sim.runtime.faults.pop(cid, None)
+        sim.work.forget(cid)  # a turn that ended before its local work leaves none behind
+        base = self.bases.pop(cid)
         del self.in_flight[cid], self.turns[cid]
         self.turns_idle_s.append((cid, env.now - began - (sim.runtime.recorder.computed_s[cid] - computed_s)))
         if outcome.result is not None:
-            self.buffer.append(Arrival(outcome, base, self.version - base))
-            if self._arrival is not None and not self._arrival.triggered:
-                self._arrival.succeed()
+            self.buffer.append(Arrival(outcome, base))
+            self._last_arrival_s = env.now
+            self._wake()
+            if self.mode == "async":
+                return  # FedAsync: the slot is refilled once this update is applied
         else:
             self.lost.append(outcome)
-        if self.mode == "async" and outcome.result is not None:
-            return  # FedAsync's client starts again once its update is applied
         self.busy.discard(cid)
-        self.idle.add(cid)
+        if env.now == began:  # unable, or offline at the start: drawn again, it would end again now
+            self.held.append(cid)
+        else:
+            self.idle.add(cid)
+        if not self.busy and not self.held:
+            self._wake()  # no one at work now: the wait for a version is no quiet spell any more
         if self.mode != "semi-sync" and len(self.buffer) < self.buffer_size:
             self._refill()  # else once the version this arrival completes is applied
+
+    def _wake(self) -> None:
+        """Have the applying loop look again (an arrival, or no turn left in flight)."""
+        if self._arrival is not None and not self._arrival.triggered:
+            self._arrival.succeed()
 
     def _draw(self, n: int) -> list[int]:
         """Up to ``n`` clients drawn from the idle, available ones, uniformly at random."""
@@ -221,24 +214,26 @@ class AsynchronousLoop:
     def _refill(self) -> None:
         """Give every free slot to a client drawn from the idle, available ones; if too few
         are available, try again when the next one comes on."""
-        if self._stopped:
+        if self._stopped or self._applying_now or self.mode == "semi-sync":  # semi-sync draws at rounds' starts
             return
         free = self.slots - len(self.busy)
         if free <= 0:
             return
         chosen = self._draw(free)
-        n = len(chosen)
-        if n:
+        if chosen:
             self._begin(chosen)
-        if n < free:
-            idle = self.idle.items
-            at = self.sim.scenario.availability.next_available(idle, self.sim.env.now) if idle else math.inf
-            if at == math.inf and not self.busy:
-                now = self.sim.env.now
-                raise SimulationError(f"version {self.version + 1}: no client is available at {now:.1f} s or later")
-            if at < self._wake_at:
-                self._wake_at = at
-                self.sim.env.process(self._refill_at(at))
+        if len(chosen) < free:
+            self._wake_for_availability()
+
+    def _wake_for_availability(self) -> None:
+        """Refill when the next idle client comes on; none ever, and none at work: an error."""
+        now, idle = self.sim.env.now, self.idle.items
+        at = self.sim.scenario.availability.next_available(idle, now) if idle else math.inf
+        if at == math.inf and not self.busy and not self.held:
+            raise SimulationError(f"version {self.version + 1}: no client is available at {now:.1f} s or later")
+        if at < self._wake_at:
+            self._wake_at = at
+            self.sim.env.process(self._refill_at(at))
 
     def _refill_at(self, at: float) -> Generator:
         yield self.sim.env.timeout(at - self.sim.env.now)
@@ -249,17 +244,35 @@ class AsynchronousLoop:
     # Versions ------------------------------------------------------------------------
 
     def _applying(self) -> Generator:
-        """FedAsync and FedBuff: apply the buffer at every ``buffer_size``-th arrival."""
+        """FedAsync and FedBuff: apply the buffer at every ``buffer_size``-th arrival. When
+        no update arrives for ``round_deadline`` (every turn failing), a version applies
+        nothing, so that time and the run go on."""
         env = self.sim.env
-        while True:
+        limit_s = self.sim.scenario.spec.training.round_deadline
+        while not self._stopped:
+            timer: simpy.Event | None = None  # re-armed only when it fires: one per quiet spell
             while len(self.buffer) < self.buffer_size:
                 self._arrival = env.event()
-                yield self._arrival
-            collect_end = env.now
-            taken, self.buffer = self.buffer[: self.buffer_size], self.buffer[self.buffer_size :]
-            yield from self._version(taken, collect_end, "ok")
-            if self._stopped:
-                return
+                if not self.busy and not self.held:  # no one can train now (availability)
+                    self._started = env.event()
+                    yield self._arrival | self._started  # the wait is not a quiet spell
+                    timer = None
+                    continue
+                quiet_until = max(self._last_arrival_s, self.window_start_s, self._busy_since) + limit_s
+                if timer is None:
+                    timer = late_timeout(env, max(quiet_until - env.now, 0.0), LAST)  # after turns' deadlines
+                yield self._arrival | timer
+                if self._arrival.triggered:  # an arrival, or no turn left: look again
+                    continue
+                if env.now >= quiet_until:
+                    break
+                timer = None
+            if len(self.buffer) >= self.buffer_size:
+                taken, self.buffer, status = self.buffer[: self.buffer_size], self.buffer[self.buffer_size :], "ok"
+            else:
+                held = f"{len(self.buffer)} of {self.buffer_size}"
+                taken, status = [], f"no update arrived for {limit_s:g} s ({held} buffered, kept)"
+            yield from self._version(taken, env.now, status)
             if self.mode == "async":
                 for arrival in taken:
                     self.busy.discard(arrival.outcome.client_id)
@@ -275,21 +288,28 @@ class AsynchronousLoop:
         least = sim.scenario.spec.faults.min_reports
         while not self._stopped:
             chosen = self._draw(training.clients_per_round)
+            never = sim.scenario.availability.next_available(self.idle.items, env.now) == math.inf
             if chosen:
                 self._begin(chosen)
+            elif never and not self.busy and not self.held:
+                now = env.now
+                raise SimulationError(f"round {self.version + 1}: no client is available at {now:.1f} s or later")
             yield env.timeout(period_s)
             if len(self.buffer) >= least:
                 taken, self.buffer, status = self.buffer, [], "ok"
-            else:  # carried into the next round, staler
+            else:  # carried into the next round
                 taken, status = [], f"too few reports ({len(self.buffer)}, at least {least} needed)"
             yield from self._version(taken, env.now, status)
 
     def _version(self, taken: list[Arrival], collect_end: float, status: str) -> Generator:
-        """Apply ``taken`` (nothing, if empty) as the next version and record its window."""
+        """Apply ``taken`` (nothing, if empty) as the next version and record its window.
+        Each update is weighted by its staleness now, when it is applied."""
         sim = self.sim
         server_s, accuracy = 0.0, None
+        staleness = [self.model_version - a.base for a in taken]
         if taken:
-            weights = [self.options.staleness.weight(a.staleness) for a in taken]
+            self._applying_now = True
+            weights = [self.options.staleness.weight(tau) for tau in staleness]
             if self.mode == "async":
                 mixing = self.options.mixing if self.options.mixing is not None else 0.6
                 coefficients, against_base = (mixing * weights[0],), False
@@ -299,16 +319,17 @@ class AsynchronousLoop:
                 shares = [n / sum(samples) for n in samples]
                 coefficients, against_base = tuple(step * p * w for p, w in zip(shares, weights, strict=True)), True
             updates = [a.outcome.result.update for a in taken]
-            step_of = Mixing(coefficients, against_base, first_ranges=not self._applied_any)
-            self._applied_any = True
+            step_of = Mixing(coefficients, against_base, first_ranges=self.model_version == 0)
             server_s, accuracy = yield from sim.server.aggregate(updates, step_of)
+            self.model_version += 1
+            sim.runtime.model_version = self.model_version
+            self._applying_now = False
         self.version += 1
-        sim.runtime.version = self.version
         if sim.is_last(self.version):
             yield from self._end_turns()
         v, now = self.version, sim.env.now
         phases = sim.phases[self.window_first_phase :]
-        applied = [(a.outcome.result.train_loss, a.staleness) for a in taken]
+        applied = [(a.outcome.result.train_loss, tau) for a, tau in zip(taken, staleness, strict=True)]
         times = RoundTimes(self.window_start_s, collect_end, now, server_s)
         sim.rounds.append(
             version_record(v, times, sim.scenario.clients, self.dispatched, applied, self.turns_idle_s, phases, status)
@@ -320,13 +341,17 @@ class AsynchronousLoop:
         sim._policy_s += time.perf_counter() - decided
         self.window_start_s, self.window_first_phase = now, len(sim.phases)
         self.dispatched, self.turns_idle_s, self.lost = [], [], []
+        for cid in self.held:
+            self.idle.add(cid)
+        self.held = []
         self.version_done(v).succeed()
 
     def _end_turns(self) -> Generator:
         """The last version is made: cancel the turns still in flight (recorded with it)."""
         self._stopped = True
         for proc in self.in_flight.values():
-            proc.interrupt(RUN_ENDED)
+            if proc.is_alive:
+                proc.interrupt(RUN_ENDED)
         if self.turns:
             yield self.sim.env.all_of(list(self.turns.values()))
 

@@ -33,11 +33,12 @@ from fedhq_sim.records import PhaseRecord, RoundRecord
 from fedhq_sim.tables import link_name
 
 FILE = "checkpoint.pt"
-FORMAT = 5
+FORMAT = 6
 """2: the round work's state holds the deployed activation ranges (deployment from the clients);
 3: FedHQ's benefit model learns the deployed loss (its state holds other features);
 4: it learns the deployment gap instead (the same arrays, a label of another scale);
-5: a round's record counts its cancelled clients (over-selection), a column of rounds.csv."""
+5: a round's record counts its cancelled clients (over-selection), a column of rounds.csv;
+6: the asynchronous modes: staleness columns in rounds.csv and events.csv, replayed resumes."""
 
 
 def text_hash(text: str) -> str:

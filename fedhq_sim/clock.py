@@ -36,13 +36,14 @@ def schedule_at(env: simpy.Environment, time_s: float, priority: int) -> simpy.E
 
 
 LATE = 2  # after SimPy's URGENT (0) and NORMAL (1) events of the same instant
+LAST = 3  # after those too: a window that closes once the late events of its instant are done
 
 
-def late_timeout(env: simpy.Environment, delay_s: float) -> simpy.Event:
+def late_timeout(env: simpy.Environment, delay_s: float, priority: int = LATE) -> simpy.Event:
     """A timeout processed after every other event due at its instant, including those that
     events of that instant schedule for it: what ends exactly then ends before it (a turn's
     deadline is inclusive, as a round's is)."""
     event = env.event()
     event._ok, event._value = True, None
-    env.schedule(event, LATE, delay_s)
+    env.schedule(event, priority, delay_s)
     return event

@@ -86,13 +86,15 @@ class Runtime:
     world: World
     faults: dict[int, ClientFaults] = field(default_factory=dict)
     quorum: Quorum | None = None
-    version: int | None = None
-    """The server's model version, in the asynchronous modes (an update's staleness is
-    counted from it); ``None`` in synchronous rounds, where no update is stale."""
+    bases: dict[int, int] | None = None
+    """In the asynchronous modes, the model version each client's turn in flight began
+    from; ``None`` in synchronous rounds, where no update is stale."""
+    model_version: int = 0
+    """The versions that changed the model so far (asynchronous modes)."""
 
-    def staleness(self, r: int) -> int:
-        """How many versions behind an update that counts toward round ``r`` arrives now."""
-        return 0 if self.version is None else self.version - (r - 1)
+    def staleness(self, client_id: int) -> int:
+        """How many model versions behind the update of ``client_id``'s turn arrives now."""
+        return 0 if self.bases is None else self.model_version - self.bases[client_id]
 
 
 class Client:
@@ -166,7 +168,7 @@ class Client:
                 reason = f"rejected on arrival: {why} (fault injection: a corrupted update)"
                 record(r, client, phase, strategy, nbytes, start, "rejected", reason)
                 return Outcome(cid, strategy, None)
-            record(r, client, phase, strategy, nbytes, start, "completed", staleness=self.rt.staleness(r))
+            record(r, client, phase, strategy, nbytes, start, "completed", staleness=self.rt.staleness(cid))
             if self.rt.quorum is not None:
                 self.rt.quorum.note()
             return Outcome(cid, strategy, result)

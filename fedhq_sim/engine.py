@@ -9,7 +9,9 @@ over-selected round (the rest cancelled), or at the deadline, whichever comes fi
 clients are interrupted, leave the network, and are recorded as dropped. The server
 then aggregates and evaluates, and the round's phases become its record
 (:func:`fedhq_sim.recorder.round_record`). Outages, checkpoints and the host's timings are
-kept here too. Host time never enters simulated results.
+kept here too. Host time never enters simulated results. The asynchronous modes
+(``training.mode``) run their turns and versions on the same components and clock
+(:mod:`fedhq_sim.async_loop`); this loop then only waits for each version.
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ class Simulation:
         self._crashes_fired: set[int] = set()  # scheduled crashes that happened (by index)
         self._next_round = 1
         self.asynchronous = AsynchronousLoop(self) if spec.training.mode != "sync" else None
-        self._replay: tuple[int, list[RoundRecord], list[PhaseRecord]] | None = None
+        self._replay: tuple[int, list[RoundRecord], list[PhaseRecord], list[LinkSample]] | None = None
         """An asynchronous run being resumed: the checkpoint's version and the records its
         files hold, which the replay from the start must give again."""
         self.checkpointing = False
@@ -366,7 +368,7 @@ class Simulation:
         again (its state at a version includes turns in flight); the replay must give the
         records the files hold, or it stops with an error, and it goes on from there."""
         if state.get("replay"):
-            self._replay = (state["round"], list(rounds), list(phases))
+            self._replay = (state["round"], list(rounds), list(phases), list(samples))
             return
         self.rounds, self.phases = list(rounds), list(phases)
         self._wire(simpy.Environment(initial_time=state["clock_s"]))
@@ -395,13 +397,15 @@ class Simulation:
         """A replayed version must be the one the stopped run wrote (with its phases, once
         the checkpoint's last version is reached)."""
         assert self._replay is not None
-        last, rounds, phases = self._replay
+        last, rounds, phases, samples = self._replay
         if not _same(self.rounds[index], rounds[index]):
             raise SimulationError(f"resuming: the replay's version {index} differs from the one the stopped run wrote")
         if index == last:
             replayed = self.phases[: len(phases)]
             if len(replayed) < len(phases) or any(not _same(a, b) for a, b in zip(replayed, phases, strict=True)):
                 raise SimulationError(f"resuming: the replay's events up to version {last} differ from the files'")
+            if self.network.samples[: len(samples)] != samples:
+                raise SimulationError(f"resuming: the replay's link samples up to version {last} differ")
             self.host_timing[:last] = [HostTiming(t.round, math.nan, math.nan) for t in self.host_timing[:last]]
 
     def run(self, on_round: RoundCallback | None = None) -> RunResult:

@@ -74,16 +74,20 @@ def draw(
     corruptions: tuple[tuple[Corruption, float], ...],
     r: int,
     seed: int,
+    turn: int = 0,
 ) -> tuple[dict[int, ClientFaults], list[int]]:
     """Each selected client's faults this round, and which scheduled crashes (by index) fired.
 
     Per client, from its own stream: two draws per crash rule (does it fire, and when), one
     for a scheduled crash's timing, one per corruption rule; the first rule that fires wins.
+    ``turn`` (asynchronous modes) is the client's turn number: a client with several turns
+    toward one version draws anew for each.
     """
     faults: dict[int, ClientFaults] = {}
     fired = []
     for cid in sorted(selected):
-        rng = np.random.default_rng(np.random.SeedSequence([seed, FAULT_STREAM, r, cid]))
+        entropy = [seed, FAULT_STREAM, r, cid] + ([turn] if turn else [])
+        rng = np.random.default_rng(np.random.SeedSequence(entropy))
         crash, crash_at = None, 0.0
         for rule in crashes:
             hit, when = rng.random(2)

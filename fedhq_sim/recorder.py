@@ -103,6 +103,7 @@ def round_record(
     accuracies are left NaN: they are known once the server's evaluation is done."""
     ended = _ended(phases, gateway_lost)
     unable, failed, rejected, cancelled = (ended[s] for s in ("unable", "failed", "rejected", "cancelled"))
+    counts = {status: len(clients) for status, clients in ended.items()}
     latency = times.end_s - times.start_s
     computing: Counter[int] = Counter()  # one pass: a round of thousands stays linear
     for p in phases:
@@ -111,7 +112,8 @@ def round_record(
     idle_j = sum(idle_joules(latency - computing[cid], clients[cid].device) for cid in selected)
     dropped = len(selected) - len(reported_losses) - len(unable) - len(failed) - len(rejected) - len(cancelled)
     kinds = [strategy.kind for cid, strategy in assigned if cid not in unable]
-    return _record(r, times, len(selected), reported_losses, ended, dropped, kinds, phases, idle_j, status)
+    counts["dropped"] = dropped
+    return _record(r, times, len(selected), reported_losses, counts, kinds, phases, idle_j, status)
 
 
 def version_record(
@@ -128,13 +130,15 @@ def version_record(
     (the ``phases`` that ended since the version before): ``dispatched`` the turns begun in
     it with their strategies, ``applied`` the training loss and staleness of each update
     the version applied, ``turns_idle_s`` each turn that ended in it and its seconds not
-    computing (its client's idle energy). Clients are counted by their turns' ends."""
-    ended = _ended(phases, set())
-    kinds = [strategy.kind for _, strategy in dispatched]
+    computing (its client's idle energy). Turns are counted by how they ended (a client may
+    have had several), and the strategy counts leave out the turns whose client could not
+    run its strategy."""
+    counts = Counter(p.status for p in phases if p.status != "completed" and p.client_id >= 0)
+    unable = Counter(Strategy.from_label(p.strategy).kind for p in phases if p.status == "unable")
+    kinds = list((Counter(strategy.kind for _, strategy in dispatched) - unable).elements())
     idle_j = sum(idle_joules(seconds, clients[cid].device) for cid, seconds in turns_idle_s)
-    dropped = len({p.client_id for p in phases if p.status == "dropped" and p.client_id >= 0})
     losses = [loss for loss, _ in applied]
-    record = _record(v, times, len(dispatched), losses, ended, dropped, kinds, phases, idle_j, status)
+    record = _record(v, times, len(dispatched), losses, dict(counts), kinds, phases, idle_j, status)
     staleness = [tau for _, tau in applied]
     return replace(
         record,
@@ -158,8 +162,7 @@ def _record(
     times: RoundTimes,
     selected: int,
     reported_losses: Sequence[float | None],
-    ended: dict[str, set[int]],
-    dropped: int,
+    ended: dict[str, int],
     kinds: list[str],
     phases: Sequence[PhaseRecord],
     idle_j: float,
@@ -177,11 +180,11 @@ def _record(
         server_s=times.server_s,
         selected=selected,
         reported=len(reported_losses),
-        dropped=dropped,
-        failed=len(ended["failed"]),
-        unable=len(ended["unable"]),
-        rejected=len(ended["rejected"]),
-        cancelled=len(ended["cancelled"]),
+        dropped=ended.get("dropped", 0),
+        failed=ended.get("failed", 0),
+        unable=ended.get("unable", 0),
+        rejected=ended.get("rejected", 0),
+        cancelled=ended.get("cancelled", 0),
         n_fp32=kinds.count("fp32"),
         n_ptq=kinds.count("ptq"),
         n_qat=kinds.count("qat"),

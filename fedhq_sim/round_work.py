@@ -72,13 +72,17 @@ class RoundWork(Protocol):
         """Get the round's local work ready for the clients in ``assignment`` (those able to
         run their strategy); return the global model's size in bytes."""
 
-    def dispatch(self, version: int, assignment: Mapping[int, Strategy]) -> int:
+    def dispatch(self, assignment: Mapping[int, Strategy], seeds: Mapping[int, int]) -> int:
         """Get ready the local work of the clients in ``assignment``, which start now from
-        the current model, version ``version`` (the asynchronous modes); the model's size."""
+        the current model, each training with its seed (the asynchronous modes' turns);
+        return the model's size."""
 
     def client(self, client_id: int) -> ClientResult:
         """A client's local work for its turn (after :meth:`begin_round` or :meth:`dispatch`);
         asked once per turn."""
+
+    def forget(self, client_id: int) -> None:
+        """Drop what is kept of the client's turn, which has ended (perhaps before its work)."""
 
     def gateway(self, updates: Sequence[Update]) -> tuple[Update, WorkProfile]:
         """A site gateway's aggregate of its members' updates, and its work."""
@@ -111,6 +115,14 @@ def _ranges_in_form(cfg: LocalConfig) -> LayerRanges:
 def client_seed(seed: int, round_index: int, client_id: int) -> int:
     """A client's training seed for a round, independent of the order clients run in."""
     return int(np.random.SeedSequence([seed, round_index, client_id]).generate_state(1)[0])
+
+
+TURN_STREAM = 0x7475726E  # "turn": the asynchronous modes' seeds are a stream apart from rounds'
+
+
+def turn_seed(seed: int, client_id: int, turn: int) -> int:
+    """A client's training seed for its ``turn``-th turn (asynchronous modes)."""
+    return int(np.random.SeedSequence([seed, TURN_STREAM, client_id, turn]).generate_state(1)[0])
 
 
 class ExecutedWork:
@@ -152,19 +164,15 @@ class ExecutedWork:
         computing it when each client's download ends; a client that never gets that far
         (deadline, outage, shift end) just wasted host time."""
         self._results = {}
-        return self._run_local(r, assignment)
+        return self._run_local(assignment, {cid: client_seed(self.seed, r, cid) for cid in assignment})
 
-    def dispatch(self, version: int, assignment: Mapping[int, Strategy]) -> int:
-        """Run the clients' local work now, from the current model; each is seeded by the
-        round it counts toward (the next version), as in a synchronous round."""
-        return self._run_local(version + 1, assignment)
+    def dispatch(self, assignment: Mapping[int, Strategy], seeds: Mapping[int, int]) -> int:
+        """Run the clients' local work now, from the current model."""
+        return self._run_local(assignment, seeds)
 
-    def _run_local(self, r: int, assignment: Mapping[int, Strategy]) -> int:
+    def _run_local(self, assignment: Mapping[int, Strategy], seeds: Mapping[int, int]) -> int:
         ids = sorted(assignment, key=lambda cid: -self._expected_cost(cid, assignment[cid]))
-        tasks = [
-            WorkTask(self._payload, self.data.clients[cid], assignment[cid], self.cfg, client_seed(self.seed, r, cid))
-            for cid in ids
-        ]
+        tasks = [WorkTask(self._payload, self.data.clients[cid], assignment[cid], self.cfg, seeds[cid]) for cid in ids]
         for cid, done in zip(ids, self.executor.map(tasks), strict=True):
             result, decoded = done.local, {k: as_tensor(v) for k, v in done.decoded.items()}
             ranges = {k: as_tensor(v) for k, v in done.ranges.items()} if done.ranges is not None else None
@@ -182,7 +190,10 @@ class ExecutedWork:
         return self.cfg.steps(len(self.data.clients[client_id])) * (1.5 if strategy.kind == "qat" else 1.0)
 
     def client(self, client_id: int) -> ClientResult:
-        return self._results.pop(client_id)  # once per turn: no result outlives its turn
+        return self._results.pop(client_id)  # once per turn
+
+    def forget(self, client_id: int) -> None:
+        self._results.pop(client_id, None)  # its payload and the model it began from
 
     def gateway(self, updates: Sequence[Update]) -> tuple[Update, WorkProfile]:
         with_ranges = self.deployment.from_clients
@@ -264,9 +275,12 @@ class ProfiledWork:
         self._assignment = dict(assignment)
         return self._model_nbytes
 
-    def dispatch(self, version: int, assignment: Mapping[int, Strategy]) -> int:
+    def dispatch(self, assignment: Mapping[int, Strategy], seeds: Mapping[int, int]) -> int:
         self._assignment.update(assignment)
         return self._model_nbytes
+
+    def forget(self, client_id: int) -> None:
+        self._assignment.pop(client_id, None)
 
     def client(self, client_id: int) -> ClientResult:
         strategy = self._assignment.pop(client_id)

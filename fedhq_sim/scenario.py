@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from fedhq_sim.aggregation_modes import AggregationSpec, Mode, buffer_size, concurrency, misplaced_options
+from fedhq_sim.aggregation_modes import concurrency
 from fedhq_sim.availability import DAY_S, Availability, ClientAvailability, Window, read_trace
 from fedhq_sim.deployment import DeploymentSpec
 from fedhq_sim.errors import InputError
@@ -28,6 +28,7 @@ from fedhq_sim.nodes import CORE, SERVER, client_node, site_node
 from fedhq_sim.overrides import with_overrides
 from fedhq_sim.profiles import DeviceProfile, LinkProfile, ProfileLibrary
 from fedhq_sim.schema import NonNegativeSeconds, Seconds, StrictModel, validate
+from fedhq_sim.training_spec import TrainingSpec
 from fedhq_sim.workload import DataSource, DataSpec, ModelSpec, check_model, data_source, load_data, resolve_model
 from fedhq_sim.yamlio import load_yaml_mapping
 
@@ -67,47 +68,6 @@ class ServerSpec(StrictModel):
 
     device: ProfileName
     link: ProfileName
-
-
-class TrainingSpec(StrictModel):
-    """The federated-learning settings of a run."""
-
-    rounds: int = Field(ge=1, le=100_000)
-    clients_per_round: int = Field(ge=1)
-    local_epochs: int = Field(default=1, ge=1)
-    local_steps: int | None = Field(default=None, ge=1, le=1_000_000)
-    """Exactly this many minibatch steps per round (reshuffling after each pass), instead of
-    ``local_epochs`` passes: every client then does the same work whatever data it holds."""
-    batch_size: int = Field(ge=1, le=4096)  # the feasibility check traces a step of this batch
-    learning_rate: float = Field(gt=0.0, le=100.0)
-    calibration_samples: int = Field(default=32, ge=1, le=100_000)
-    round_deadline: Seconds
-    over_selection: float = Field(default=1.0, ge=1.0, le=10.0)
-    """Select this many times ``clients_per_round`` (rounded up) and close the round once
-    ``clients_per_round`` updates have arrived (at the server, or at a site's gateway); the others are cancelled
-    (FedScale's over-commitment, Google's practice): stragglers stop setting the round's end."""
-    time_limit: Seconds | None = None
-    """End the run with the first round (version) that ends at or after this simulated time,
-    if that comes before ``rounds``: "what does an hour of training reach?"."""
-    mode: Mode = "sync"
-    """How arrivals become model versions (:mod:`fedhq_sim.aggregation_modes`)."""
-    aggregation: AggregationSpec = Field(default_factory=AggregationSpec)
-
-    @model_validator(mode="after")
-    def _epochs_or_steps(self) -> TrainingSpec:
-        if self.local_steps is not None and "local_epochs" in self.model_fields_set:
-            raise ValueError("give local_epochs or local_steps, not both")
-        if self.mode != "sync" and "over_selection" in self.model_fields_set:
-            raise ValueError(f"over_selection applies to sync rounds, not to mode {self.mode}")
-        if self.mode == "semi-sync" and self.aggregation.period is None:
-            raise ValueError("mode semi-sync needs aggregation.period, the rounds' fixed length")
-        if misplaced := misplaced_options(self.mode, self.aggregation):
-            raise ValueError(f"aggregation.{misplaced[0]} does not apply to mode {self.mode}")
-        if buffer_size(self.aggregation, self.clients_per_round) > concurrency(
-            self.aggregation, self.clients_per_round
-        ):
-            raise ValueError("aggregation.buffer_size is larger than the concurrency: the buffer would never fill")
-        return self
 
 
 class OutageSpec(StrictModel):
@@ -367,6 +327,10 @@ def load_scenario(path: Path | str, overrides: Mapping[str, Any] | None = None) 
             "training.clients_per_round",
             f"asks for {spec.training.clients_per_round} clients per round but the fleet has {len(clients)}",
         )
+    slots = concurrency(spec.training.aggregation, spec.training.clients_per_round)
+    if spec.training.mode in ("async", "buffered") and slots > len(clients):
+        key = "training.aggregation.concurrency"
+        raise InputError(path, key, f"asks for {slots} turns at once but the fleet has {len(clients)} clients")
     site_links = _resolve_site_links(spec, library, path)
     outages = _resolve_outages(spec, clients, path)
     availability = _resolve_availability(spec, clients, path)

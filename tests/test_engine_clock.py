@@ -43,14 +43,19 @@ class FixedWork:
         self.client_dispatches = client_dispatches
         self.server_dispatches = server_dispatches
         self.rounds: list[tuple[int, dict]] = []
+        self.seeds: list[int] = []  # the training seed of every asynchronous turn
 
     def begin_round(self, r, assignment):
         self.rounds.append((r, dict(assignment)))
         return MODEL_NBYTES
 
-    def dispatch(self, version, assignment):
-        self.rounds.append((version + 1, dict(assignment)))
+    def dispatch(self, assignment, seeds):
+        self.rounds.append((None, dict(assignment)))
+        self.seeds.extend(seeds.values())
         return MODEL_NBYTES
+
+    def forget(self, client_id):
+        pass
 
     def client(self, client_id):
         work = dispatches(self.client_dispatches[client_id])
@@ -78,13 +83,13 @@ class FixedWork:
         pass
 
 
-def star_scenario(tmp_path, profiles, n_clients: int, **training) -> LoadedScenario:
+def star_scenario(tmp_path, profiles, n_clients: int, policy: dict | None = None, **training) -> LoadedScenario:
     """``n_clients`` Raspberry Pi 4s on their own wires straight to the server's trunk."""
     data = tiny_scenario_dict()
     data["profiles_dir"] = str(profiles)
     data["server"] = {"device": "x86_server", "link": "trunk"}
     data["sites"] = [{"name": "hall", "devices": [{"device": "rpi4", "link": "wire", "count": n_clients}]}]
-    data["policy"] = {"name": "all-ptq"}
+    data["policy"] = policy or {"name": "all-ptq"}
     data["training"].update(clients_per_round=n_clients, **training)
     path = tmp_path / "scenario.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))

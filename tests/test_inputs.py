@@ -67,10 +67,10 @@ CASES = [
     ("unknown mode", lambda d: d["training"].update(mode="gossip"), "training.mode", "'semi-sync'"),
     ("semi-sync period", lambda d: d["training"].update(mode="semi-sync"), "training", "needs aggregation.period"),
     (
-        "option of another mode",
-        lambda d: d["training"].update(mode="async", aggregation={"buffer_size": 4}),
-        "training",
-        "aggregation.buffer_size does not apply to mode async",
+        "more turns at once than clients",
+        lambda d: d["training"].update(mode="async", aggregation={"concurrency": 9}),
+        "training.aggregation.concurrency",
+        "asks for 9 turns at once but the fleet has 4 clients",
     ),
     (
         "buffer never fills",
@@ -83,12 +83,6 @@ CASES = [
         lambda d: d["training"].update(mode="async", aggregation={"staleness": {"kind": "hinge", "exponent": 1.0}}),
         "training.aggregation.staleness",
         "exponent does not apply to kind hinge",
-    ),
-    (
-        "over-selection in async",
-        lambda d: d["training"].update(mode="async", over_selection=2.0),
-        "training",
-        "over_selection applies to sync rounds",
     ),
 ]
 
@@ -295,3 +289,11 @@ def test_profile_device_writes_a_profile_that_loads_like_the_librarys(tmp_path, 
     assert "written to" in capsys.readouterr().err
     profile = ProfileLibrary(tmp_path).device("this_gateway", referenced_from=out, key="device")
     assert profile.name == "this_gateway" and profile.power.idle == 2.0 and profile.power.active == 5.0
+
+
+def test_options_of_other_modes_are_ignored_so_one_scenario_sweeps_across_modes(write_scenario):
+    """A mode sweep sets every mode's options in one scenario; each mode reads its own."""
+    options = {"buffer_size": 2, "concurrency": 4, "period": "1 s", "mixing": 0.5}
+    for mode in ("sync", "async", "buffered", "semi-sync"):
+        change = lambda d, m=mode: d["training"].update(mode=m, over_selection=1.5, aggregation=options)  # noqa: E731
+        assert load_scenario(write_scenario(mutated(change))).spec.training.mode == mode
