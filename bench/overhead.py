@@ -44,7 +44,7 @@ def full_run(overrides: dict) -> tuple[list[float], Simulation]:
 def bare_run(simulation: Simulation) -> tuple[list[float], float]:
     """The full run's rounds replayed as plain PyTorch: the same clients, strategies and seeds."""
     fresh = Simulation(simulation.scenario)  # the initial global model and the data split
-    state, data, spec = fresh.work.global_state, fresh.data, fresh.scenario.spec
+    state, data, spec = fresh.work.global_state, fresh.world.data, fresh.scenario.spec
     assigned: dict[int, dict[int, Strategy]] = {}
     for p in simulation.phases:
         if p.phase == "compute" and p.status == "completed":
@@ -56,7 +56,8 @@ def bare_run(simulation: Simulation) -> tuple[list[float], float]:
             payload = encode_fp32(state)
             updates = []
             for cid, strategy in sorted(assigned[r].items()):
-                result = local_work(payload, data.clients[cid], strategy, fresh.local, client_seed(spec.seed, r, cid))
+                seed = client_seed(spec.seed, r, cid)
+                result = local_work(payload, data.clients[cid], strategy, fresh.world.local, seed)
                 updates.append(Update(result.payload, result.num_samples, strategy.label, len(result.payload)))
             server = server_round(
                 updates,

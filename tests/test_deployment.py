@@ -125,15 +125,15 @@ def test_a_grid_range_gives_back_the_grid_it_came_from():
 def test_the_server_holds_no_data_unless_server_calibration_is_asked_for(write_scenario):
     data = tiny_scenario_dict()
     clients = Simulation(load_scenario(write_scenario(data)), timing_only=True)
-    assert len(clients.data.server_calibration) == 0
+    assert len(clients.world.data.server_calibration) == 0
     data["deployment"] = {"calibration": "server", "server_samples": 40}
     server = Simulation(load_scenario(write_scenario(data)), timing_only=True)
-    assert len(server.data.server_calibration) == 40
+    assert len(server.world.data.server_calibration) == 40
     # the same samples are held out either way: both deployments train on the same client data
     data["deployment"] = {"calibration": "clients", "server_samples": 40}
     same = Simulation(load_scenario(write_scenario(data)), timing_only=True)
-    assert len(same.data.server_calibration) == 0
-    assert all(torch.equal(a.x, b.x) for a, b in zip(same.data.clients, server.data.clients, strict=True))
+    assert len(same.world.data.server_calibration) == 0
+    assert all(torch.equal(a.x, b.x) for a, b in zip(same.world.data.clients, server.world.data.clients, strict=True))
 
 
 def test_a_run_deploys_from_client_ranges_and_reports_no_deployed_accuracy_before_any_arrived(write_scenario):
