@@ -115,12 +115,38 @@ def timed_run(path: Path, out: Path) -> tuple[float, float, float, float]:
     return wall, info["host_seconds"], per_round, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
 
 
+def turns(out: Path) -> int:
+    """Client turns the run began (its download rows)."""
+    with (out / "events.csv").open() as events:
+        phase = next(events).split(",").index("phase")
+        return sum(line.split(",")[phase] == "download" for line in events)
+
+
+def network_share(path: Path) -> tuple[float, float]:
+    """Seconds of the simulation of ``path`` (timing-only, in this process, under cProfile)
+    and the share of them spent in the flow network's own functions (fedhq_sim/network.py)."""
+    import cProfile
+    import pstats
+
+    from fedhq_sim.engine import Simulation
+    from fedhq_sim.scenario import load_scenario
+
+    simulation = Simulation(load_scenario(path), timing_only=True)
+    profile = cProfile.Profile()
+    profile.runcall(simulation.run)
+    stats = pstats.Stats(profile).stats
+    total = sum(tottime for _, _, tottime, _, _ in stats.values())
+    network = sum(row[2] for (file, _, _), row in stats.items() if file.endswith("fedhq_sim/network.py"))
+    return total, network / total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[100, 300, 1000, 3000, 10000])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--mode", choices=["sync", "buffered"], default="sync")
+    parser.add_argument("--profile", action="store_true", help="also profile the last buffered run's simulation")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -128,19 +154,24 @@ def main() -> None:
             path = scenario(n, args.rounds, Path(folder))
             if args.mode == "buffered":
                 sync_wall, sync_host, *_ = timed_run(path, Path(folder) / f"sync-{n}")
+                sync_turns = turns(Path(folder) / f"sync-{n}")
                 rounds_csv = (Path(folder) / f"sync-{n}" / "rounds.csv").read_text().splitlines()
                 header, last = rounds_csv[0].split(","), rounds_csv[-1].split(",")
                 until_s = float(last[header.index("end_s")])
                 path = scenario(n, args.rounds, Path(folder), until_s=until_s)
                 print(
                     f"{n:>6} clients: {args.rounds} sync rounds end at {until_s:.1f} s simulated "
-                    f"(sync: wall {sync_wall:.1f} s, simulation {sync_host:.1f} s)",
+                    f"(sync: wall {sync_wall:.1f} s, simulation {sync_host:.1f} s, {sync_turns:,} turns)",
                     flush=True,
                 )
             runs = [timed_run(path, Path(folder) / f"out-{n}-{i}") for i in range(args.repeats)]
             wall, host, per_round = (statistics.median(r[k] for r in runs) for k in range(3))
             rows.append((n, wall, host, per_round, max(r[3] for r in runs)))
-            print(f"{n:>6} clients: wall {wall:6.1f} s, simulation {host:6.1f} s, round {per_round:6.3f} s", flush=True)
+            counted = f", {turns(Path(folder) / f'out-{n}-0'):,} turns" if args.mode == "buffered" else ""
+            print(f"{n:>6} clients: wall {wall:6.1f} s, simulation {host:6.1f} s, round {per_round:6.3f} s{counted}")
+        if args.profile and args.mode == "buffered":
+            total, share = network_share(path)
+            print(f"{args.clients[-1]:,} clients buffered under cProfile: {total:.1f} s, {share:.0%} in network.py")
     what = "rounds, every client in every round" if args.mode == "sync" else "sync rounds' time in buffered mode"
     print(f"\n{args.rounds} {what}, one core, median of {args.repeats}")
     print("| clients | wall [s] | simulation [s] | round [s] | peak memory [MiB] | growth k (round ~ N^k) |")

@@ -78,10 +78,10 @@ class AggregationSpec(StrictModel):
     """``async``, ``buffered``: clients training at once (default: ``clients_per_round``)."""
     buffer_size: int | None = Field(default=None, ge=1)
     """``buffered``: arrivals per version (default: half of ``concurrency``, at least 1)."""
-    server_learning_rate: float | None = Field(default=None, gt=0.0, le=10.0)
-    """``buffered``, ``semi-sync``: the server's step on the weighted mean update (default 1)."""
-    mixing: float | None = Field(default=None, gt=0.0, le=1.0)
-    """``async``: how far one fresh update moves the model (FedAsync's alpha; default 0.6)."""
+    server_learning_rate: float = Field(default=1.0, gt=0.0, le=10.0)
+    """``buffered``, ``semi-sync``: the server's step on the weighted mean update."""
+    mixing: float = Field(default=0.6, gt=0.0, le=1.0)
+    """``async``: how far one fresh update moves the model (FedAsync's alpha)."""
     period: Seconds | None = None
     """``semi-sync`` (required): a round's fixed length; shorter than the slowest turns, or
     the rounds are synchronous ones that never close early."""

@@ -34,7 +34,7 @@ from fedhq_sim.errors import SimulationError
 from fedhq_sim.executors import Pending
 from fedhq_sim.faults import Corruption, draw
 from fedhq_sim.idle_pool import IdlePool
-from fedhq_sim.policies import ClientReport, Policy, RoundContext
+from fedhq_sim.policies import Policy, RoundContext
 from fedhq_sim.quant.strategy import Strategy
 from fedhq_sim.recorder import RoundTimes, version_record
 from fedhq_sim.records import PhaseRecord, RoundRecord
@@ -225,10 +225,17 @@ class AsynchronousLoop:
         if len(chosen) < free:
             self._wake_for_availability()
 
+    def _next_available(self) -> float:
+        """When the next idle client is on (now, if one is; inf: never)."""
+        idle = self.idle.items
+        return self.sim.scenario.availability.next_available(idle, self.sim.env.now) if idle else math.inf
+
+    def _never_available(self) -> bool:
+        return self._next_available() == math.inf
+
     def _wake_for_availability(self) -> None:
         """Refill when the next idle client comes on; none ever, and none at work: an error."""
-        now, idle = self.sim.env.now, self.idle.items
-        at = self.sim.scenario.availability.next_available(idle, now) if idle else math.inf
+        now, at = self.sim.env.now, self._next_available()
         if at == math.inf and not self.busy and not self.held:
             raise SimulationError(f"version {self.version + 1}: no client is available at {now:.1f} s or later")
         if at < self._wake_at:
@@ -288,10 +295,9 @@ class AsynchronousLoop:
         least = sim.scenario.spec.faults.min_reports
         while not self._stopped:
             chosen = self._draw(training.clients_per_round)
-            never = sim.scenario.availability.next_available(self.idle.items, env.now) == math.inf
             if chosen:
                 self._begin(chosen)
-            elif never and not self.busy and not self.held:
+            elif not self.busy and not self.held and self._never_available():
                 now = env.now
                 raise SimulationError(f"round {self.version + 1}: no client is available at {now:.1f} s or later")
             yield env.timeout(period_s)
@@ -311,10 +317,9 @@ class AsynchronousLoop:
             self._applying_now = True
             weights = [self.options.staleness.weight(tau) for tau in staleness]
             if self.mode == "async":
-                mixing = self.options.mixing if self.options.mixing is not None else 0.6
-                coefficients, against_base = (mixing * weights[0],), False
+                coefficients, against_base = (self.options.mixing * weights[0],), False
             else:
-                step = self.options.server_learning_rate or 1.0
+                step = self.options.server_learning_rate
                 samples = [a.outcome.result.update.num_samples for a in taken]
                 shares = [n / sum(samples) for n in samples]
                 coefficients, against_base = tuple(step * p * w for p, w in zip(shares, weights, strict=True)), True
@@ -335,7 +340,9 @@ class AsynchronousLoop:
             version_record(v, times, sim.scenario.clients, self.dispatched, applied, self.turns_idle_s, phases, status)
         )
         sim._unsettled.append((len(sim.rounds) - 1, accuracy))
-        reports = [self._report(a.outcome, True) for a in taken] + [self._report(o, False) for o in self.lost]
+        infos = sim.world.infos
+        reports = [a.outcome.report(v, infos[a.outcome.client_id].num_samples, True) for a in taken]
+        reports += [o.report(v, infos[o.client_id].num_samples, False) for o in self.lost]
         decided = time.perf_counter()
         sim.policy.observe(reports)
         sim._policy_s += time.perf_counter() - decided
@@ -354,16 +361,3 @@ class AsynchronousLoop:
                 proc.interrupt(RUN_ENDED)
         if self.turns:
             yield self.sim.env.all_of(list(self.turns.values()))
-
-    def _report(self, outcome: Outcome, applied: bool) -> ClientReport:
-        result = outcome.result
-        return ClientReport(
-            outcome.client_id,
-            self.version,
-            outcome.strategy,
-            applied,
-            self.sim.world.infos[outcome.client_id].num_samples,
-            result.train_loss if result else None,
-            result.divergence if result else None,
-            result.deployment_gap if result else None,
-        )

@@ -23,6 +23,7 @@ from fedhq_sim.errors import SimulationError
 from fedhq_sim.faults import CRASHED, ClientFaults
 from fedhq_sim.feasibility import transfer_floor_s
 from fedhq_sim.network import FlowNetwork, TransferStalledError
+from fedhq_sim.policies.base import ClientReport
 from fedhq_sim.profiles import DeviceProfile
 from fedhq_sim.quant.strategy import FP32, Strategy
 from fedhq_sim.recorder import Recorder
@@ -45,6 +46,20 @@ class Outcome:
     client_id: int
     strategy: Strategy
     result: ClientResult | None
+
+    def report(self, r: int, num_samples: int, reported: bool) -> ClientReport:
+        """What the policy is told of this outcome in round (version) ``r``."""
+        result = self.result
+        return ClientReport(
+            self.client_id,
+            r,
+            self.strategy,
+            reported,
+            num_samples,
+            result.train_loss if result else None,
+            result.divergence if result else None,
+            result.deployment_gap if result else None,
+        )
 
 
 @dataclass(frozen=True)

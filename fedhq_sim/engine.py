@@ -35,7 +35,7 @@ from fedhq_sim.errors import InputError, SimulationError
 from fedhq_sim.executors import Pending, WorkExecutor
 from fedhq_sim.faults import draw
 from fedhq_sim.network import FlowNetwork, LinkSample
-from fedhq_sim.policies import ClientReport, Policy, RoundContext
+from fedhq_sim.policies import Policy, RoundContext
 from fedhq_sim.recorder import Recorder, RoundTimes, round_record
 from fedhq_sim.records import PhaseRecord, RoundRecord
 from fedhq_sim.round_work import ExecutedWork, ProfiledWork, RoundWork
@@ -268,19 +268,7 @@ class Simulation:
         self._unsettled.append((len(self.rounds) - 1, accuracy))
         decided = time.perf_counter()
         self.policy.observe(
-            [
-                ClientReport(
-                    o.client_id,
-                    r,
-                    o.strategy,
-                    o.result is not None,
-                    self.world.infos[o.client_id].num_samples,
-                    o.result.train_loss if o.result else None,
-                    o.result.divergence if o.result else None,
-                    o.result.deployment_gap if o.result else None,
-                )
-                for o in outcomes
-            ]
+            [o.report(r, self.world.infos[o.client_id].num_samples, o.result is not None) for o in outcomes]
         )
         self._policy_s += time.perf_counter() - decided
 
